@@ -1,0 +1,116 @@
+"""Loading glaive data (hub name or local file), the train/dev split and tokenization with labels."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+from fcmistral.cli import UserError
+from fcmistral.glaive import RowParseError, parse_row
+from fcmistral.labels import Example, Overflow, examples_from_rows
+
+log = logging.getLogger(__name__)
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+REQUIRED_COLUMNS = ("system", "chat")
+
+
+def load_rows(data_path: str, required: tuple[str, ...] = REQUIRED_COLUMNS) -> Dataset:
+    """A hub dataset's ``train`` split or a local JSON/JSONL/parquet file, checked for columns."""
+    path = Path(data_path)
+    try:
+        if path.suffix in LOCAL_FORMATS:
+            if not path.is_file():
+                raise UserError(f"data file {data_path!r} does not exist")
+            ds = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        else:
+            ds = load_dataset(data_path, split="train")
+    except UserError:
+        raise
+    except Exception as err:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid...)
+        raise UserError(f"cannot load data from {data_path!r}: {str(err).splitlines()[0]}") from err
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise UserError(f"{data_path!r} has no {', '.join(missing)} column (columns: {ds.column_names})")
+    if len(ds) == 0:
+        raise UserError(f"{data_path!r} holds no rows")
+    return ds
+
+
+def split_rows(ds: Dataset, test_size: float, seed: int) -> DatasetDict:
+    """Train/dev split of raw rows (0.02, seed 42 gives the original's 110,700 / 2,260)."""
+    ds = ds.add_column("row_index", list(range(len(ds))))  # to name skipped rows after the shuffle
+    return ds.train_test_split(test_size=test_size, seed=seed)
+
+
+def _tokenize_batch(batch: dict[str, list[Any]], tokenizer, max_length: int, overflow: Overflow) -> dict[str, list]:
+    out: dict[str, list] = {"input_ids": [], "labels": [], "prompt_tokens": [], "skip_reason": []}
+    parsed, slots = [], []
+    for system, chat in zip(batch["system"], batch["chat"]):
+        try:
+            parsed.append(parse_row({"system": system, "chat": chat}))
+            slots.append(None)
+        except RowParseError as err:
+            slots.append(f"unparseable: {err}")
+    results = iter(examples_from_rows(parsed, tokenizer, max_length, overflow)) if parsed else iter(())
+    for slot in slots:
+        result = next(results) if slot is None else slot
+        if isinstance(result, Example):
+            out["input_ids"].append(result.input_ids)
+            out["labels"].append(result.labels)
+            out["prompt_tokens"].append(result.prompt_tokens)
+            out["skip_reason"].append("")
+        else:
+            out["input_ids"].append([])
+            out["labels"].append([])
+            out["prompt_tokens"].append(0)
+            out["skip_reason"].append(result)
+    return out
+
+
+def tokenize_rows(
+    ds: Dataset, tokenizer, max_length: int, overflow: Overflow = "truncate", num_proc: int | None = None
+) -> tuple[Dataset, list[tuple[int, str]]]:
+    """Tokenized examples and the ``(row_index, reason)`` of every row that was skipped.
+
+    A bad row never stops a 113k-row run: it is counted, reported and left out. The map is cached
+    by ``datasets`` under a fingerprint of the data, the tokenizer and these settings.
+    """
+    if "row_index" not in ds.column_names:
+        ds = ds.add_column("row_index", list(range(len(ds))))
+    mapped = ds.map(
+        _tokenize_batch,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc,
+        remove_columns=[c for c in ds.column_names if c != "row_index"],
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "overflow": overflow},
+        desc="tokenizing",
+    )
+    reasons = mapped["skip_reason"]
+    indices = mapped["row_index"]
+    skipped = [(i, r) for i, r in zip(indices, reasons) if r]
+    kept = mapped.filter(lambda reason: not reason, input_columns="skip_reason", desc="dropping skipped rows")
+    return kept.remove_columns(["skip_reason"]), skipped
+
+
+def report_skipped(skipped: list[tuple[int, str]], total: int, where: str, path: Path | None = None) -> None:
+    """Log a summary of skipped rows by reason (with the first indices) and write them all."""
+    if not skipped:
+        log.info("%s: all %d rows kept", where, total)
+        return
+    kind = lambda reason: reason.split(":")[0].split(" (")[0]  # noqa: E731 - reason without details
+    by_kind = Counter(kind(reason) for _, reason in skipped)
+    log.warning("%s: skipped %d of %d rows", where, len(skipped), total)
+    for name, count in by_kind.most_common():
+        first = [i for i, r in skipped if kind(r) == name][:5]
+        log.warning("  %6d  %s (row indices %s ...)", count, name, first)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for index, reason in skipped:
+                f.write(json.dumps({"row_index": index, "reason": reason}) + "\n")

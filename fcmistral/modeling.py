@@ -1,0 +1,120 @@
+"""Loading the tokenizer and the model (4-bit NF4 or full precision) and wrapping it in LoRA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from fcmistral.cli import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _load_error(what: str, path: str, err: Exception) -> UserError:
+    hint = "" if Path(path).exists() else " (no such folder; a hub name needs network access or a local cache)"
+    return UserError(f"cannot load the {what} from {path!r}{hint}: {str(err).splitlines()[0]}")
+
+
+def load_tokenizer(path: str, padding_side: str = "right"):
+    """The tokenizer, with a pad token that is never EOS.
+
+    Mistral-7B-v0.1 has no pad token. Using ``</s>`` as pad would mask the EOS labels, so the
+    model would never learn to stop; ``<unk>`` is used instead (no new embedding row needed). Only
+    a tokenizer with neither gets a new ``<pad>`` (see ``ensure_embeddings_fit``).
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _load_error("tokenizer", path, err) from err
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def default_compute_dtype() -> torch.dtype:
+    """bf16 where the hardware has it (any recent GPU; CPU matmuls run in fp32 otherwise)."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def nf4_config() -> BitsAndBytesConfig:
+    """QLoRA's quantization: NF4 with double quantization and bf16 compute."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None):
+    """The causal LM from a hub name or a folder, in 4-bit NF4 or in full precision.
+
+    Embeddings are resized here, before any PEFT wrap, when the tokenizer gained a token (the
+    original resized after wrapping, which broke the gradients of the new rows).
+    """
+    kwargs = {"dtype": torch.bfloat16 if load_in_4bit else default_compute_dtype()}
+    if load_in_4bit:
+        kwargs["quantization_config"] = nf4_config()
+        if device_map is None and torch.cuda.is_available():
+            device_map = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device_map, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error("model", path, err) from err
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if load_in_4bit:
+        keep_4bit_backward_exact(model)
+    return model
+
+
+def keep_4bit_backward_exact(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; return layers touched.
+
+    On CPUs with AVX512-BF16, an eval-mode no-grad forward (the Trainer's evaluation) repacks
+    ``Linear4bit`` weights into an inference layout after which the backward through them is
+    silently wrong (LoRA gradients off by up to 68% while the loss still falls). Turning the
+    feature off on every layer before any evaluation keeps training exact; GPUs are unaffected.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def lora_config(r: int = 16, alpha: int = 64, dropout: float = 0.1):
+    """LoRA on every linear layer except the output head (``all-linear``); embeddings untouched."""
+    from peft import LoraConfig  # imported here: `import peft` costs seconds (it loads bitsandbytes)
+
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )
+
+
+def wrap_lora(model, config, quantized: bool, gradient_checkpointing: bool):
+    """Prepare a (possibly 4-bit) model for training and add the LoRA adapters."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
