@@ -16,15 +16,9 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import (
-    DataCollatorForSeq2Seq,
-    HfArgumentParser,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
-
-from fcmistral.cli import UserError, run_cli
+# fcmistral first: it quiets a bitsandbytes import-time warning that TrainingArguments triggers.
+from fcmistral.cli import UserError, run_cli  # isort: skip
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from fcmistral.data import load_rows, report_skipped, split_rows, tokenize_rows
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
@@ -103,19 +97,19 @@ def build_datasets(args: TrainArguments, tokenizer):
     rows = load_rows(args.data_path)
     splits = split_rows(rows, args.test_size, args.seed)
     log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
-    out = {}
-    for name, key in (("train", "train"), ("dev", "test")):
-        ds, skipped = tokenize_rows(splits[key], tokenizer, args.max_length)
-        report_skipped(skipped, len(splits[key]), name, Path(args.output_dir) / f"skipped_{name}.jsonl")
-        if len(ds) == 0:
-            raise UserError(f"no {name} example left after filtering {args.data_path!r} (see the skipped rows above)")
-        out[name] = ds
-    longest_prompt = max(max(out["train"]["prompt_tokens"]), max(out["dev"]["prompt_tokens"]))
+    tokenized = {
+        name: tokenize_rows(splits[key], tokenizer, args.max_length) for name, key in (("train", "train"), ("dev", "test"))
+    }
+    longest_prompt = max(longest for _, _, longest in tokenized.values())
     if longest_prompt >= args.max_length:
         raise UserError(
             f"--max_length {args.max_length} is smaller than the longest system prompt ({longest_prompt} tokens)"
         )
-    return out["train"].remove_columns(["prompt_tokens", "row_index"]), out["dev"].remove_columns(["prompt_tokens", "row_index"])
+    for name, (ds, skipped, _) in tokenized.items():
+        report_skipped(skipped, len(ds) + len(skipped), name, Path(args.output_dir) / f"skipped_{name}.jsonl")
+        if len(ds) == 0:
+            raise UserError(f"no {name} example left after filtering {args.data_path!r} (see the skipped rows above)")
+    return tokenized["train"][0].remove_columns("row_index"), tokenized["dev"][0].remove_columns("row_index")
 
 
 def training_arguments(args: TrainArguments) -> TrainingArguments:
@@ -150,6 +144,7 @@ def training_arguments(args: TrainArguments) -> TrainingArguments:
         report_to=_resolve_report_to(args.report_to),
         seed=args.seed,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # multi-GPU: frozen base weights would stall DDP's search
     )
 
 
@@ -172,6 +167,8 @@ def main() -> None:
         raise UserError("--max_length must be at least 16 tokens")
     hf_args = training_arguments(args)
     resume = _resume_target(args)
+    from transformers import DataCollatorForSeq2Seq, Trainer  # imports peft and bitsandbytes: seconds
+
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = build_datasets(args, tokenizer)
     model = load_model(args.model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer)

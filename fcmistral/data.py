@@ -12,7 +12,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 
 from fcmistral.cli import UserError
 from fcmistral.glaive import RowParseError, parse_row
-from fcmistral.labels import Example, Overflow, examples_from_rows
+from fcmistral.labels import Example, Overflow, Skipped, examples_from_rows
 
 log = logging.getLogger(__name__)
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -44,7 +44,10 @@ def load_rows(data_path: str, required: tuple[str, ...] = REQUIRED_COLUMNS) -> D
 def split_rows(ds: Dataset, test_size: float, seed: int) -> DatasetDict:
     """Train/dev split of raw rows (0.02, seed 42 gives the original's 110,700 / 2,260)."""
     ds = ds.add_column("row_index", list(range(len(ds))))  # to name skipped rows after the shuffle
-    return ds.train_test_split(test_size=test_size, seed=seed)
+    try:
+        return ds.train_test_split(test_size=test_size, seed=seed)
+    except ValueError as err:  # too few rows for this test_size
+        raise UserError(f"cannot split {len(ds)} rows with test_size {test_size}: {err}") from err
 
 
 def _tokenize_batch(batch: dict[str, list[Any]], tokenizer, max_length: int, overflow: Overflow) -> dict[str, list]:
@@ -55,27 +58,22 @@ def _tokenize_batch(batch: dict[str, list[Any]], tokenizer, max_length: int, ove
             parsed.append(parse_row({"system": system, "chat": chat}))
             slots.append(None)
         except RowParseError as err:
-            slots.append(f"unparseable: {err}")
+            slots.append(Skipped(f"unparseable: {err}"))
     results = iter(examples_from_rows(parsed, tokenizer, max_length, overflow)) if parsed else iter(())
     for slot in slots:
         result = next(results) if slot is None else slot
-        if isinstance(result, Example):
-            out["input_ids"].append(result.input_ids)
-            out["labels"].append(result.labels)
-            out["prompt_tokens"].append(result.prompt_tokens)
-            out["skip_reason"].append("")
-        else:
-            out["input_ids"].append([])
-            out["labels"].append([])
-            out["prompt_tokens"].append(0)
-            out["skip_reason"].append(result)
+        kept = isinstance(result, Example)
+        out["input_ids"].append(result.input_ids if kept else [])
+        out["labels"].append(result.labels if kept else [])
+        out["prompt_tokens"].append(result.prompt_tokens)
+        out["skip_reason"].append("" if kept else result.reason)
     return out
 
 
 def tokenize_rows(
     ds: Dataset, tokenizer, max_length: int, overflow: Overflow = "truncate", num_proc: int | None = None
-) -> tuple[Dataset, list[tuple[int, str]]]:
-    """Tokenized examples and the ``(row_index, reason)`` of every row that was skipped.
+) -> tuple[Dataset, list[tuple[int, str]], int]:
+    """Tokenized examples, the ``(row_index, reason)`` of every skipped row, the longest prompt.
 
     A bad row never stops a 113k-row run: it is counted, reported and left out. The map is cached
     by ``datasets`` under a fingerprint of the data, the tokenizer and these settings.
@@ -94,8 +92,9 @@ def tokenize_rows(
     reasons = mapped["skip_reason"]
     indices = mapped["row_index"]
     skipped = [(i, r) for i, r in zip(indices, reasons) if r]
+    longest_prompt = max(mapped["prompt_tokens"], default=0)
     kept = mapped.filter(lambda reason: not reason, input_columns="skip_reason", desc="dropping skipped rows")
-    return kept.remove_columns(["skip_reason"]), skipped
+    return kept.remove_columns(["skip_reason", "prompt_tokens"]), skipped, longest_prompt
 
 
 def report_skipped(skipped: list[tuple[int, str]], total: int, where: str, path: Path | None = None) -> None:

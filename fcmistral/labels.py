@@ -4,7 +4,9 @@ Instead of scanning for hard-coded token ids (the original's method, which break
 tokenizers and turns supervision on for any ``ASS`` piece inside a word such as PASS or CLASS),
 the supervised parts are known as *character spans* while the text is rendered, and a token is
 supervised when its character offsets overlap a span. One fast-tokenizer call per batch gives the
-offsets; the span test is a vectorised ``searchsorted``.
+offsets; the span test is a vectorised ``searchsorted``. A token straddling a span boundary
+would be supervised; with Mistral's tokenizer (a newline is its own byte token) and the tiny one
+(byte-level BPE) turn boundaries always fall between tokens, which the tests check.
 
 What is supervised, for every assistant turn (plain or function call): its ``ASSISTANT:`` tag,
 its content, the `` <|endoftext|>`` marker, the separator and the *role tag of the turn that
@@ -43,7 +45,15 @@ class LabelledText:
 class Example:
     input_ids: list[int]
     labels: list[int]
-    prompt_tokens: int
+    prompt_tokens: int  # tokens of BOS + system prompt
+
+
+@dataclass
+class Skipped:
+    """A row left out, with why; its prompt length still counts for the ``max_length`` check."""
+
+    reason: str
+    prompt_tokens: int = 0
 
 
 def labelled_text(row: GlaiveRow) -> LabelledText:
@@ -96,8 +106,8 @@ def _cut_point(token_ends: np.ndarray, spans: list[tuple[int, int]], max_tokens:
 
 def examples_from_rows(
     rows: list[GlaiveRow], tokenizer, max_length: int, overflow: Overflow = "truncate"
-) -> list[Example | str]:
-    """Tokenize rows in one batch; each result is an Example or the reason it was skipped.
+) -> list[Example | Skipped]:
+    """Tokenize rows in one batch; each result is an Example or why it was Skipped.
 
     ``overflow="truncate"`` cuts a too-long example after its last assistant turn that fits
     (never mid-turn); ``"drop"`` skips it, as the original FSDP script did.
@@ -107,12 +117,13 @@ def examples_from_rows(
         [lt.text for lt in labelled], return_offsets_mapping=True, add_special_tokens=True
     )
     eos = tokenizer.eos_token_id
-    results: list[Example | str] = []
+    results: list[Example | Skipped] = []
     for lt, ids, offsets in zip(labelled, encoded["input_ids"], encoded["offset_mapping"]):
-        if not lt.spans:
-            results.append("no assistant turn")
-            continue
         offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        prompt_tokens = int(np.searchsorted(offsets[:, 1], lt.prompt_chars, side="right"))
+        if not lt.spans:
+            results.append(Skipped("no assistant turn", prompt_tokens))
+            continue
         if ids[-1] != eos:
             ids = list(ids) + [eos]
             offsets = np.vstack([offsets, [[len(lt.text), len(lt.text) + 1]]])
@@ -120,14 +131,15 @@ def examples_from_rows(
         keep = len(ids)
         if keep > max_length:
             if overflow == "drop":
-                results.append(f"longer than max_length ({keep} > {max_length} tokens)")
+                results.append(Skipped(f"longer than max_length ({keep} > {max_length} tokens)", prompt_tokens))
                 continue
             keep = _cut_point(offsets[:, 1], spans, max_length)
             if keep == 0:
-                results.append(f"first assistant turn ends beyond max_length ({max_length} tokens)")
+                results.append(
+                    Skipped(f"first assistant turn ends beyond max_length ({max_length} tokens)", prompt_tokens)
+                )
                 continue
         mask = token_mask(offsets[:keep], spans)
         labels = np.where(mask, np.asarray(ids[:keep]), IGNORE_INDEX)
-        prompt_tokens = int(np.searchsorted(offsets[:keep, 1], lt.prompt_chars, side="right"))
         results.append(Example(list(ids[:keep]), labels.tolist(), prompt_tokens))
     return results

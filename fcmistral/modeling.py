@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -64,8 +65,8 @@ def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None):
     kwargs = {"dtype": torch.bfloat16 if load_in_4bit else default_compute_dtype()}
     if load_in_4bit:
         kwargs["quantization_config"] = nf4_config()
-        if device_map is None and torch.cuda.is_available():
-            device_map = {"": torch.cuda.current_device()}
+        if device_map is None and torch.cuda.is_available():  # under torchrun: this rank's GPU
+            device_map = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device_map, **kwargs)
     except (OSError, ValueError) as err:

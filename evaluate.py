@@ -1,0 +1,110 @@
+"""Evaluate function calling call by call: exact match of function name and arguments.
+
+    python evaluate.py --model_path MERGED --dataset data/sample_heldout.jsonl
+    python evaluate.py --predictions outputs/eval/predictions.jsonl   # re-score, no model
+
+Predictions are written as JSONL while they are produced, so an interrupted run continues with
+``--resume``; the summary is printed and written as JSON and Markdown beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+from transformers import HfArgumentParser
+
+from fcmistral.benchmarks import EvalItem, glaive_items
+from fcmistral.cli import UserError, run_cli
+from fcmistral.data import load_rows
+from fcmistral.prompt import FunctionCall
+from fcmistral.scoring import judge, summarize, summary_markdown
+
+log = logging.getLogger("evaluate")
+
+
+@dataclass
+class EvalArguments:
+    model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
+    adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder to apply on --model_path"})
+    dataset: str = field(default="data/sample_heldout.jsonl", metadata={"help": "evaluation rows: a local file or hub name"})
+    output_dir: str = field(default="outputs/eval", metadata={"help": "predictions.jsonl, summary.json, summary.md"})
+    predictions: str = field(default=None, metadata={"help": "score this predictions file; no model is loaded"})
+    batch_size: int = field(default=8, metadata={"help": "prompts generated together (left padding)"})
+    max_new_tokens: int = field(default=400, metadata={"help": "tokens generated per prompt at most"})
+    limit: int = field(default=None, metadata={"help": "evaluate only the first N items"})
+    resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "load the model in 4-bit NF4"})
+
+
+def load_items(args: EvalArguments) -> list[EvalItem]:
+    rows = load_rows(args.dataset)
+    items, skipped = glaive_items(rows)
+    if skipped:
+        log.info("%d rows have nothing to score (%s, ...)", len(skipped), skipped[0][1])
+    if not items:
+        raise UserError(f"{args.dataset!r} holds no row with a gold function call")
+    return items[: args.limit] if args.limit else items
+
+
+def read_predictions(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"predictions file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def generate_predictions(args: EvalArguments, items: list[EvalItem], path: Path) -> None:
+    from fcmistral.generation import generate_batch, load_for_generation
+
+    done = {r["query_id"] for r in read_predictions(path)} if args.resume and path.exists() else set()
+    todo = [item for item in items if item.query_id not in done]
+    if not todo:
+        return
+    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
+    with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            outputs = generate_batch(model, tokenizer, [i.prompt for i in batch], args.max_new_tokens)
+            for item, output in zip(batch, outputs):
+                record = {"query_id": item.query_id, "query": item.query, "output": output,
+                          "gold_call": {"name": item.gold.name, "arguments": item.gold.arguments}}
+                record.update(judge(output, item.gold))
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(batch))
+
+
+def rescore(records: list[dict]) -> list[dict]:
+    """Judge again from the raw outputs, so a scoring fix applies to old prediction files."""
+    return [{**r, **judge(r["output"], FunctionCall(**r["gold_call"]))} for r in records]
+
+
+def main() -> None:
+    parser = HfArgumentParser(EvalArguments, description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_args_into_dataclasses()
+    if args.predictions:
+        path = Path(args.predictions)
+        out_dir = path.parent
+    else:
+        if not args.model_path:
+            raise UserError("give --model_path (or --predictions to score an existing file)")
+        out_dir = Path(args.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "predictions.jsonl"
+        generate_predictions(args, load_items(args), path)
+    records = rescore(read_predictions(path))
+    if not records:
+        raise UserError(f"{str(path)!r} holds no predictions")
+    summary = summarize(records)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    table = summary_markdown(summary)
+    (out_dir / "summary.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    run_cli(main)

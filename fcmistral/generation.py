@@ -1,0 +1,56 @@
+"""Loading a model for generation (merged folder, or base plus adapter) and batched generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fcmistral.modeling import load_model, load_tokenizer
+from fcmistral.prompt import END_OF_TURN
+
+
+def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False):
+    """Model and tokenizer in eval mode. The adapter folder's tokenizer wins when it has one."""
+    tokenizer_path = adapter_path if adapter_path and Path(adapter_path, "tokenizer_config.json").exists() else model_path
+    tokenizer = load_tokenizer(tokenizer_path, padding_side="left")
+    model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer)
+    if adapter_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path)
+    model.eval()
+    return model, tokenizer
+
+
+def cut_at_end_of_turn(text: str) -> str:
+    """The reply up to (not including) `` <|endoftext|>``."""
+    end = text.find(END_OF_TURN)
+    return (text if end < 0 else text[:end]).rstrip()
+
+
+@torch.inference_mode()
+def generate_batch(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 400, do_sample: bool = False,
+    temperature: float = 1.0, top_p: float = 1.0, streamer=None,
+) -> list[str]:
+    """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker.
+
+    Generation stops on ``<|endoftext|>`` (plain text in Mistral's vocabulary, hence a stop
+    string) or on ``</s>``.
+    """
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        stop_strings=[END_OF_TURN],
+        tokenizer=tokenizer,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        streamer=streamer,
+        **sampling,
+    )
+    new_tokens = out[:, enc["input_ids"].shape[1]:]
+    return [cut_at_end_of_turn(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# QLoRA fine-tuning, the main job.
+#
+#   bash run.sh                      # GPUs: Mistral-7B on glaive over all visible GPUs
+#                                    # no GPU and no MODEL_PATH: the tiny-model demo (a few minutes)
+#   MODEL_PATH=... DATA_PATH=... bash run.sh --max_steps 100   # extra arguments go to train.py
+#
+# Every variable below can be set from the environment.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python}
+MODEL_PATH=${MODEL_PATH:-}
+DATA_PATH=${DATA_PATH:-glaiveai/glaive-function-calling-v2}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/qlora}
+LOG_DIR=${LOG_DIR:-logs}
+MAX_LENGTH=${MAX_LENGTH:-4096}
+NUM_GPUS=${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}
+
+mkdir -p "$LOG_DIR"
+stamp=$(date +%Y%m%d-%H%M%S)
+
+if [ "$NUM_GPUS" -gt 0 ]; then
+    MODEL_PATH=${MODEL_PATH:-mistralai/Mistral-7B-v0.1}
+    log="$LOG_DIR/train-$stamp.log"
+    echo "QLoRA on $NUM_GPUS GPU(s): $MODEL_PATH, $DATA_PATH -> $OUTPUT_DIR (log: $log)"
+    torchrun --standalone --nproc_per_node="$NUM_GPUS" train.py \
+        --model_path "$MODEL_PATH" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \
+        --max_length "$MAX_LENGTH" "$@" 2>&1 | tee "$log"
+elif [ -n "$MODEL_PATH" ]; then
+    log="$LOG_DIR/train-$stamp.log"
+    echo "QLoRA on the CPU: $MODEL_PATH, $DATA_PATH -> $OUTPUT_DIR (log: $log)"
+    "$PYTHON" train.py --model_path "$MODEL_PATH" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" \
+        --max_length "$MAX_LENGTH" "$@" 2>&1 | tee "$log"
+else
+    # The demo: no GPU, no model given. Build the tiny Mistral, QLoRA-train it on the shipped
+    # sample data, then check on held-out prompts that it learnt to call the right function.
+    TINY_DIR=${TINY_DIR:-artifacts/tiny-mistral}
+    DEMO_DIR=${DEMO_DIR:-outputs/demo-qlora}
+    log="$LOG_DIR/demo-$stamp.log"
+    echo "No GPU and no MODEL_PATH: running the tiny-model demo (log: $log)"
+    {
+        "$PYTHON" -m fcmistral.tiny --out_dir "$TINY_DIR"
+        "$PYTHON" train.py --model_path "$TINY_DIR" --data_path data/sample_train.jsonl --output_dir "$DEMO_DIR" \
+            --max_length 1024 --test_size 0.05 --per_device_train_batch_size 8 --per_device_eval_batch_size 8 \
+            --gradient_accumulation_steps 1 --learning_rate 3e-3 --lora_dropout 0.0 --max_steps 700 \
+            --eval_steps 100 --save_steps 100 --logging_steps 25 --eval_on_start true \
+            --gradient_checkpointing false "$@"
+        "$PYTHON" evaluate.py --model_path "$TINY_DIR" --adapter_path "$DEMO_DIR" \
+            --dataset data/sample_heldout.jsonl --output_dir "$DEMO_DIR/heldout-eval" --max_new_tokens 96
+        "$PYTHON" -m fcmistral.demo --train_dir "$DEMO_DIR" --eval_dir "$DEMO_DIR/heldout-eval"
+    } 2>&1 | tee "$log"
+fi

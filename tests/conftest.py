@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests write only under pytest's temporary folders and never use the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before any Hugging Face import: keep caches out of ~/.cache and never try the network.
+_CACHE = tempfile.mkdtemp(prefix="fcmistral-hf-")
+os.environ.setdefault("HF_HOME", _CACHE)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sample_rows() -> list[dict]:
+    return read_jsonl(REPO / "data" / "sample_train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def real_row() -> dict:
+    path = SHARED_DATA / "glaive_real_row.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data is not beside this checkout")
+    return read_jsonl(path)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from fcmistral.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from fcmistral.modeling import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))

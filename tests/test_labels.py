@@ -1,0 +1,134 @@
+"""Assistant-only labels, checked token by token by decoding what the loss covers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from fcmistral.glaive import parse_row
+from fcmistral.labels import IGNORE_INDEX, examples_from_rows
+from fcmistral.prompt import Turn, build_system_prompt, call_turn, render_chat
+
+SCHEMA = {"name": "check_exam", "description": "Did a student PASS?", "parameters": {"type": "object", "properties": {"student": {"type": "string"}}}}
+ACK = "Sure, let me check whether the CLASS will PASS. <|endoftext|>"
+CALL = call_turn("check_exam", {"student": "Zoë O'Brien"})
+ANSWER = "Zoë passed — USER and FUNCTION are just words here. <|endoftext|>"
+
+
+def tricky_row() -> dict:
+    turns = [
+        Turn("user", "Did Zoë PASS? My CLASS asks. USER: FUNCTION RESPONSE: ASSISTANT inside a line."),
+        Turn("assistant", ACK.removesuffix(" <|endoftext|>")),
+        CALL,
+        Turn("function_response", json.dumps({"result": "PASS", "note": "ASSISTANT: fake"})),
+        Turn("assistant", ANSWER.removesuffix(" <|endoftext|>")),
+    ]
+    return {"system": build_system_prompt([SCHEMA]), "chat": render_chat(turns)}
+
+
+def expected_runs() -> list[str]:
+    """What the loss must cover, written out by hand from the rule in fcmistral/labels.py."""
+    return [
+        "ASSISTANT: " + ACK + "\n\n\n"
+        + "ASSISTANT: " + CALL.content + " <|endoftext|>\n\n\nFUNCTION RESPONSE:",
+        "ASSISTANT: " + ANSWER + "\n\n\n</s>",
+    ]
+
+
+def supervised_runs(example, tokenizer) -> list[str]:
+    runs, current = [], []
+    for token, label in zip(example.input_ids, example.labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]
+
+
+def metaspace_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A sentencepiece-style tokenizer (``▁`` for spaces, byte fallback), as Mistral's is.
+
+    As in Mistral's vocabulary, a newline never merges with its neighbours (there it is the byte
+    token <0x0A>), so turn boundaries fall between tokens.
+    """
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split("▁", behavior="merged_with_next")]
+    )
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"],
+                                                      initial_alphabet=[f"<0x{i:02X}>" for i in range(256)]))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace"])
+def tokenizer(request, tiny_tokenizer, sample_rows):
+    if request.param == "tiny-bytelevel":
+        return tiny_tokenizer
+    return metaspace_tokenizer([r["system"] + r["chat"] for r in sample_rows[:200]] + [tricky_row()["chat"]])
+
+
+def test_loss_covers_exactly_the_assistant_turns_and_following_tags(tokenizer):
+    (example,) = examples_from_rows([parse_row(tricky_row())], tokenizer, max_length=4096)
+    assert example.labels[0] == IGNORE_INDEX and example.input_ids[0] == tokenizer.bos_token_id
+    assert example.input_ids[-1] == tokenizer.eos_token_id and example.labels[-1] == tokenizer.eos_token_id
+    assert supervised_runs(example, tokenizer) == expected_runs()
+
+
+def test_nothing_is_lost_or_added_by_tokenization(tokenizer):
+    row = tricky_row()
+    (example,) = examples_from_rows([parse_row(row)], tokenizer, max_length=4096)
+    assert tokenizer.decode(example.input_ids, skip_special_tokens=True) == row["system"] + row["chat"]
+
+
+def test_truncation_keeps_whole_assistant_turns(tokenizer):
+    parsed = parse_row(tricky_row())
+    (full,) = examples_from_rows([parsed], tokenizer, max_length=4096)
+    first_run_end = max(i for i, l in enumerate(full.labels[: len(full.labels) - 5]) if l != IGNORE_INDEX
+                        and full.labels[i + 1] == IGNORE_INDEX) + 1
+    (cut,) = examples_from_rows([parsed], tokenizer, max_length=len(full.input_ids) - 3)
+    assert len(cut.input_ids) == first_run_end  # stops right after "FUNCTION RESPONSE:"
+    assert supervised_runs(cut, tokenizer) == expected_runs()[:1]
+    (too_short,) = examples_from_rows([parsed], tokenizer, max_length=first_run_end - 1, overflow="truncate")
+    assert too_short.reason == f"first assistant turn ends beyond max_length ({first_run_end - 1} tokens)"
+    assert too_short.prompt_tokens == full.prompt_tokens
+    (dropped,) = examples_from_rows([parsed], tokenizer, max_length=len(full.input_ids) - 3, overflow="drop")
+    assert dropped.reason.startswith("longer than max_length")
+
+
+def test_trailing_user_turn_is_left_out_and_rows_without_assistant_are_reported(tokenizer):
+    row = tricky_row()
+    parsed = parse_row({"system": row["system"], "chat": row["chat"] + "USER: Thanks! PASS it on.\n\n\n"})
+    (example,) = examples_from_rows([parsed], tokenizer, max_length=4096)
+    assert supervised_runs(example, tokenizer) == expected_runs()
+    user_only = parse_row({"system": row["system"], "chat": "USER: hello\n\n\n"})
+    (skipped,) = examples_from_rows([user_only], tokenizer, max_length=4096)
+    assert skipped.reason == "no assistant turn"
+
+
+def test_real_row_labels(real_row, tiny_tokenizer):
+    (example,) = examples_from_rows([parse_row(real_row)], tiny_tokenizer, max_length=4096)
+    runs = supervised_runs(example, tiny_tokenizer)
+    assert runs[0] == "ASSISTANT: Of course, I can help with that. Please provide me with the text. <|endoftext|>\n\n\nUSER:"
+    assert runs[-1] == "ASSISTANT: The text you provided is in French. <|endoftext|>\n\n\n</s>"
+    assert len(runs) == 3
+
+
+def test_pad_token_is_never_eos(tiny_tokenizer, tmp_path):
+    from fcmistral.modeling import load_tokenizer
+
+    assert tiny_tokenizer.pad_token_id != tiny_tokenizer.eos_token_id
+    # A Mistral-like tokenizer with no pad token gets <unk> as pad, not </s>.
+    tok = metaspace_tokenizer(["some text to train on"] * 10)
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.pad_token == "<unk>" and loaded.pad_token_id != loaded.eos_token_id

@@ -1,0 +1,96 @@
+"""train.py end to end on the tiny model: it trains, keeps the best adapter, resumes, and
+refuses bad input with one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+FAST = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "1",
+        "--learning_rate", "3e-3", "--gradient_checkpointing", "false", "--report_to", "none", "--test_size", "0.1",
+        "--logging_steps", "2"]
+
+
+def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, sample_rows) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample_rows[:120]))
+    return path
+
+
+@pytest.mark.slow
+def test_train_keeps_best_adapter_with_tokenizer_and_resumes(tiny_model_dir, small_data, tmp_path):
+    out = tmp_path / "run"
+    common = ["--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir", str(out),
+              "--eval_steps", "4", "--save_steps", "4", *FAST]
+    first = run("train.py", *common, "--max_steps", "8", "--eval_on_start", "true")
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    losses = [h["eval_loss"] for h in summary["eval_history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0] - 0.5
+    assert summary["best_eval_loss"] == min(losses)
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{4 * losses.index(min(losses))}")
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+
+    resumed = run("train.py", *common, "--max_steps", "12", "--resume_from_checkpoint", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 12
+    steps = [h["step"] for h in summary["eval_history"]]
+    assert steps == [0, 4, 8, 12]  # the history of the first run was restored, not restarted
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--model_path": "no/such-model-folder"}, "cannot load the tokenizer"),
+        ({"--data_path": "missing.jsonl"}, "does not exist"),
+        ({"--data_path": "WRONG_COLUMNS"}, "has no system, chat column"),
+        ({"--data_path": "NO_ASSISTANT"}, "no train example left"),
+        ({"--max_length": "100"}, "smaller than the longest system prompt"),
+        ({"--data_path": "ONE_ROW"}, "cannot split 1 rows"),
+        ({"--resume_from_checkpoint": "nowhere"}, "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_data, tmp_path):
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"prompt": "a", "answer": "b"}\n')
+    no_assistant = tmp_path / "no_assistant.jsonl"
+    no_assistant.write_text((json.dumps({"system": "SYSTEM: You are a helpful assistant, with no access to "
+                                        "external functions.\n\n", "chat": "USER: hi\n\n\n"}) + "\n") * 60)
+    args = {"--model_path": str(tiny_model_dir), "--data_path": str(small_data), "--output_dir": str(tmp_path / "o"),
+            "--max_steps": "1"}
+    args.update(change)
+    one_row = tmp_path / "one.jsonl"
+    one_row.write_text(small_data.read_text().splitlines(keepends=True)[0])
+    named = {"WRONG_COLUMNS": wrong, "NO_ASSISTANT": no_assistant, "ONE_ROW": one_row}
+    args["--data_path"] = str(named.get(args["--data_path"], args["--data_path"]))
+    result = run("train.py", *[x for kv in args.items() for x in kv])
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_help_lists_every_option_with_its_default():
+    result = run("train.py", "--help")
+    assert result.returncode == 0
+    for option in ("--model_path", "--data_path", "--max_length", "--test_size", "--lora_r", "--no_4bit",
+                   "--resume_from_checkpoint", "--eval_steps", "--learning_rate"):
+        assert option in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "(default: mistralai/Mistral-7B-v0.1)" in text and "(default: 0.02)" in text
