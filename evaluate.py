@@ -1,5 +1,6 @@
 """Evaluate function calling call by call: exact match of function name and arguments.
 
+    python evaluate.py --model_path MERGED --dataset Nexusflow/OTXAPIBenchmark --functions custom_function.txt
     python evaluate.py --model_path MERGED --dataset data/sample_heldout.jsonl
     python evaluate.py --predictions outputs/eval/predictions.jsonl   # re-score, no model
 
@@ -17,9 +18,10 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from fcmistral.benchmarks import EvalItem, glaive_items
+from fcmistral.benchmarks import EvalItem, eval_items
 from fcmistral.cli import UserError, run_cli
 from fcmistral.data import load_rows
+from fcmistral.functions import load_functions
 from fcmistral.prompt import FunctionCall
 from fcmistral.scoring import judge, summarize, summary_markdown
 
@@ -30,7 +32,17 @@ log = logging.getLogger("evaluate")
 class EvalArguments:
     model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
     adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder to apply on --model_path"})
-    dataset: str = field(default="data/sample_heldout.jsonl", metadata={"help": "evaluation rows: a local file or hub name"})
+    dataset: str = field(
+        default="data/sample_heldout.jsonl",
+        metadata={"help": "evaluation rows: hub name (Nexusflow/OTXAPIBenchmark, ...) or local .json/.jsonl/.parquet"},
+    )
+    dataset_config: str = field(default=None, metadata={"help": "hub config, e.g. standardized_queries or raw_queries"})
+    split: str = field(default="train", metadata={"help": "hub split to evaluate"})
+    functions: str = field(
+        default=None,
+        metadata={"help": "function schemas for Nexusflow data: custom_function.txt style, a JSON list, OpenAI "
+                          "tools, or standardized_api_list rows"},
+    )
     output_dir: str = field(default="outputs/eval", metadata={"help": "predictions.jsonl, summary.json, summary.md"})
     predictions: str = field(default=None, metadata={"help": "score this predictions file; no model is loaded"})
     batch_size: int = field(default=8, metadata={"help": "prompts generated together (left padding)"})
@@ -41,20 +53,33 @@ class EvalArguments:
 
 
 def load_items(args: EvalArguments) -> list[EvalItem]:
-    rows = load_rows(args.dataset)
-    items, skipped = glaive_items(rows)
+    rows = load_rows(args.dataset, required=(), config=args.dataset_config, split=args.split)
+    functions = load_functions(args.functions) if args.functions else None
+    items, skipped = eval_items(rows, functions)
     if skipped:
-        log.info("%d rows have nothing to score (%s, ...)", len(skipped), skipped[0][1])
+        log.warning("%d of %d rows left out (first: row %d, %s)", len(skipped), len(rows), *skipped[0])
     if not items:
         raise UserError(f"{args.dataset!r} holds no row with a gold function call")
     return items[: args.limit] if args.limit else items
 
 
 def read_predictions(path: Path) -> list[dict]:
+    """Prediction records, one per query: a query written twice (a resumed run) counts once, last wins."""
     if not path.is_file():
         raise UserError(f"predictions file {str(path)!r} does not exist")
+    records: dict[str, dict] = {}
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records[record["query_id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if number > 1 and not line.endswith("\n"):  # the last line of an interrupted run
+                    continue
+                raise UserError(f"{str(path)!r} line {number} is not a prediction record") from None
+    return list(records.values())
 
 
 def generate_predictions(args: EvalArguments, items: list[EvalItem], path: Path) -> None:

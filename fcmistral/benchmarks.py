@@ -1,12 +1,24 @@
-"""Evaluation items: a prompt (system + turns) and the gold call, from each supported data shape."""
+"""Evaluation items: a prompt (system + turns) and the gold call, from each supported data shape.
+
+Shapes, told apart by their columns:
+- glaive rows ``{system, chat}`` (the held-out sample file): the gold is the first function call;
+- NexusRaven-V2 benchmark sets ``{Input, Output}``: Output is a Python call;
+- NexusRaven_API_evaluation ``standardized_queries``: ``prompt``, ``python_function_name``,
+  ``python_args_dict`` (a JSON string), ``context_functions``;
+- NexusRaven_API_evaluation ``raw_queries``: ``query_dict`` = JSON ``{query, reference}``.
+The Nexusflow shapes carry no schemas: they come from ``--functions``.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from fcmistral.cli import UserError
 from fcmistral.glaive import RowParseError, parse_row
-from fcmistral.prompt import FunctionCall, Turn, generation_prompt
+from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, generation_prompt
+from fcmistral.pycall import PythonCallError, parse_python_call
 
 
 @dataclass
@@ -42,3 +54,58 @@ def glaive_items(rows: Iterable[dict[str, Any]]) -> tuple[list[EvalItem], list[t
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
         items.append(EvalItem(str(index), query, parsed.system, turns, parsed.turns[first].call))
     return items, skipped
+
+
+def _query_item(index: int, query: str, gold: FunctionCall, functions: list[dict[str, Any]]) -> EvalItem:
+    return EvalItem(str(index), query, build_system_prompt(functions), [Turn("user", query)], gold)
+
+
+def _nexus_row(row: dict[str, Any]) -> tuple[str, FunctionCall, list[str] | None]:
+    """Query, gold call and the names of the functions in context (None: all) of a Nexusflow row."""
+    if "Input" in row:
+        return row["Input"], parse_python_call(row["Output"]), None
+    if "python_function_name" in row:
+        args = row["python_args_dict"]
+        args = json.loads(args) if isinstance(args, str) else dict(args or {})
+        context = row.get("context_functions")
+        return row["prompt"], FunctionCall(row["python_function_name"], args), list(context) if context else None
+    query = json.loads(row["query_dict"]) if isinstance(row["query_dict"], str) else row["query_dict"]
+    if not isinstance(query, dict) or "reference" not in query:
+        raise PythonCallError(f"no query/reference pair (dataset {row.get('dataset')})")
+    return query["query"], parse_python_call(query["reference"]), None
+
+
+def nexus_items(
+    rows: Iterable[dict[str, Any]], functions: list[dict[str, Any]]
+) -> tuple[list[EvalItem], list[tuple[int, str]]]:
+    by_name = {f["name"]: f for f in functions}
+    items, skipped = [], []
+    for index, row in enumerate(rows):
+        try:
+            query, gold, context = _nexus_row(row)
+        except (PythonCallError, json.JSONDecodeError, KeyError) as err:
+            skipped.append((index, f"unreadable reference: {err}"))
+            continue
+        in_context = [by_name[n] for n in context if n in by_name] if context else functions
+        if gold.name not in {f["name"] for f in in_context}:
+            skipped.append((index, f"gold function {gold.name!r} is not among the functions given"))
+            continue
+        items.append(_query_item(index, query, gold, in_context))
+    return items, skipped
+
+
+NEXUS_COLUMNS = ({"Input", "Output"}, {"prompt", "python_function_name"}, {"query_dict"})
+
+
+def eval_items(
+    rows, functions: list[dict[str, Any]] | None
+) -> tuple[list[EvalItem], list[tuple[int, str]]]:
+    """Items from rows of any supported shape (see the module docstring)."""
+    columns = set(rows.column_names if hasattr(rows, "column_names") else rows[0].keys())
+    if {"system", "chat"} <= columns:
+        return glaive_items(rows)
+    if any(needed <= columns for needed in NEXUS_COLUMNS):
+        if not functions:
+            raise UserError("this benchmark has no function schemas in its rows: give --functions")
+        return nexus_items(rows, functions)
+    raise UserError(f"unknown evaluation data shape (columns: {sorted(columns)})")

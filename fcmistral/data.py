@@ -19,8 +19,10 @@ LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 REQUIRED_COLUMNS = ("system", "chat")
 
 
-def load_rows(data_path: str, required: tuple[str, ...] = REQUIRED_COLUMNS) -> Dataset:
-    """A hub dataset's ``train`` split or a local JSON/JSONL/parquet file, checked for columns."""
+def load_rows(
+    data_path: str, required: tuple[str, ...] = REQUIRED_COLUMNS, config: str | None = None, split: str = "train"
+) -> Dataset:
+    """A hub dataset's split or a local JSON/JSONL/parquet file, checked for columns."""
     path = Path(data_path)
     try:
         if path.suffix in LOCAL_FORMATS:
@@ -28,7 +30,7 @@ def load_rows(data_path: str, required: tuple[str, ...] = REQUIRED_COLUMNS) -> D
                 raise UserError(f"data file {data_path!r} does not exist")
             ds = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
         else:
-            ds = load_dataset(data_path, split="train")
+            ds = load_dataset(data_path, config, split=split)
     except UserError:
         raise
     except Exception as err:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid...)

@@ -1,0 +1,116 @@
+"""Function schemas: reading them from the file formats users have, and checking call arguments.
+
+Accepted by ``load_functions``:
+- glaive style (``custom_function.txt``): optional SYSTEM header, then concatenated JSON schemas;
+- a JSON list of schemas, or an OpenAI ``tools`` list (``{"type": "function", "function": {...}}``);
+- Nexusflow ``standardized_api_list`` rows (JSON list or JSONL of ``{name, description, args_dicts}``),
+  converted by ``schema_from_api_entry``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fcmistral.cli import UserError
+from fcmistral.glaive import RowParseError, parse_functions
+from fcmistral.prompt import SYSTEM_WITH_FUNCTIONS
+
+PYTHON_TO_JSON_TYPE = {
+    "str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
+    "number": "number", "bool": "boolean", "boolean": "boolean", "list": "array", "array": "array",
+    "dict": "object", "object": "object",
+}
+JSON_TYPE_CHECK = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def _json_type(python_type: str) -> str:
+    base = str(python_type).split("[")[0].split("|")[0].strip().lower()
+    return PYTHON_TO_JSON_TYPE.get(base, "string")
+
+
+def schema_from_api_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A Nexusflow ``standardized_api_list`` entry as a glaive/JSON-schema function."""
+    properties, required = {}, []
+    for arg in entry.get("args_dicts") or []:
+        prop = {"type": _json_type(arg.get("type", "str")), "description": arg.get("description") or ""}
+        if arg.get("default") not in (None, "None", ""):
+            prop["description"] += f" (default: {arg['default']})"
+        properties[arg["name"]] = prop
+        if arg.get("required"):
+            required.append(arg["name"])
+    return {"name": entry["name"], "description": entry.get("description") or "",
+            "parameters": {"type": "object", "properties": properties, "required": required}}
+
+
+def normalize_schema(item: Any) -> dict[str, Any]:
+    """One schema from any accepted shape (plain, OpenAI tool, Nexusflow api entry)."""
+    if not isinstance(item, dict):
+        raise UserError(f"a function definition must be a JSON object, got {type(item).__name__}")
+    if item.get("type") == "function" and isinstance(item.get("function"), dict):
+        item = item["function"]
+    if "args_dicts" in item:
+        return schema_from_api_entry(item)
+    if not isinstance(item.get("name"), str):
+        raise UserError(f"a function definition has no 'name': {json.dumps(item)[:80]}")
+    return item
+
+
+def parse_function_text(text: str, source: str = "functions") -> list[dict[str, Any]]:
+    stripped = text.strip()
+    if not stripped:
+        raise UserError(f"{source} is empty")
+    if stripped.startswith("["):
+        try:
+            return [normalize_schema(x) for x in json.loads(stripped)]
+        except json.JSONDecodeError as err:
+            raise UserError(f"{source} is not a valid JSON list: {err}") from err
+    try:
+        if stripped.startswith("SYSTEM:"):
+            schemas = parse_functions(text.lstrip())
+        else:
+            schemas = parse_functions(SYSTEM_WITH_FUNCTIONS + text)
+    except RowParseError as err:
+        raise UserError(f"{source}: {err}") from err
+    return [normalize_schema(s) for s in schemas]
+
+
+def load_functions(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"functions file {str(path)!r} does not exist")
+    functions = parse_function_text(path.read_text(encoding="utf-8"), str(path))
+    if not functions:
+        raise UserError(f"{str(path)!r} declares no function")
+    return functions
+
+
+def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
+    """Problems with a call's arguments against its schema (empty when the call is fine).
+
+    A light check of what models get wrong (missing required, unknown names, wrong JSON types,
+    values outside an enum), not a full JSON-Schema validator.
+    """
+    params = schema.get("parameters") or {}
+    properties = params.get("properties") or {}
+    problems = [f"missing required argument '{name}'" for name in params.get("required") or [] if name not in arguments]
+    for name, value in arguments.items():
+        spec = properties.get(name)
+        if spec is None:
+            if properties:
+                problems.append(f"unknown argument '{name}'")
+            continue
+        check = JSON_TYPE_CHECK.get(spec.get("type"))
+        if check and not check(value):
+            problems.append(f"argument '{name}' should be of type {spec['type']}")
+        elif "enum" in spec and value not in spec["enum"]:
+            problems.append(f"argument '{name}' must be one of {spec['enum']}")
+    return problems

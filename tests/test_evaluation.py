@@ -1,0 +1,159 @@
+"""Evaluation: gold parsing, scoring on hand-made predictions, and evaluate.py end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import os
+
+import pytest
+
+from fcmistral.benchmarks import eval_items
+from fcmistral.cli import UserError
+from fcmistral.functions import load_functions, parse_function_text, schema_from_api_entry, validate_arguments
+from fcmistral.prompt import FunctionCall, format_call
+from fcmistral.pycall import PythonCallError, parse_python_call
+from fcmistral.scoring import judge, summarize
+from tests.conftest import REPO, SHARED_DATA, read_jsonl
+
+
+@pytest.mark.parametrize(
+    "source, name, arguments",
+    [
+        ("r = nvdlib.searchCPE(keywordSearch = 'Microsoft Exchange 2010', limit = 2)", "searchCPE",
+         {"keywordSearch": "Microsoft Exchange 2010", "limit": 2}),
+        ('vt_get_domain_report(domain = "cloudflare.com", x_apikey = "my_api")', "vt_get_domain_report",
+         {"domain": "cloudflare.com", "x_apikey": "my_api"}),
+        ("f(z= 3,  x= 4,  y= 2)", "f", {"z": 3, "x": 4, "y": 2}),
+        ("g(a=True, b=None, c=[1, 'x'], d=-1.5, e=\"it's\")", "g", {"a": True, "b": None, "c": [1, "x"], "d": -1.5, "e": "it's"}),
+    ],
+)
+def test_python_references_parse_without_eval(source, name, arguments):
+    assert parse_python_call(source) == FunctionCall(name, arguments)
+
+
+@pytest.mark.parametrize("source", ["f(1, 2)", "f(x=os.system('rm'))", "import os", "f(**kw)", "not python ("])
+def test_unsafe_or_ambiguous_references_are_refused(source):
+    with pytest.raises(PythonCallError):
+        parse_python_call(source)
+
+
+def test_every_real_nexus_reference_parses():
+    path = SHARED_DATA / "nexus_raw_queries_cve_cpe_emailrep.jsonl"
+    if not path.exists():
+        pytest.skip("../shared/data is not beside this checkout")
+    rows = read_jsonl(path)
+    calls = [parse_python_call(json.loads(r["query_dict"])["reference"]) for r in rows]
+    assert len(calls) == 116
+    assert {c.name for c in calls} >= {"searchCPE", "searchCVE", "emailrep_post", "emailrep_report"}
+
+
+def gold(name="say", **arguments) -> FunctionCall:
+    return FunctionCall(name, arguments)
+
+
+def record(output: str, gold_call: FunctionCall) -> dict:
+    return {"gold_call": {"name": gold_call.name, "arguments": gold_call.arguments}, **judge(output, gold_call)}
+
+
+def test_scoring_with_known_answers():
+    apostrophe = gold(text="let's go")
+    records = [
+        record(format_call("say", {"text": "let's go"}), apostrophe),  # exact, apostrophe kept
+        record(format_call("say", {"text": "lets go"}), apostrophe),  # the original's corruption: wrong
+        record('<functioncall> {"name": "say", "arguments": \'{"text": ', apostrophe),  # parse failure
+        record("I cannot help with that.", apostrophe),  # no call
+        record(format_call("shout", {"text": "let's go"}), apostrophe),  # wrong function
+        record(format_call("add", {"x": "2", "unit": "Celsius"}), gold("add", x=2, unit="celsius")),  # relaxed only
+    ]
+    summary = summarize(records)
+    assert summary["n"] == 6
+    assert summary["exact_match"] == pytest.approx(1 / 6)
+    assert summary["name_accuracy"] == pytest.approx(3 / 6)
+    assert summary["relaxed_match"] == pytest.approx(2 / 6)
+    assert (summary["parse_failures"], summary["no_call"]) == (1, 1)
+    assert summary["per_function"]["say"]["called_instead"] == {"<unparseable>": 1, "<no call>": 1, "shout": 1}
+    assert summary["per_function"]["add"] == {"n": 1, "exact_match": 0.0, "name_accuracy": 1.0, "called_instead": {}}
+
+
+def test_function_files_in_every_accepted_shape(tmp_path):
+    shipped = load_functions(REPO / "custom_function.txt")
+    assert len(shipped) == 9
+    for schema in shipped:
+        assert schema["parameters"]["required"][0] == "apiKey" and "section" in schema["parameters"]["required"]
+    plain = [shipped[0]]
+    tools = [{"type": "function", "function": shipped[0]}]
+    assert parse_function_text(json.dumps(plain)) == parse_function_text(json.dumps(tools)) == plain
+    assert parse_function_text(json.dumps(shipped[0], indent=4)) == plain  # bare schema, no header
+    api = {"name": "searchCVE", "description": "Search CVEs", "args_dicts": [
+        {"name": "cveId", "type": "str", "description": "id", "required": False, "default": "None"},
+        {"name": "limit", "type": "int", "description": "max", "required": True, "default": None}]}
+    schema = schema_from_api_entry(api)
+    assert schema["parameters"]["properties"]["limit"]["type"] == "integer"
+    assert schema["parameters"]["required"] == ["limit"]
+    assert parse_function_text(json.dumps(api) + "\n" + json.dumps(api)) == [schema, schema]  # JSONL
+    with pytest.raises(UserError):
+        parse_function_text('{"name": "broken", ')
+
+
+def test_argument_validation():
+    schema = load_functions(REPO / "custom_function.txt")[0]
+    assert validate_arguments(schema, {"apiKey": "k", "ip": "1.1.1.1", "section": "geo"}) == []
+    problems = validate_arguments(schema, {"apiKey": 3, "host": "x"})
+    assert "missing required argument 'ip'" in problems and "unknown argument 'host'" in problems
+    assert "argument 'apiKey' should be of type string" in problems
+
+
+def test_eval_items_from_each_shape():
+    functions = [schema_from_api_entry({"name": "searchCPE", "args_dicts": []}),
+                 schema_from_api_entry({"name": "emailrep_post", "args_dicts": []})]
+    io_rows = [{"Input": "Find CPEs for PHP", "Output": "r = nvdlib.searchCPE(keywordSearch='PHP')"}]
+    (item,), _ = eval_items(io_rows, functions)
+    assert item.gold == FunctionCall("searchCPE", {"keywordSearch": "PHP"})
+    assert item.prompt.endswith("USER: Find CPEs for PHP\n\n\nASSISTANT:") and '"name": "emailrep_post"' in item.prompt
+    std = [{"prompt": "Report a@b.c", "python_function_name": "emailrep_post",
+            "python_args_dict": '{"email": "a@b.c"}', "context_functions": ["emailrep_post"]}]
+    (item,), _ = eval_items(std, functions)
+    assert item.gold.arguments == {"email": "a@b.c"} and '"searchCPE"' not in item.system
+    raw = [{"dataset": "x", "query_dict": json.dumps({"query": "q", "reference": "unknown_fn(a=1)"})}]
+    assert eval_items(raw, functions) == ([], [(0, "gold function 'unknown_fn' is not among the functions given")])
+    with pytest.raises(UserError, match="give --functions"):
+        eval_items(io_rows, None)
+
+
+def run_evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_with_resume_and_rescoring(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    common = ["--model_path", str(tiny_model_dir), "--dataset", str(REPO / "data" / "sample_heldout.jsonl"),
+              "--output_dir", str(out), "--max_new_tokens", "12", "--batch_size", "3"]
+    first = run_evaluate(*common, "--limit", "3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    second = run_evaluate(*common, "--limit", "5", "--resume")
+    assert second.returncode == 0, second.stderr[-2000:]
+    new_lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert new_lines[:3] == lines and len(new_lines) == 5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 5 and "| queries |" in (out / "summary.md").read_text()
+    first_record = json.loads(new_lines[0])
+    assert {"query_id", "query", "output", "parsed_call", "gold_call", "exact_match"} <= first_record.keys()
+
+    # Re-scoring needs no model; a duplicated line (a resumed run) counts once.
+    with open(out / "predictions.jsonl", "a") as f:
+        f.write(new_lines[0] + "\n")
+    rescored = run_evaluate("--predictions", str(out / "predictions.jsonl"))
+    assert rescored.returncode == 0 and json.loads((out / "summary.json").read_text())["n"] == 5
+
+
+def test_evaluate_refuses_bad_input(tmp_path):
+    missing = run_evaluate("--predictions", str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    no_model = run_evaluate("--dataset", "data/sample_heldout.jsonl")
+    assert no_model.returncode == 2 and "--model_path" in no_model.stderr
