@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Callable
 
 
@@ -18,6 +19,8 @@ class UserError(Exception):
 def run_cli(main: Callable[[], None]) -> None:
     """Run ``main``; a UserError prints ``error: ...`` and exits 2, Ctrl-C exits 130."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # PEFT 0.21 calls an API that transformers 5 deprecated; users cannot act on the warning.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
     try:
         main()
     except UserError as err:

@@ -54,3 +54,55 @@ def generate_batch(
     )
     new_tokens = out[:, enc["input_ids"].shape[1]:]
     return [cut_at_end_of_turn(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class EndMarkerStreamer:
+    """Prints generated text as it comes, stopping at `` <|endoftext|>`` (never printed).
+
+    Text that could be the start of the marker is held back until it is known not to be.
+    """
+
+    def __init__(self, tokenizer, write=None) -> None:
+        from transformers import TextStreamer
+
+        self._inner = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._inner.on_finalized_text = self._on_text
+        self._write = write or (lambda text: print(text, end="", flush=True))
+        self._pending, self._done = "", False
+
+    def put(self, value) -> None:
+        self._inner.put(value)
+
+    def end(self) -> None:
+        self._inner.end()
+
+    def _on_text(self, text: str, stream_end: bool = False) -> None:
+        if self._done:
+            return
+        self._pending += text
+        end = self._pending.find(END_OF_TURN)
+        if end >= 0:
+            self._write(self._pending[:end].rstrip())
+            self._done, self._pending = True, ""
+            return
+        marker = " " + END_OF_TURN
+        keep = 0 if stream_end else next((k for k in range(len(marker), 0, -1) if self._pending.endswith(marker[:k])), 0)
+        self._write(self._pending[: len(self._pending) - keep])
+        self._pending = self._pending[len(self._pending) - keep:]
+
+
+class Completer:
+    """``Complete`` (see fcmistral.chat) over a Hugging Face model."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 400, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p}
+
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
+        options = dict(self.options, max_new_tokens=max_new_tokens or self.options["max_new_tokens"])
+        streamer = EndMarkerStreamer(self.tokenizer) if stream else None
+        (reply,) = generate_batch(self.model, self.tokenizer, [prompt], streamer=streamer, **options)
+        if stream:
+            print(flush=True)
+        return reply

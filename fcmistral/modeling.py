@@ -56,13 +56,15 @@ def nf4_config() -> BitsAndBytesConfig:
     )
 
 
-def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None):
+def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None, dtype: torch.dtype | None = None):
     """The causal LM from a hub name or a folder, in 4-bit NF4 or in full precision.
+
+    ``dtype`` (full precision only) defaults to bf16 on a GPU that has it, else fp32.
 
     Embeddings are resized here, before any PEFT wrap, when the tokenizer gained a token (the
     original resized after wrapping, which broke the gradients of the new rows).
     """
-    kwargs = {"dtype": torch.bfloat16 if load_in_4bit else default_compute_dtype()}
+    kwargs = {"dtype": torch.bfloat16 if load_in_4bit else dtype or default_compute_dtype()}
     if load_in_4bit:
         kwargs["quantization_config"] = nf4_config()
         if device_map is None and torch.cuda.is_available():  # under torchrun: this rank's GPU

@@ -120,10 +120,12 @@ def generation_prompt(system: str, turns: list[Turn], separator: str = TURN_SEPA
 
 
 def turn_continuation_prompt(system: str, turns: list[Turn], separator: str = TURN_SEPARATOR) -> str:
-    """The text after a finished assistant turn, where the model predicts the next role tag.
+    """The text up to the end marker of a finished assistant turn, to read what comes next.
 
-    Training supervises the tag that follows each assistant turn, so the model's next tokens
-    here say whether it continues with a second assistant turn (the "acknowledge, then call"
-    pattern) or hands the conversation back (``USER:``).
+    Training supervises the separator and the role tag that follow each assistant turn, so the
+    model's next tokens here say whether it continues with a second assistant turn (the
+    "acknowledge, then call" pattern: ``ASSISTANT:``) or hands the conversation back
+    (``USER:``). The prompt stops at the marker, not after the separator, because trailing
+    newlines tokenize differently at the end of a text than before a tag.
     """
-    return system + render_chat(turns, separator)
+    return system + render_chat(turns, separator, trailing="")

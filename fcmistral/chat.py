@@ -1,0 +1,113 @@
+"""The function-calling loop: the model writes, calls are parsed, checked and run, results go back.
+
+The model is reached only through a ``Complete`` callable (prompt in, text out), so the same loop
+serves the terminal, the HTTP server and tests that script the model's replies.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Protocol
+
+from fcmistral.calls import contains_call, try_parse_call
+from fcmistral.functions import validate_arguments
+from fcmistral.prompt import (
+    ASSISTANT_TAG,
+    Turn,
+    build_system_prompt,
+    generation_prompt,
+    turn_continuation_prompt,
+)
+
+PEEK_TOKENS = 8  # enough for "\n\n\nASSISTANT" in any tokenizer (7 tokens in Mistral's)
+MAX_ASSISTANT_TURNS = 3  # assistant turns in a row before the conversation goes back to the user
+
+
+class Complete(Protocol):
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
+        """The model's continuation of ``prompt``, cut before ``<|endoftext|>``."""
+
+
+def assistant_turn(text: str) -> Turn:
+    """A reply as a turn; a reply with a call marker is a function call even if unreadable.
+
+    The reply starts with the space after ``ASSISTANT:``; the turn's content does not.
+    """
+    text = text.strip()
+    if contains_call(text):
+        call, _ = try_parse_call(text)
+        return Turn("function_call", text, call)
+    return Turn("assistant", text)
+
+
+def wants_another_turn(complete: Complete, system: str, turns: list[Turn]) -> bool:
+    """Whether the model follows its finished turn with another assistant turn (see prompt.py)."""
+    peek = complete(turn_continuation_prompt(system, turns), max_new_tokens=PEEK_TOKENS)
+    return peek.lstrip().startswith(ASSISTANT_TAG.rstrip(":"))
+
+
+def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: bool = False) -> list[Turn]:
+    """The assistant's turns until it calls a function or hands the conversation back."""
+    new: list[Turn] = []
+    for _ in range(MAX_ASSISTANT_TURNS):
+        turn = assistant_turn(complete(generation_prompt(system, turns + new), stream=stream))
+        new.append(turn)
+        if turn.role == "function_call" or not wants_another_turn(complete, system, turns + new):
+            break
+    return new
+
+
+def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str, Callable[..., Any]]) -> str:
+    """Run a call turn's function and return the FUNCTION RESPONSE text (JSON).
+
+    Only registered functions run, with the parsed arguments as keyword values; model output is
+    never evaluated as code. Every failure becomes a JSON error object for the model to read.
+    """
+    if turn.call is None:
+        _, reason = try_parse_call(turn.content)
+        return json.dumps({"error": f"the function call could not be parsed: {reason}"})
+    name, arguments = turn.call.name, turn.call.arguments
+    if name not in schemas or name not in tools:
+        return json.dumps({"error": f"unknown function '{name}'", "available": sorted(set(schemas) & set(tools))})
+    problems = validate_arguments(schemas[name], arguments)
+    if problems:
+        return json.dumps({"error": "invalid arguments", "details": problems})
+    try:
+        result = tools[name](**arguments)
+    except Exception as err:  # the user's function failed: the model is told, the chat goes on
+        return json.dumps({"error": f"{name} failed: {type(err).__name__}: {err}"})
+    try:
+        return json.dumps(result if isinstance(result, dict) else {"result": result}, ensure_ascii=False)
+    except TypeError:
+        return json.dumps({"result": str(result)}, ensure_ascii=False)
+
+
+class ChatSession:
+    """A conversation with tools: ``send`` a user message, get the new turns back."""
+
+    def __init__(self, complete: Complete, functions: list[dict[str, Any]], tools: dict[str, Callable[..., Any]],
+                 max_calls: int = 3, stream: bool = False) -> None:
+        self.complete, self.tools, self.max_calls, self.stream = complete, tools, max_calls, stream
+        self.schemas = {f["name"]: f for f in functions}
+        self.system = build_system_prompt(functions)
+        self.turns: list[Turn] = []
+
+    def reset(self) -> None:
+        self.turns = []
+
+    def send(self, message: str, on_turn: Callable[[Turn], None] | None = None) -> list[Turn]:
+        start = len(self.turns)
+        self._append(Turn("user", message), on_turn)
+        for calls in range(self.max_calls + 1):
+            step = assistant_step(self.complete, self.system, self.turns, self.stream)
+            for turn in step:
+                self._append(turn, on_turn)
+            if step[-1].role != "function_call" or calls == self.max_calls:
+                break
+            self._append(Turn("function_response", execute_call(step[-1], self.schemas, self.tools)), on_turn)
+        return self.turns[start:]
+
+    def _append(self, turn: Turn, on_turn: Callable[[Turn], None] | None) -> None:
+        self.turns.append(turn)
+        if on_turn is not None:
+            on_turn(turn)

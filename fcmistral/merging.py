@@ -1,0 +1,73 @@
+"""Merging a LoRA adapter into its base model, through public PEFT/transformers APIs only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fcmistral.cli import UserError
+from fcmistral.modeling import load_model, load_tokenizer
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _base_dtype(model_path: str) -> torch.dtype:
+    """The dtype the base was saved in (bf16 for Mistral-7B), fp32 when the config does not say."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the model config from {model_path!r}: {str(err).splitlines()[0]}") from err
+    name = str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
+    return DTYPES.get(name, torch.float32)
+
+
+def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = False, dtype: str = "auto"):
+    """The merged model and its tokenizer.
+
+    Default: the adapter is merged into the full-precision base weights. ``into_dequantized``:
+    into the NF4-dequantized weights the adapter was trained against (the original's behaviour),
+    via transformers' public ``dequantize()`` rather than bitsandbytes internals.
+    """
+    from peft import PeftModel
+
+    if not Path(adapter_path, "adapter_config.json").is_file():
+        raise UserError(f"{adapter_path!r} is not a LoRA adapter folder (no adapter_config.json)")
+    target = _base_dtype(model_path) if dtype == "auto" else DTYPES[dtype]
+    has_tokenizer = Path(adapter_path, "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(adapter_path if has_tokenizer else model_path)
+    if into_dequantized:
+        base = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer).dequantize().to(torch.float32)
+    else:
+        base = load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_path).merge_and_unload()  # merged in fp32, then cast
+    merged = merged.to(target)
+    merged.config.dtype = target
+    return merged, tokenizer
+
+
+def save_merged(model, tokenizer, save_path: str, overwrite: bool = False) -> Path:
+    """Write model (safetensors) and tokenizer; a failure leaves ``save_path`` as it was."""
+    out = Path(save_path)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{save_path!r} is not empty: pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        config = json.loads((staging / "config.json").read_text())
+        if "quantization_config" in config:
+            raise UserError("internal error: the merged config still has a quantization entry")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out

@@ -1,0 +1,235 @@
+"""The function-calling loop, the tools, the OpenAI-compatible server and the merge, on scripted
+replies (a stub only at the generation boundary) and on the real tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from fcmistral.chat import ChatSession, assistant_step
+from fcmistral.cli import UserError
+from fcmistral.prompt import ASSISTANT_TAG, Turn, format_call
+from fcmistral.tools import DEMO_FUNCTIONS, DEMO_TOOLS, check_tools_cover, load_tools_module
+from tests.conftest import REPO
+
+
+class Scripted:
+    """A model whose replies are written in advance; ``continues`` lists the replies after which it
+    starts another assistant turn (what the trained model says through the tag it predicts)."""
+
+    def __init__(self, replies: list[str], continues: tuple[int, ...] = ()) -> None:
+        self.replies, self.continues, self.prompts, self.count = list(replies), set(continues), [], 0
+
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
+        self.prompts.append(prompt)
+        if prompt.endswith(ASSISTANT_TAG):
+            self.count += 1
+            return " " + self.replies.pop(0)
+        assert prompt.endswith("<|endoftext|>")  # the peek after a finished turn
+        return "\n\n\nASSISTANT:" if self.count - 1 in self.continues else "\n\n\nUSER:"
+
+
+def weather_call(**arguments) -> str:
+    return format_call("get_current_weather", arguments or {"location": "Paris", "unit": "celsius"})
+
+
+def test_full_transcript_call_response_answer():
+    model = Scripted([weather_call(), "It is 18 degrees and cloudy in Paris."])
+    session = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS)
+    turns = session.send("Weather in Paris?")
+    assert [t.role for t in turns] == ["user", "function_call", "function_response", "assistant"]
+    assert json.loads(turns[2].content) == {"location": "Paris", "temperature": 18, "unit": "celsius", "condition": "cloudy"}
+    # The second prompt is the exact glaive text of the conversation so far.
+    assert model.prompts[-2].endswith(
+        "USER: Weather in Paris?\n\n\nASSISTANT: " + weather_call() + " <|endoftext|>\n\n\nFUNCTION RESPONSE: "
+        + turns[2].content + "\n\n\nASSISTANT:")
+    assert model.prompts[0].startswith(session.system) and '"name": "calculate_tax"' in session.system
+
+
+def test_acknowledge_then_call_is_two_assistant_turns():
+    model = Scripted(["Sure, let me check that for you.", weather_call(), "It is 18 degrees."], continues=(0,))
+    turns = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS).send("Weather in Paris?")
+    assert [t.role for t in turns] == ["user", "assistant", "function_call", "function_response", "assistant"]
+
+
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        ('<functioncall> {"name": "get_current_weather", "arguments": \'{"location": ', "could not be parsed"),
+        (format_call("book_flight", {"to": "Rome"}), "unknown function 'book_flight'"),
+        (format_call("calculate_tax", {"income": "a lot"}), "invalid arguments"),
+        (format_call("convert_currency", {"amount": 5, "from_currency": "XXX", "to_currency": "EUR"}),
+         "convert_currency failed: ValueError: unknown currency XXX"),
+    ],
+)
+def test_bad_calls_go_back_to_the_model_as_json_errors(reply, error):
+    model = Scripted([reply, "Sorry, that did not work."])
+    turns = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS).send("Do it")
+    assert [t.role for t in turns] == ["user", "function_call", "function_response", "assistant"]
+    assert error in json.loads(turns[2].content)["error"] + " ".join(json.loads(turns[2].content).get("details", []))
+
+
+def test_apostrophes_in_values_reach_the_function_intact(tmp_path):
+    module = tmp_path / "my_tools.py"
+    module.write_text(
+        "FUNCTIONS = [{'name': 'echo', 'description': 'Echo', 'parameters': {'type': 'object',\n"
+        "    'properties': {'text': {'type': 'string'}}, 'required': ['text']}}]\n"
+        "def echo(text):\n    return {'echo': text}\n"
+        "def _private():\n    pass\n"
+    )
+    tools, functions = load_tools_module(module)
+    assert set(tools) == {"echo"} and functions[0]["name"] == "echo"
+    model = Scripted([format_call("echo", {"text": "l'été, it's"}), "Done."])
+    turns = ChatSession(model, functions, tools).send("Echo l'été, it's")
+    assert json.loads(turns[2].content) == {"echo": "l'été, it's"}
+
+
+def test_max_calls_bounds_a_calling_loop():
+    model = Scripted([weather_call()] * 3)
+    turns = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS, max_calls=2).send("Weather?")
+    assert [t.role for t in turns].count("function_call") == 3
+    assert [t.role for t in turns].count("function_response") == 2 and not model.replies
+
+
+def test_tools_module_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_tools_module(tmp_path / "none.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_here\n")
+    with pytest.raises(UserError, match="cannot import"):
+        load_tools_module(broken)
+    with pytest.raises(UserError, match="no Python function for the schemas"):
+        check_tools_cover(DEMO_FUNCTIONS, {"calculate_tax": DEMO_TOOLS["calculate_tax"]})
+
+
+@pytest.fixture()
+def server():
+    from fcmistral.server import ChatCompletionServer
+
+    model = Scripted([])
+    srv = ChatCompletionServer(model, "tiny", "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, model
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_openai_client_against_the_server(server):
+    from openai import OpenAI
+
+    srv, model = server
+    client = OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    tools = [{"type": "function", "function": DEMO_FUNCTIONS[0]}]
+    model.replies, model.continues = ["Let me check.", weather_call(location="Zürich", unit="celsius")], {0}
+    messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Weather in Zürich?"}]
+    reply = client.chat.completions.create(model="tiny", messages=messages, tools=tools)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_current_weather"
+    assert json.loads(call.function.arguments) == {"location": "Zürich", "unit": "celsius"}
+
+    model.replies, model.continues, model.count = ["It is 12 degrees."], set(), 0
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 12}'}]
+    final = client.chat.completions.create(model="tiny", messages=messages, tools=tools)
+    assert final.choices[0].message.content == "It is 12 degrees." and final.choices[0].finish_reason == "stop"
+    assert model.prompts[-2].endswith(
+        "ASSISTANT: Let me check. <|endoftext|>\n\n\nASSISTANT: " + weather_call(location="Zürich", unit="celsius")
+        + ' <|endoftext|>\n\n\nFUNCTION RESPONSE: {"temperature": 12}\n\n\nASSISTANT:')
+
+
+@pytest.mark.parametrize(
+    "body, status, text",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"messages": []}', 400, "non-empty list"),
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', 400, "unsupported message role"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "streaming"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {}}]}', 400, "name"),
+    ],
+)
+def test_bad_requests_get_openai_shaped_4xx(server, body, status, text):
+    import urllib.error
+    import urllib.request
+
+    srv, _ = server
+    request = urllib.request.Request(f"http://127.0.0.1:{srv.server_port}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == status
+    error = json.loads(caught.value.read())["error"]
+    assert text in error["message"] and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.slow
+def test_real_loop_on_the_tiny_model(tiny_model_dir):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "inference.py"), "--model_path", str(tiny_model_dir), "--prompt",
+         "What's the weather like in Paris right now?", "--json", "--max_new_tokens", "24", "--max_calls", "1"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    turns = json.loads(result.stdout)["turns"]
+    assert turns[0] == {"role": "user", "content": "What's the weather like in Paris right now?", "call": None}
+    assert turns[1]["role"] in ("assistant", "function_call") and len(turns) >= 2
+
+
+def logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(["USER: Convert 10 EUR to USD\n\n\nASSISTANT: <functioncall>"], return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("into_dequantized", [False, True])
+def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, tiny_tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from fcmistral.modeling import load_model, lora_config, wrap_lora
+
+    torch.manual_seed(0)
+    peft_model = wrap_lora(load_model(str(tiny_model_dir), False, tiny_tokenizer), lora_config(), False, False)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    out = tmp_path / "merged"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "convert_weights.py"), "--model_path", str(tiny_model_dir), "--adapter_path",
+         str(adapter), "--save_path", str(out), *(["--merge_into_dequantized"] if into_dequantized else [])],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config and (out / "tokenizer.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = load_model(str(tiny_model_dir), into_dequantized, tiny_tokenizer).eval()
+    without_adapter = logits(base, tiny_tokenizer)
+    reference = PeftModel.from_pretrained(base, adapter).eval()  # injects the adapter into base
+    expected, got = logits(reference, tiny_tokenizer), logits(merged, tiny_tokenizer)
+    assert (expected - without_adapter).abs().max() > 0.5  # the adapter really changes the output
+    # fp32 merge: float rounding only. Dequantized: the 4-bit PEFT model computes in bf16.
+    tolerance = 0.05 if into_dequantized else 1e-4
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=0)
+
+
+def test_convert_refuses_bad_input(tmp_path, tiny_model_dir):
+    run = lambda *a: subprocess.run([sys.executable, str(REPO / "convert_weights.py"), *a], capture_output=True,  # noqa: E731
+                                    text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=300)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("x")
+    result = run("--model_path", str(tiny_model_dir), "--adapter_path", str(tmp_path), "--save_path", str(occupied))
+    assert result.returncode == 2 and "--overwrite" in result.stderr and (occupied / "keep.txt").exists()
+    result = run("--model_path", str(tiny_model_dir), "--adapter_path", str(tmp_path), "--save_path", str(tmp_path / "new"))
+    assert result.returncode == 2 and "not a LoRA adapter folder" in result.stderr and "Traceback" not in result.stderr
