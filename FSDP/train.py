@@ -1,0 +1,199 @@
+"""Full fine-tune with PyTorch FSDP2, launched by torchrun (see FSDP/run.sh).
+
+    torchrun --nproc_per_node=8 FSDP/train.py --model_path mistralai/Mistral-7B-v0.1 \
+        --data_path glaiveai/glaive-function-calling-v2 --output_dir outputs/fsdp
+
+Same data pipeline and prompt format as the QLoRA script (fcmistral), every parameter trained.
+Rows longer than --max_length are dropped (as the original did), not cut. The loss is weighted by
+supervised tokens over the whole global batch (all ranks, all accumulation steps), so a run on 2
+processes follows the same curve as one on 1 process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Run as a script (torchrun FSDP/train.py): the repository root is not on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fcmistral.cli import UserError, run_cli  # noqa: E402  (first: quiets a bitsandbytes import warning)
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import DataCollatorForSeq2Seq, HfArgumentParser, get_cosine_schedule_with_warmup  # noqa: E402
+
+from fcmistral import fsdp  # noqa: E402
+from fcmistral.data import load_rows, report_skipped, split_rows, tokenize_rows  # noqa: E402
+from fcmistral.labels import IGNORE_INDEX  # noqa: E402
+from fcmistral.modeling import load_model, load_tokenizer  # noqa: E402
+
+log = logging.getLogger("fsdp")
+
+
+@dataclass
+class FSDPArguments:
+    model_path: str = field(default="mistralai/Mistral-7B-v0.1", metadata={"help": "base model: hub name or folder"})
+    data_path: str = field(default="glaiveai/glaive-function-calling-v2", metadata={"help": "glaive data: hub name or local file"})
+    output_dir: str = field(default="outputs/fsdp", metadata={"help": "best/, final/, checkpoints/ and metrics.jsonl"})
+    max_length: int = field(default=4096, metadata={"help": "rows with more tokens are dropped"})
+    test_size: float = field(default=0.05, metadata={"help": "fraction of rows held out as the dev set"})
+    seed: int = field(default=42, metadata={"help": "seed of the split, the shuffling and the run"})
+    per_device_batch_size: int = field(default=1, metadata={"help": "examples per process per micro-batch"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
+    num_epochs: int = field(default=1, metadata={"help": "epochs over the train split"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps in all (-1: from the epochs)"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps of linear warm-up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: 3 times per epoch)"})
+    save_steps: int = field(default=0, metadata={"help": "resumable checkpoint every N steps (0: at evaluations)"})
+    mixed_precision: str = field(default="bf16", metadata={"help": "bf16 (fp32 master weights and reduction) or fp32",
+                                                           "choices": ["bf16", "fp32"]})
+    activation_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir/checkpoints"})
+    logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
+
+
+def build_data(args: FSDPArguments, tokenizer, env: fsdp.DistEnv):
+    splits = split_rows(load_rows(args.data_path), args.test_size, args.seed)
+    out = {}
+    for name, key in (("train", "train"), ("dev", "test")):
+        ds, skipped, _ = tokenize_rows(splits[key], tokenizer, args.max_length, overflow="drop")
+        if env.is_main:
+            report_skipped(skipped, len(ds) + len(skipped), name)
+        if len(ds) == 0:
+            raise UserError(f"no {name} example left after dropping rows longer than {args.max_length} tokens")
+        out[name] = ds.remove_columns("row_index")
+    return out["train"], out["dev"]
+
+
+def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's share of the dev set, padded to the same number of batches on every rank."""
+    mine = [dev[i] for i in range(env.rank, len(dev), env.world_size)]
+    per_rank = math.ceil(math.ceil(len(dev) / env.world_size) / batch_size)
+    batches = [collate(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
+    while len(batches) < per_rank:  # no example left here: a forward that adds no loss
+        filler = collate([dev[0]])
+        filler["labels"].fill_(IGNORE_INDEX)
+        batches.append(filler)
+    return batches
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(FSDPArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses()
+    env = fsdp.init_distributed()
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    torch.manual_seed(args.seed)
+    out = Path(args.output_dir)
+    checkpoint = fsdp.latest_checkpoint(out / "checkpoints")
+    if args.resume and checkpoint is None:
+        raise UserError(f"--resume: no checkpoint in {args.output_dir!r}")
+
+    tokenizer = load_tokenizer(args.model_path)
+    train_ds, dev_ds = build_data(args, tokenizer, env)
+    model = load_model(args.model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
+    save_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
+    model.config.use_cache = False
+    if args.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    no_decay = fsdp.no_decay_names(model)
+    fsdp.shard(model, mixed_precision=args.mixed_precision == "bf16")
+    model.to(env.device)
+    optimizer = torch.optim.AdamW(fsdp.optimizer_groups(model, no_decay, args.weight_decay), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2))
+
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader = DataLoader(train_ds, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collate)
+    steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise UserError("fewer examples than one global batch: lower the batch size or accumulation")
+    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_epochs
+    eval_steps = args.eval_steps or max(1, steps_per_epoch // 3)
+    save_steps = args.save_steps or eval_steps
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(args.warmup_ratio * total_steps), total_steps)
+    dev = dev_batches(dev_ds, collate, env, args.per_device_batch_size)
+
+    state = {"step": 0, "best_eval_loss": float("inf")}
+    if args.resume:
+        state = fsdp.load_checkpoint(checkpoint, model, optimizer, env)
+        scheduler.load_state_dict(state.pop("scheduler"))
+        log.info("resumed at step %d", state["step"])
+    metrics_path = out / "metrics.jsonl"
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if args.resume and json.loads(line)["step"] <= state["step"]]  # drop what will be redone
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+        log.info("%d train / %d dev examples, %d processes, global batch %d, %d steps",
+                 len(train_ds), len(dev_ds), env.world_size,
+                 args.per_device_batch_size * env.world_size * args.gradient_accumulation_steps, total_steps)
+
+    def record(entry: dict) -> None:
+        if env.is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    model.train()
+    progress = tqdm(total=total_steps, initial=state["step"], disable=not env.is_main, desc="training")
+    while state["step"] < total_steps:
+        epoch, step_in_epoch = divmod(state["step"], steps_per_epoch)
+        sampler.set_epoch(epoch)
+        micro_batches = iter(loader)
+        for _ in range(step_in_epoch * args.gradient_accumulation_steps):  # data position on resume
+            next(micro_batches)
+        for _ in range(step_in_epoch, steps_per_epoch):
+            batches = [next(micro_batches) for _ in range(args.gradient_accumulation_steps)]
+            global_tokens = fsdp.all_reduce_sum(fsdp.supervised_tokens(batches), env.device)
+            step_loss = 0.0
+            for i, batch in enumerate(batches):
+                model.set_requires_gradient_sync(i == len(batches) - 1)  # reduce once per step
+                batch = {k: v.to(env.device) for k, v in batch.items()}
+                loss = model(**batch, num_items_in_batch=global_tokens).loss  # sum / tokens of the global batch
+                (loss * env.world_size).backward()  # FSDP averages gradients over ranks: undo it
+                step_loss += loss.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            progress.update(1)
+            if state["step"] % args.logging_steps == 0:
+                train_loss = fsdp.all_reduce_sum(step_loss, env.device)
+                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                record({"step": state["step"], "loss": train_loss, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]})
+                progress.set_postfix(loss=f"{train_loss:.4f}")
+            last = state["step"] == total_steps
+            if state["step"] % eval_steps == 0 or last:
+                eval_loss = fsdp.evaluate(model, dev, env)
+                record({"step": state["step"], "eval_loss": eval_loss})
+                log.info("step %d: eval loss %.4f", state["step"], eval_loss)
+                if eval_loss < state["best_eval_loss"]:
+                    state["best_eval_loss"] = eval_loss
+                    fsdp.save_hf_folder(model, tokenizer, out / "best", save_dtype, env)
+            if state["step"] % save_steps == 0 or last:
+                fsdp.save_checkpoint(out / "checkpoints", model, optimizer,
+                                     {**state, "scheduler": scheduler.state_dict()}, env)
+            if last:
+                break
+    progress.close()
+    fsdp.save_hf_folder(model, tokenizer, out / "final", save_dtype, env)
+    if env.is_main:
+        (out / "summary.json").write_text(json.dumps({"steps": state["step"], "best_eval_loss": state["best_eval_loss"]}))
+        log.info("done: best eval loss %.4f (model in %s)", state["best_eval_loss"], out / "best")
+
+
+if __name__ == "__main__":
+    run_cli(main)
+    fsdp.shutdown(0)
