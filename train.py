@@ -22,6 +22,7 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from fcmistral.data import load_rows, report_skipped, split_rows, tokenize_rows
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
+from fcmistral.packing import PackedCollator, pack_examples
 
 log = logging.getLogger("train")
 
@@ -57,6 +58,11 @@ class TrainArguments:
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
     eval_on_start: bool = field(default=False, metadata={"help": "evaluate once before training (a baseline loss)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations to save memory"})
+    packing: bool = field(
+        default=False,
+        metadata={"help": "pack several examples into each sequence of up to max_length tokens (padding-free, "
+                          "no attention across examples); per_device_train_batch_size then counts packed rows"},
+    )
     resume_from_checkpoint: str = field(
         default=None, metadata={"help": "a checkpoint folder, or 'last' for the newest one in output_dir"}
     )
@@ -172,6 +178,12 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = build_datasets(args, tokenizer)
     model = load_model(args.model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer)
+    model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
+    if args.packing:
+        train_ds = pack_examples(train_ds, args.max_length)
+        collator = PackedCollator(flash_attention=model.config._attn_implementation.startswith("flash_attention"))
+        log.info("packing: %d rows of up to %d tokens", len(train_ds), args.max_length)
     model = wrap_lora(
         model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout),
         quantized=not args.no_4bit, gradient_checkpointing=args.gradient_checkpointing,
@@ -182,7 +194,7 @@ def main() -> None:
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8),
+        data_collator=collator,
         callbacks=[SaveOnSignal()],
     )
     trainer.train(resume_from_checkpoint=resume)

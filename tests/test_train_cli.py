@@ -86,6 +86,18 @@ def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
+def test_train_with_packing(tiny_model_dir, small_data, tmp_path):
+    out = tmp_path / "packed"
+    result = run("train.py", "--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir",
+                 str(out), "--eval_steps", "3", "--save_steps", "3", "--max_steps", "6", "--packing", "true",
+                 "--max_length", "1024", "--eval_on_start", "true", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "packing: " in result.stderr
+    losses = [h["eval_loss"] for h in json.loads((out / "train_summary.json").read_text())["eval_history"]]
+    assert losses[-1] < losses[0] - 0.5
+
+
 def test_help_lists_every_option_with_its_default():
     result = run("train.py", "--help")
     assert result.returncode == 0
