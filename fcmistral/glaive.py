@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from fcmistral.calls import CallParseError, contains_call, parse_call
@@ -46,9 +47,18 @@ class GlaiveRow:
 
 
 def parse_functions(system: str) -> list[dict[str, Any]]:
-    """The JSON schemas in a SYSTEM text: concatenated objects, not a JSON list."""
+    """The JSON schemas in a SYSTEM text: concatenated objects, not a JSON list.
+
+    Cached by text: glaive repeats the same function sets over thousands of rows. The schemas
+    returned are shared between calls, so treat them as read-only.
+    """
+    return list(_parse_functions(system))
+
+
+@lru_cache(maxsize=16384)
+def _parse_functions(system: str) -> tuple[dict[str, Any], ...]:
     if system.startswith(SYSTEM_NO_FUNCTIONS.rstrip("\n")):
-        return []
+        return ()
     if not system.startswith(SYSTEM_WITH_FUNCTIONS):
         raise RowParseError("unknown SYSTEM header")
     body, functions, decoder = system[len(SYSTEM_WITH_FUNCTIONS):], [], json.JSONDecoder()
@@ -57,7 +67,7 @@ def parse_functions(system: str) -> list[dict[str, Any]]:
         while pos < len(body) and body[pos].isspace():
             pos += 1
         if pos >= len(body):
-            return functions
+            return tuple(functions)
         try:
             schema, pos = decoder.raw_decode(body, pos)
         except json.JSONDecodeError as err:

@@ -3,8 +3,8 @@
 Instead of scanning for hard-coded token ids (the original's method, which breaks on other
 tokenizers and turns supervision on for any ``ASS`` piece inside a word such as PASS or CLASS),
 the supervised parts are known as *character spans* while the text is rendered, and a token is
-supervised when its character offsets overlap a span. One fast-tokenizer call per batch gives the
-offsets; the span test is a vectorised ``searchsorted``. A token straddling a span boundary
+supervised when its characters overlap a span. One fast-tokenizer call per batch encodes the
+texts; each span's tokens are found with two character-to-token look-ups. A token straddling a span boundary
 would be supervised; with Mistral's tokenizer (a newline is its own byte token) and the tiny one
 (byte-level BPE) turn boundaries always fall between tokens, which the tests check.
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-import numpy as np
 
 from fcmistral.glaive import GlaiveRow
 from fcmistral.prompt import TAG_OF_ROLE, render_turn
@@ -81,27 +79,20 @@ def labelled_text(row: GlaiveRow) -> LabelledText:
     return LabelledText("".join(pieces), spans, len(row.system), last >= 0)
 
 
-def token_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """True for tokens whose ``[start, end)`` overlaps a span; spans sorted and disjoint."""
-    if not spans:
-        return np.zeros(len(offsets), dtype=bool)
-    span_starts = np.fromiter((s for s, _ in spans), dtype=np.int64)
-    span_ends = np.fromiter((e for _, e in spans), dtype=np.int64)
-    starts, ends = offsets[:, 0], offsets[:, 1]
-    idx = np.searchsorted(span_ends, starts, side="right")
-    inside = idx < len(spans)
-    hit = np.zeros(len(offsets), dtype=bool)
-    hit[inside] = span_starts[idx[inside]] < ends[inside]
-    return hit & (ends > starts)  # zero-width (special) tokens are never supervised
+def _first_token(encoding, start: int, stop: int, step: int = 1) -> int | None:
+    """The token covering the first character in ``range(start, stop, step)`` that has one."""
+    for pos in range(start, stop, step):
+        token = encoding.char_to_token(pos)
+        if token is not None:
+            return token
+    return None
 
 
-def _cut_point(token_ends: np.ndarray, spans: list[tuple[int, int]], max_tokens: int) -> int:
-    """Number of tokens to keep so that the text stops right after a whole supervised span."""
-    for _, span_end in reversed(spans):
-        keep = int(np.searchsorted(token_ends, span_end, side="right"))
-        if keep <= max_tokens:
-            return keep
-    return 0
+def _span_tokens(encoding, start: int, end: int) -> tuple[int, int] | None:
+    """``[first, stop)`` token indices overlapping the characters ``[start, end)``."""
+    first = _first_token(encoding, start, end)
+    last = _first_token(encoding, end - 1, start - 1, -1)
+    return None if first is None else (first, last + 1)
 
 
 def examples_from_rows(
@@ -110,36 +101,38 @@ def examples_from_rows(
     """Tokenize rows in one batch; each result is an Example or why it was Skipped.
 
     ``overflow="truncate"`` cuts a too-long example after its last assistant turn that fits
-    (never mid-turn); ``"drop"`` skips it, as the original FSDP script did.
+    (never mid-turn); ``"drop"`` skips it, as the original FSDP script did. The Rust encodings
+    answer "which token covers this character" directly, so no per-token Python work is done.
     """
     labelled = [labelled_text(r) for r in rows]
-    encoded = tokenizer(
-        [lt.text for lt in labelled], return_offsets_mapping=True, add_special_tokens=True
-    )
+    encodings = tokenizer.backend_tokenizer.encode_batch([lt.text for lt in labelled], add_special_tokens=True)
     eos = tokenizer.eos_token_id
     results: list[Example | Skipped] = []
-    for lt, ids, offsets in zip(labelled, encoded["input_ids"], encoded["offset_mapping"]):
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        prompt_tokens = int(np.searchsorted(offsets[:, 1], lt.prompt_chars, side="right"))
+    for lt, encoding in zip(labelled, encodings):
+        ids = encoding.ids
+        prompt_tokens = _first_token(encoding, lt.prompt_chars - 1, -1, -1) + 1
         if not lt.spans:
             results.append(Skipped("no assistant turn", prompt_tokens))
             continue
         if ids[-1] != eos:
-            ids = list(ids) + [eos]
-            offsets = np.vstack([offsets, [[len(lt.text), len(lt.text) + 1]]])
-        spans = lt.spans[:-1] + [(lt.spans[-1][0], len(lt.text) + 1)]  # last span covers </s>
+            ids = ids + [eos]
+        ranges = [_span_tokens(encoding, s, e) for s, e in lt.spans]
+        ranges[-1] = (ranges[-1][0], len(ids))  # the last span goes on to cover </s>
         keep = len(ids)
         if keep > max_length:
             if overflow == "drop":
                 results.append(Skipped(f"longer than max_length ({keep} > {max_length} tokens)", prompt_tokens))
                 continue
-            keep = _cut_point(offsets[:, 1], spans, max_length)
+            # Stop right after the last whole supervised span that fits.
+            keep = next((stop for _, stop in reversed(ranges) if stop <= max_length), 0)
             if keep == 0:
                 results.append(
                     Skipped(f"first assistant turn ends beyond max_length ({max_length} tokens)", prompt_tokens)
                 )
                 continue
-        mask = token_mask(offsets[:keep], spans)
-        labels = np.where(mask, np.asarray(ids[:keep]), IGNORE_INDEX)
-        results.append(Example(list(ids[:keep]), labels.tolist(), prompt_tokens))
+        labels = [IGNORE_INDEX] * keep
+        for first, stop in ranges:
+            stop = min(stop, keep)
+            labels[first:stop] = ids[first:stop]
+        results.append(Example(ids[:keep], labels, prompt_tokens))
     return results

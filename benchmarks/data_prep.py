@@ -1,0 +1,121 @@
+"""Data preparation speed: our offset-based labelling against the original's method, in one run.
+
+    python benchmarks/data_prep.py            # 112,960 synthetic glaive rows (the real dataset's size)
+
+The original tokenized each example alone (and its system prompt again), then scanned its token ids
+in Python for the ids that start (ASS) and stop (USER, FUNCTION) supervision. Ours parses the rows, tokenizes a whole batch in
+one fast-tokenizer call with offsets, and finds the supervised tokens with numpy; the ``datasets``
+cache then serves a second run. Figures are printed as ratios measured in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from common import mistral_sized_tokenizer, peak_rss_mib, timed
+
+from fcmistral.labels import IGNORE_INDEX
+from fcmistral.sample_data import generate_rows
+
+
+def original_method(dataset, tokenizer, max_length: int) -> list[dict]:
+    """Faithful to the original's preprocessing: rows iterated one by one; the full text (with
+    the EOS text appended) and the system prompt each tokenized alone into tensors, with lengths
+    counted on them; then a ``while`` scan over ``tolist()`` ids that starts supervision at the
+    first piece of ``ASSISTANT`` and stops it at ``USER`` or ``FUNCTION`` (the original hard-coded
+    Mistral's ids 4816, 11123 and 16368; here the same pieces of the benchmark tokenizer)."""
+    import torch
+
+    ass = tokenizer.encode("ASSISTANT", add_special_tokens=False)[0]
+    user = tokenizer.encode("USER", add_special_tokens=False)[0]
+    function = tokenizer.encode("FUNCTION", add_special_tokens=False)[0]
+    sources, examples = [], []
+    for row in dataset:
+        sources.append(row["system"])
+        examples.append(row["system"] + row["chat"] + tokenizer.eos_token)
+
+    def tokenize(strings):
+        tokenized = [tokenizer(text, return_tensors="pt", padding="longest", max_length=max_length, truncation=True)
+                     for text in strings]
+        ids = [t.input_ids[0] for t in tokenized]
+        return ids, [t.input_ids.ne(tokenizer.pad_token_id).sum().item() for t in tokenized]
+
+    input_ids, _ = tokenize(examples)
+    tokenize(sources)  # the original tokenized the sources too (for lengths it no longer used)
+    out = []
+    for ids in input_ids:
+        label = ids.tolist()
+        i = 0
+        while i < len(label):
+            if label[i] == ass:
+                while i < len(label):
+                    if label[i] == user or label[i] == function:
+                        break
+                    i += 1
+                if i < len(label):
+                    label[i] = IGNORE_INDEX
+                if i >= len(label):
+                    break
+            else:
+                label[i] = IGNORE_INDEX
+            i += 1
+        out.append({"input_ids": ids, "labels": torch.tensor(label)})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=112_960, help="rows for the full run (the real dataset's size)")
+    parser.add_argument("--compare_rows", type=int, default=10_000, help="rows both methods run on for the ratio")
+    parser.add_argument("--max_length", type=int, default=4096)
+    args = parser.parse_args()
+
+    from datasets import Dataset, disable_progress_bars
+
+    from fcmistral.data import tokenize_rows
+
+    disable_progress_bars()
+    results: dict[str, float] = {}
+    with timed(results, "generate"):
+        rows = generate_rows(args.rows, seed=7)
+    with timed(results, "train_tokenizer"):
+        tokenizer = mistral_sized_tokenizer([r["system"] + r["chat"] for r in rows[:20_000]])
+    subset = rows[: args.compare_rows]
+    ds = Dataset.from_list(subset)
+    with timed(results, "original"):
+        original = original_method(ds, tokenizer, args.max_length)
+    with tempfile.TemporaryDirectory() as cache:
+        # The production path on the same rows, with a cold cache.
+        with timed(results, "ours_subset"):
+            tokenize_rows(ds, tokenizer, args.max_length)
+        full = Dataset.from_list(rows).flatten_indices()
+        full.save_to_disk(f"{cache}/rows")  # a disk-backed dataset, as load_dataset gives, so the map caches
+        from datasets import load_from_disk
+
+        full = load_from_disk(f"{cache}/rows")
+        with timed(results, "ours_full"):
+            kept, skipped, _ = tokenize_rows(full, tokenizer, args.max_length)
+        with timed(results, "ours_full_cached"):
+            tokenize_rows(full, tokenizer, args.max_length)
+    tokens = sum(len(x["input_ids"]) for x in original) / len(original)
+    report = {
+        "tokenizer_vocab": len(tokenizer),
+        "mean_tokens_per_row": round(tokens, 1),
+        "compare_rows": len(subset),
+        "original_s": round(results["original"], 2),
+        "ours_s": round(results["ours_subset"], 2),
+        "speedup_vs_original": round(results["original"] / results["ours_subset"], 2),
+        "full_rows": len(rows),
+        "full_s": round(results["ours_full"], 1),
+        "full_cached_s": round(results["ours_full_cached"], 2),
+        "kept": len(kept),
+        "skipped": len(skipped),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
