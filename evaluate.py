@@ -83,7 +83,7 @@ def read_predictions(path: Path) -> list[dict]:
 
 
 def generate_predictions(args: EvalArguments, items: list[EvalItem], path: Path) -> None:
-    from fcmistral.generation import generate_batch, load_for_generation
+    from fcmistral.generation import generate_batch, length_sorted_batches, load_for_generation
 
     done = {r["query_id"] for r in read_predictions(path)} if args.resume and path.exists() else set()
     todo = [item for item in items if item.query_id not in done]
@@ -91,8 +91,8 @@ def generate_predictions(args: EvalArguments, items: list[EvalItem], path: Path)
         return
     model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
     with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
-        for start in range(0, len(todo), args.batch_size):
-            batch = todo[start : start + args.batch_size]
+        for indices in length_sorted_batches([item.prompt for item in todo], args.batch_size):
+            batch = [todo[i] for i in indices]
             outputs = generate_batch(model, tokenizer, [i.prompt for i in batch], args.max_new_tokens)
             for item, output in zip(batch, outputs):
                 record = {"query_id": item.query_id, "query": item.query, "output": output,

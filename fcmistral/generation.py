@@ -23,6 +23,16 @@ def load_for_generation(model_path: str, adapter_path: str | None = None, load_i
     return model, tokenizer
 
 
+def length_sorted_batches(prompts: list[str], batch_size: int) -> list[list[int]]:
+    """Indices of ``prompts`` in batches of similar length, longest first.
+
+    Left padding makes every prompt of a batch as long as its longest one; batching prompts of
+    similar length removes most of that wasted prefill (and a too-large batch fails at once).
+    """
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def cut_at_end_of_turn(text: str) -> str:
     """The reply up to (not including) `` <|endoftext|>``."""
     end = text.find(END_OF_TURN)
@@ -32,7 +42,7 @@ def cut_at_end_of_turn(text: str) -> str:
 @torch.inference_mode()
 def generate_batch(
     model, tokenizer, prompts: list[str], max_new_tokens: int = 400, do_sample: bool = False,
-    temperature: float = 1.0, top_p: float = 1.0, streamer=None,
+    temperature: float = 1.0, top_p: float = 1.0, streamer=None, min_new_tokens: int = 0,
 ) -> list[str]:
     """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker.
 
@@ -44,6 +54,7 @@ def generate_batch(
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=do_sample,
         stop_strings=[END_OF_TURN],
         tokenizer=tokenizer,
