@@ -18,7 +18,8 @@ from pathlib import Path
 
 # fcmistral first: it quiets a bitsandbytes import-time warning that TrainingArguments triggers.
 from fcmistral.cli import UserError, run_cli  # isort: skip
-from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+import torch
+from transformers import DataCollatorForSeq2Seq, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from fcmistral.data import load_rows, report_skipped, split_rows, tokenize_rows
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
@@ -121,8 +122,6 @@ def build_datasets(args: TrainArguments, tokenizer):
 def training_arguments(args: TrainArguments) -> TrainingArguments:
     if args.save_steps % args.eval_steps:
         raise UserError("--save_steps must be a multiple of --eval_steps (the best checkpoint is chosen at saves)")
-    import torch
-
     return TrainingArguments(
         output_dir=args.output_dir,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -150,6 +149,7 @@ def training_arguments(args: TrainArguments) -> TrainingArguments:
         report_to=_resolve_report_to(args.report_to),
         seed=args.seed,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (a warning on CPU)
         ddp_find_unused_parameters=False,  # multi-GPU: frozen base weights would stall DDP's search
     )
 
@@ -173,8 +173,6 @@ def main() -> None:
         raise UserError("--max_length must be at least 16 tokens")
     hf_args = training_arguments(args)
     resume = _resume_target(args)
-    from transformers import DataCollatorForSeq2Seq, Trainer  # imports peft and bitsandbytes: seconds
-
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = build_datasets(args, tokenizer)
     model = load_model(args.model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer)

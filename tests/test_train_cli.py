@@ -87,6 +87,32 @@ def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_
 
 
 @pytest.mark.slow
+def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir, small_data, tmp_path):
+    import signal
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, str(REPO / "train.py"), "--model_path", str(tiny_model_dir), "--data_path",
+           str(small_data), "--output_dir", str(out), "--eval_steps", "100", "--save_steps", "100",
+           "--max_steps", "400", *FAST]
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    for line in process.stderr:  # the first logged loss: training is under way
+        if "'loss'" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    process.stderr.read()
+    assert process.wait(timeout=300) == 0
+    (checkpoint,) = out.glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < 100  # saved where it stopped, not at a scheduled save
+    assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "trainer_state.json").is_file()
+    resumed = run("train.py", *cmd[2:8], "--eval_steps", "100", "--save_steps", "100", "--max_steps", str(step + 2),
+                  "--resume_from_checkpoint", "last", *FAST)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "train_summary.json").read_text())["global_step"] == step + 2
+
+
+@pytest.mark.slow
 def test_train_with_packing(tiny_model_dir, small_data, tmp_path):
     out = tmp_path / "packed"
     result = run("train.py", "--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir",
