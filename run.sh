@@ -43,7 +43,7 @@ else
         "$PYTHON" -m fcmistral.tiny --out_dir "$TINY_DIR"
         "$PYTHON" train.py --model_path "$TINY_DIR" --data_path data/sample_train.jsonl --output_dir "$DEMO_DIR" \
             --max_length 1024 --test_size 0.05 --per_device_train_batch_size 8 --per_device_eval_batch_size 8 \
-            --gradient_accumulation_steps 1 --learning_rate 3e-3 --lora_dropout 0.0 --max_steps 700 \
+            --gradient_accumulation_steps 1 --learning_rate 3e-3 --lora_dropout 0.0 --max_steps 1000 \
             --eval_steps 100 --save_steps 100 --logging_steps 25 --eval_on_start true \
             --gradient_checkpointing false "$@"
         "$PYTHON" evaluate.py --model_path "$TINY_DIR" --adapter_path "$DEMO_DIR" \
