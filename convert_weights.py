@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from fcmistral.cli import UserError, run_cli  # isort: skip  (first: quiets a bitsandbytes import warning)
+from fcmistral.cli import run_cli  # isort: skip  (first: quiets a bitsandbytes import warning)
 from transformers import HfArgumentParser
 
-from fcmistral.merging import merge_adapter, save_merged
+from fcmistral.merging import check_save_path, merge_adapter, save_merged
 
 log = logging.getLogger("convert_weights")
 
@@ -39,9 +37,7 @@ class ConvertArguments:
 
 def main() -> None:
     (args,) = HfArgumentParser(ConvertArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses()
-    out = Path(args.save_path)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:  # before minutes of loading
-        raise UserError(f"{args.save_path!r} is not empty: pass --overwrite to replace it")
+    check_save_path(args.save_path, args.overwrite)
     model, tokenizer = merge_adapter(args.model_path, args.adapter_path, args.merge_into_dequantized, args.dtype)
     save_merged(model, tokenizer, args.save_path, args.overwrite)
     log.info("merged model and tokenizer saved to %s", args.save_path)

@@ -6,7 +6,6 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
 

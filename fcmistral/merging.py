@@ -51,11 +51,17 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
     return merged, tokenizer
 
 
-def save_merged(model, tokenizer, save_path: str, overwrite: bool = False) -> Path:
-    """Write model (safetensors) and tokenizer; a failure leaves ``save_path`` as it was."""
+def check_save_path(save_path: str, overwrite: bool) -> Path:
+    """Refuse to replace a non-empty folder unless asked (checked before minutes of loading, too)."""
     out = Path(save_path)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{save_path!r} is not empty: pass --overwrite to replace it")
+    return out
+
+
+def save_merged(model, tokenizer, save_path: str, overwrite: bool = False) -> Path:
+    """Write model (safetensors) and tokenizer; a failure leaves ``save_path`` as it was."""
+    out = check_save_path(save_path, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

@@ -90,7 +90,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
-        f"| queries | exact match | name accuracy | relaxed match | parse failures | no call |",
+        "| queries | exact match | name accuracy | relaxed match | parse failures | no call |",
         "|---|---|---|---|---|---|",
         f"| {summary['n']} | {summary['exact_match']:.1%} | {summary['name_accuracy']:.1%} | "
         f"{summary['relaxed_match']:.1%} | {summary['parse_failures']} | {summary['no_call']} |",

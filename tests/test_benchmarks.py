@@ -4,33 +4,30 @@ asserted: speed targets are read off the scripts' output, see the README)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_script
 
 pytestmark = pytest.mark.slow
 
 
-def run_script(name: str, *args: str) -> dict:
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], capture_output=True,
-                            text=True, cwd=REPO, timeout=600)
+def run_benchmark(name: str, *args: str) -> dict:
+    result = run_script(f"benchmarks/{name}", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
 def test_gpu_plan_script_runs_on_a_tiny_config():
-    report = run_script("gpu_qlora.py", "--tiny", "--steps", "1")
+    report = run_benchmark("gpu_qlora.py", "--tiny", "--steps", "1")
     original, ours, ratio = report["results"]
     assert original["setup"].startswith("original") and ours["setup"].startswith("ours (packed")
     assert original["tokens_per_s"] > 0 and ours["peak_gib"] > 0 and "speedup" in ratio
 
 
 def test_generation_and_data_benchmarks_report_their_ratios():
-    generation = run_script("generation.py", "--prompts", "6", "--batch_size", "3", "--max_new_tokens", "2")
+    generation = run_benchmark("generation.py", "--prompts", "6", "--batch_size", "3", "--max_new_tokens", "2")
     assert generation["prompts"] == 6 and generation["speedup"] > 0
-    data = run_script("data_prep.py", "--rows", "300", "--compare_rows", "100")
+    data = run_benchmark("data_prep.py", "--rows", "300", "--compare_rows", "100")
     assert data["kept"] + data["skipped"] == 300 and data["speedup_vs_original"] > 0
     assert data["full_cached_s"] < data["full_s"]

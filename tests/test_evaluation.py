@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import os
 
 import pytest
 
@@ -15,7 +13,7 @@ from fcmistral.functions import load_functions, parse_function_text, schema_from
 from fcmistral.prompt import FunctionCall, format_call
 from fcmistral.pycall import PythonCallError, parse_python_call
 from fcmistral.scoring import judge, summarize
-from tests.conftest import REPO, SHARED_DATA, read_jsonl
+from tests.conftest import REPO, SHARED_DATA, read_jsonl, run_script
 
 
 @pytest.mark.parametrize(
@@ -123,8 +121,7 @@ def test_eval_items_from_each_shape():
 
 
 def run_evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+    return run_script("evaluate.py", *args)
 
 
 @pytest.mark.slow

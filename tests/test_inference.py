@@ -4,19 +4,17 @@ replies (a stub only at the generation boundary) and on the real tiny model."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 
 import pytest
 import torch
 
-from fcmistral.chat import ChatSession, assistant_step
+from fcmistral.chat import ChatSession
 from fcmistral.cli import UserError
-from fcmistral.prompt import ASSISTANT_TAG, Turn, format_call
+from fcmistral.prompt import ASSISTANT_TAG, format_call
 from fcmistral.tools import DEMO_FUNCTIONS, DEMO_TOOLS, check_tools_cover, load_tools_module
-from tests.conftest import REPO
+from tests.conftest import run_script
 
 
 class Scripted:
@@ -173,10 +171,9 @@ def test_bad_requests_get_openai_shaped_4xx(server, body, status, text):
 
 @pytest.mark.slow
 def test_real_loop_on_the_tiny_model(tiny_model_dir):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "inference.py"), "--model_path", str(tiny_model_dir), "--prompt",
-         "What's the weather like in Paris right now?", "--json", "--max_new_tokens", "24", "--max_calls", "1"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+    result = run_script("inference.py", "--model_path", str(tiny_model_dir), "--prompt",
+                        "What's the weather like in Paris right now?", "--json", "--max_new_tokens", "24",
+                        "--max_calls", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     turns = json.loads(result.stdout)["turns"]
     assert turns[0] == {"role": "user", "content": "What's the weather like in Paris right now?", "call": None}
@@ -205,10 +202,8 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     out = tmp_path / "merged"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "convert_weights.py"), "--model_path", str(tiny_model_dir), "--adapter_path",
-         str(adapter), "--save_path", str(out), *(["--merge_into_dequantized"] if into_dequantized else [])],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=600)
+    result = run_script("convert_weights.py", "--model_path", str(tiny_model_dir), "--adapter_path", str(adapter),
+                        "--save_path", str(out), *(["--merge_into_dequantized"] if into_dequantized else []))
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and (out / "tokenizer.json").is_file()
@@ -224,8 +219,9 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
 
 
 def test_convert_refuses_bad_input(tmp_path, tiny_model_dir):
-    run = lambda *a: subprocess.run([sys.executable, str(REPO / "convert_weights.py"), *a], capture_output=True,  # noqa: E731
-                                    text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=300)
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return run_script("convert_weights.py", *args)
+
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("x")

@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_script as run
 
 FAST = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "1",
         "--learning_rate", "3e-3", "--gradient_checkpointing", "false", "--report_to", "none", "--test_size", "0.1",
         "--logging_steps", "2"]
-
-
-def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +88,14 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir, small_data, tmp_pat
     cmd = [sys.executable, str(REPO / "train.py"), "--model_path", str(tiny_model_dir), "--data_path",
            str(small_data), "--output_dir", str(out), "--eval_steps", "100", "--save_steps", "100",
            "--max_steps", "400", *FAST]
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
-    for line in process.stderr:  # the first logged loss: training is under way
+    for line in process.stdout:  # the Trainer's first logged loss (tqdm.write, stdout): training is under way
         if "'loss'" in line:
             process.send_signal(signal.SIGINT)
             break
-    process.stderr.read()
+    output = process.stdout.read()
+    assert "stop requested" in output
     assert process.wait(timeout=300) == 0
     (checkpoint,) = out.glob("checkpoint-*")
     step = int(checkpoint.name.split("-")[1])
