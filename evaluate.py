@@ -50,6 +50,11 @@ class EvalArguments:
     limit: int = field(default=None, metadata={"help": "evaluate only the first N items"})
     resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the model in 4-bit NF4"})
+    backend: str = field(
+        default="auto",
+        metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
+                          "(vllm when usable and no --adapter_path, else hf)", "choices": ["auto", "hf", "vllm"]},
+    )
 
 
 def load_items(args: EvalArguments) -> list[EvalItem]:
@@ -82,18 +87,36 @@ def read_predictions(path: Path) -> list[dict]:
     return list(records.values())
 
 
+def make_generator(args: EvalArguments):
+    """A function from prompts to replies, on the backend asked for (see --backend)."""
+    from fcmistral.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
+
+    backend = args.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_usable() and not args.adapter_path else "hf"
+    if backend == "vllm":
+        if not vllm_usable():
+            raise UserError("--backend vllm needs vLLM installed and a GPU")
+        if args.adapter_path or args.load_in_4bit:
+            raise UserError("--backend vllm takes a merged model: run convert_weights.py first")
+        log.info("generating with vLLM")
+        return VLLMGenerator(args.model_path, args.max_new_tokens)
+    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
+    return lambda prompts: generate_batch(model, tokenizer, prompts, args.max_new_tokens)
+
+
 def generate_predictions(args: EvalArguments, items: list[EvalItem], path: Path) -> None:
-    from fcmistral.generation import generate_batch, length_sorted_batches, load_for_generation
+    from fcmistral.generation import length_sorted_batches
 
     done = {r["query_id"] for r in read_predictions(path)} if args.resume and path.exists() else set()
     todo = [item for item in items if item.query_id not in done]
     if not todo:
         return
-    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
+    generate = make_generator(args)
     with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
         for indices in length_sorted_batches([item.prompt for item in todo], args.batch_size):
             batch = [todo[i] for i in indices]
-            outputs = generate_batch(model, tokenizer, [i.prompt for i in batch], args.max_new_tokens)
+            outputs = generate([i.prompt for i in batch])
             for item, output in zip(batch, outputs):
                 record = {"query_id": item.query_id, "query": item.query, "output": output,
                           "gold_call": {"name": item.gold.name, "arguments": item.gold.arguments}}

@@ -117,3 +117,24 @@ class Completer:
         if stream:
             print(flush=True)
         return reply
+
+
+def vllm_usable() -> bool:
+    """vLLM can serve evaluation: it is installed and there is a GPU (it is never required)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+class VLLMGenerator:
+    """Greedy batched generation with vLLM (continuous batching on the GPU), stopping on the end
+    marker as the Hugging Face path does. Needs a merged model folder (convert_weights.py)."""
+
+    def __init__(self, model_path: str, max_new_tokens: int) -> None:
+        from vllm import LLM, SamplingParams
+
+        self.llm = LLM(model=model_path)
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=[END_OF_TURN])
+
+    def __call__(self, prompts: list[str]) -> list[str]:
+        return [cut_at_end_of_turn(out.outputs[0].text) for out in self.llm.generate(prompts, self.params)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -154,3 +155,42 @@ def test_evaluate_refuses_bad_input(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     no_model = run_evaluate("--dataset", "data/sample_heldout.jsonl")
     assert no_model.returncode == 2 and "--model_path" in no_model.stderr
+
+
+def test_vllm_backend_wiring(monkeypatch):
+    """vLLM is never installed here: a stand-in module at the vLLM API checks what we hand it."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")  # not PyPI's `evaluate`
+    evaluate_script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "evaluate_script", evaluate_script)  # dataclasses look their module up
+    spec.loader.exec_module(evaluate_script)
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            calls["params"] = kwargs
+
+    class LLM:
+        def __init__(self, model):
+            calls["model"] = model
+
+        def generate(self, prompts, params):
+            calls["prompts"] = prompts
+            out = types.SimpleNamespace(outputs=[types.SimpleNamespace(text=" <functioncall> {} <|endoftext|>\n\n\nUSER:")])
+            return [out for _ in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: True)
+    args = evaluate_script.EvalArguments(model_path="merged", max_new_tokens=400)
+    generate = evaluate_script.make_generator(args)  # auto: vLLM when usable and no adapter
+    assert generate(["p1", "p2"]) == [" <functioncall> {}", " <functioncall> {}"]  # cut at the end marker
+    assert calls["model"] == "merged" and calls["prompts"] == ["p1", "p2"]
+    assert calls["params"] == {"temperature": 0.0, "max_tokens": 400, "stop": ["<|endoftext|>"]}
+    with pytest.raises(UserError, match="merged model"):
+        evaluate_script.make_generator(evaluate_script.EvalArguments(model_path="b", adapter_path="a", backend="vllm"))
+    monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: False)
+    with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
+        evaluate_script.make_generator(evaluate_script.EvalArguments(model_path="m", backend="vllm"))
