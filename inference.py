@@ -21,7 +21,7 @@ from transformers import HfArgumentParser
 
 from fcmistral.chat import ChatSession
 from fcmistral.functions import load_functions
-from fcmistral.prompt import TAG_OF_ROLE, Turn
+from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
 from fcmistral.tools import DEMO_FUNCTIONS, DEMO_TOOLS, check_tools_cover, load_tools_module
 
 log = logging.getLogger("inference")
@@ -97,7 +97,8 @@ def main() -> None:
     from fcmistral.generation import Completer, load_for_generation
 
     model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
-    complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p)
+    complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
+                         stream_prefix=ASSISTANT_TAG)
     if args.serve:
         from fcmistral.server import ChatCompletionServer
 

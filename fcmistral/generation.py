@@ -106,13 +106,16 @@ class Completer:
     """``Complete`` (see fcmistral.chat) over a Hugging Face model."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 400, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0) -> None:
-        self.model, self.tokenizer = model, tokenizer
+                 temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "") -> None:
+        self.model, self.tokenizer, self.stream_prefix = model, tokenizer, stream_prefix
         self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p}
 
     def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
         options = dict(self.options, max_new_tokens=max_new_tokens or self.options["max_new_tokens"])
-        streamer = EndMarkerStreamer(self.tokenizer) if stream else None
+        streamer = None
+        if stream:  # the prefix (the role tag the prompt ends with) goes before the streamed reply
+            print(self.stream_prefix, end="", flush=True)
+            streamer = EndMarkerStreamer(self.tokenizer)
         (reply,) = generate_batch(self.model, self.tokenizer, [prompt], streamer=streamer, **options)
         if stream:
             print(flush=True)

@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_script(script: str, *args: str, timeout: int = 600, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run one of the project's scripts (a path relative to the repository) as a user would."""
-    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, input=stdin,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
 
 

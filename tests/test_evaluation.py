@@ -194,3 +194,21 @@ def test_vllm_backend_wiring(monkeypatch):
     monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: False)
     with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(model_path="m", backend="vllm"))
+
+
+@pytest.mark.slow
+def test_evaluate_real_nexus_rows_from_a_local_file(tiny_model_dir, tmp_path):
+    data = SHARED_DATA / "nexus_raw_queries_cve_cpe_emailrep.jsonl"
+    if not data.exists():
+        pytest.skip("../shared/data is not beside this checkout")
+    functions = tmp_path / "api_list.jsonl"  # standardized_api_list-style rows, converted on load
+    functions.write_text("".join(json.dumps({"name": name, "description": name, "args_dicts": [
+        {"name": "keywordSearch", "type": "str", "description": "keywords", "required": False, "default": None}]}) + "\n"
+        for name in ("searchCPE", "searchCVE", "emailrep_post", "emailrep_report")))
+    out = tmp_path / "nexus"
+    result = run_evaluate("--model_path", str(tiny_model_dir), "--dataset", str(data), "--functions", str(functions),
+                          "--output_dir", str(out), "--limit", "4", "--max_new_tokens", "4", "--batch_size", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and records[0]["gold_call"]["name"] == "searchCPE"
+    assert json.loads((out / "summary.json").read_text())["n"] == 4

@@ -229,3 +229,13 @@ def test_convert_refuses_bad_input(tmp_path, tiny_model_dir):
     assert result.returncode == 2 and "--overwrite" in result.stderr and (occupied / "keep.txt").exists()
     result = run("--model_path", str(tiny_model_dir), "--adapter_path", str(tmp_path), "--save_path", str(tmp_path / "new"))
     assert result.returncode == 2 and "not a LoRA adapter folder" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_interactive_chat_reads_stdin_with_reset_and_exit(tiny_model_dir):
+    result = run_script("inference.py", "--model_path", str(tiny_model_dir), "--max_new_tokens", "8",
+                        "--max_calls", "1", stdin="What's the weather in Paris?\n/reset\n/exit\nnever read\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert out.startswith("Chat with the model") and "ASSISTANT:" in out and "(conversation reset)" in out
+    assert out.count("USER: ") == 3  # prompts for the message, /reset and /exit; nothing after /exit
