@@ -20,7 +20,7 @@ from pathlib import Path
 from fcmistral.cli import UserError, run_cli  # isort: skip
 import torch
 from transformers import DataCollatorForSeq2Seq, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
-from fcmistral.data import load_rows, report_skipped, split_rows, tokenize_rows
+from fcmistral.data import prepare_splits
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
 from fcmistral.packing import PackedCollator, pack_examples
@@ -100,25 +100,6 @@ def _resolve_report_to(report_to: str) -> str:
     return report_to
 
 
-def build_datasets(args: TrainArguments, tokenizer):
-    rows = load_rows(args.data_path)
-    splits = split_rows(rows, args.test_size, args.seed)
-    log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
-    tokenized = {
-        name: tokenize_rows(splits[key], tokenizer, args.max_length) for name, key in (("train", "train"), ("dev", "test"))
-    }
-    longest_prompt = max(longest for _, _, longest in tokenized.values())
-    if longest_prompt >= args.max_length:
-        raise UserError(
-            f"--max_length {args.max_length} is smaller than the longest system prompt ({longest_prompt} tokens)"
-        )
-    for name, (ds, skipped, _) in tokenized.items():
-        report_skipped(skipped, len(ds) + len(skipped), name, Path(args.output_dir) / f"skipped_{name}.jsonl")
-        if len(ds) == 0:
-            raise UserError(f"no {name} example left after filtering {args.data_path!r} (see the skipped rows above)")
-    return tokenized["train"][0].remove_columns("row_index"), tokenized["dev"][0].remove_columns("row_index")
-
-
 def training_arguments(args: TrainArguments) -> TrainingArguments:
     if args.save_steps % args.eval_steps:
         raise UserError("--save_steps must be a multiple of --eval_steps (the best checkpoint is chosen at saves)")
@@ -174,7 +155,8 @@ def main() -> None:
     hf_args = training_arguments(args)
     resume = _resume_target(args)
     tokenizer = load_tokenizer(args.model_path)
-    train_ds, dev_ds = build_datasets(args, tokenizer)
+    train_ds, dev_ds = prepare_splits(args.data_path, tokenizer, args.max_length, args.test_size, args.seed,
+                                      report_dir=Path(args.output_dir))
     model = load_model(args.model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer)
     model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)

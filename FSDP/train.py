@@ -29,7 +29,7 @@ from tqdm import tqdm  # noqa: E402
 from transformers import DataCollatorForSeq2Seq, HfArgumentParser, get_cosine_schedule_with_warmup  # noqa: E402
 
 from fcmistral import fsdp  # noqa: E402
-from fcmistral.data import load_rows, report_skipped, split_rows, tokenize_rows  # noqa: E402
+from fcmistral.data import prepare_splits  # noqa: E402
 from fcmistral.labels import IGNORE_INDEX  # noqa: E402
 from fcmistral.modeling import load_model, load_tokenizer  # noqa: E402
 
@@ -63,19 +63,6 @@ class FSDPArguments:
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
 
 
-def build_data(args: FSDPArguments, tokenizer, env: fsdp.DistEnv):
-    splits = split_rows(load_rows(args.data_path), args.test_size, args.seed)
-    out = {}
-    for name, key in (("train", "train"), ("dev", "test")):
-        ds, skipped, _ = tokenize_rows(splits[key], tokenizer, args.max_length, overflow="drop")
-        if env.is_main:
-            report_skipped(skipped, len(ds) + len(skipped), name)
-        if len(ds) == 0:
-            raise UserError(f"no {name} example left after dropping rows longer than {args.max_length} tokens")
-        out[name] = ds.remove_columns("row_index")
-    return out["train"], out["dev"]
-
-
 def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[str, torch.Tensor]]:
     """This rank's share of the dev set, padded to the same number of batches on every rank."""
     mine = [dev[i] for i in range(env.rank, len(dev), env.world_size)]
@@ -100,7 +87,8 @@ def main() -> None:
         raise UserError(f"--resume: no checkpoint in {args.output_dir!r}")
 
     tokenizer = load_tokenizer(args.model_path)
-    train_ds, dev_ds = build_data(args, tokenizer, env)
+    train_ds, dev_ds = prepare_splits(args.data_path, tokenizer, args.max_length, args.test_size, args.seed,
+                                      overflow="drop", report_dir=out, report=env.is_main)
     model = load_model(args.model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
     save_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
     model.config.use_cache = False

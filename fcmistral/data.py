@@ -81,7 +81,7 @@ def _tokenize_batch(
 
 
 def tokenize_rows(
-    ds: Dataset, tokenizer, max_length: int, overflow: Overflow = "truncate", num_proc: int | None = None
+    ds: Dataset, tokenizer, max_length: int, overflow: Overflow = "truncate"
 ) -> tuple[Dataset, list[tuple[int, str]], int]:
     """Tokenized examples, the ``(row_index, reason)`` of every skipped row, the longest prompt.
 
@@ -94,7 +94,6 @@ def tokenize_rows(
         _tokenize_batch,
         batched=True,
         batch_size=1000,
-        num_proc=num_proc,
         input_columns=["system", "chat", "row_index"],
         remove_columns=ds.column_names,
         features=TOKENIZED_FEATURES,
@@ -126,3 +125,29 @@ def report_skipped(skipped: list[tuple[int, str]], total: int, where: str, path:
         with open(path, "w", encoding="utf-8") as f:
             for index, reason in skipped:
                 f.write(json.dumps({"row_index": index, "reason": reason}) + "\n")
+
+
+def prepare_splits(
+    data_path: str, tokenizer, max_length: int, test_size: float, seed: int, overflow: Overflow = "truncate",
+    report_dir: Path | None = None, report: bool = True,
+) -> tuple[Dataset, Dataset]:
+    """Train and dev examples from raw rows: load, split, tokenize, report what was skipped.
+
+    Shared by train.py and FSDP/train.py (``report=False`` on all ranks but the first). Refuses a
+    ``max_length`` that cannot hold the longest system prompt, and a split left empty.
+    """
+    splits = split_rows(load_rows(data_path), test_size, seed)
+    if report:
+        log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
+    tokenized = {name: tokenize_rows(splits[key], tokenizer, max_length, overflow)
+                 for name, key in (("train", "train"), ("dev", "test"))}
+    longest_prompt = max(longest for _, _, longest in tokenized.values())
+    if longest_prompt >= max_length:
+        raise UserError(f"--max_length {max_length} is smaller than the longest system prompt ({longest_prompt} tokens)")
+    for name, (ds, skipped, _) in tokenized.items():
+        if report:
+            path = report_dir / f"skipped_{name}.jsonl" if report_dir is not None else None
+            report_skipped(skipped, len(ds) + len(skipped), name, path)
+        if len(ds) == 0:
+            raise UserError(f"no {name} example left after filtering {data_path!r} (see the skipped rows above)")
+    return tokenized["train"][0].remove_columns("row_index"), tokenized["dev"][0].remove_columns("row_index")

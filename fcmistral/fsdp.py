@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -60,8 +61,6 @@ def shutdown(code: int = 0) -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from fcmistral.modeling import load_model, load_tokenizer
+from fcmistral.modeling import load_model, load_tokenizer, tokenizer_source
 from fcmistral.prompt import END_OF_TURN
 
 
 def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False):
     """Model and tokenizer in eval mode. The adapter folder's tokenizer wins when it has one."""
-    tokenizer_path = adapter_path if adapter_path and Path(adapter_path, "tokenizer_config.json").exists() else model_path
-    tokenizer = load_tokenizer(tokenizer_path, padding_side="left")
+    tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path), padding_side="left")
     model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer)
     if adapter_path:
         from peft import PeftModel

@@ -36,7 +36,6 @@ class LabelledText:
     text: str
     spans: list[tuple[int, int]]
     prompt_chars: int  # length of the system prompt, to report its token count
-    ends_with_assistant: bool
 
 
 @dataclass
@@ -76,7 +75,7 @@ def labelled_text(row: GlaiveRow) -> LabelledText:
                 spans.append((pos, end))
         pieces.append(body + closing)
         pos += len(body) + len(closing)
-    return LabelledText("".join(pieces), spans, len(row.system), last >= 0)
+    return LabelledText("".join(pieces), spans, len(row.system))
 
 
 def _first_token(encoding, start: int, stop: int, step: int = 1) -> int | None:
@@ -117,6 +116,9 @@ def examples_from_rows(
         if ids[-1] != eos:
             ids = ids + [eos]
         ranges = [_span_tokens(encoding, s, e) for s, e in lt.spans]
+        if None in ranges:  # a tokenizer whose normalizer drops every character of a span
+            results.append(Skipped("a supervised span maps to no token", prompt_tokens))
+            continue
         ranges[-1] = (ranges[-1][0], len(ids))  # the last span goes on to cover </s>
         keep = len(ids)
         if keep > max_length:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from fcmistral.cli import UserError
-from fcmistral.modeling import load_model, load_tokenizer
+from fcmistral.modeling import load_model, load_tokenizer, tokenizer_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -39,8 +39,7 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
     if not Path(adapter_path, "adapter_config.json").is_file():
         raise UserError(f"{adapter_path!r} is not a LoRA adapter folder (no adapter_config.json)")
     target = _base_dtype(model_path) if dtype == "auto" else DTYPES[dtype]
-    has_tokenizer = Path(adapter_path, "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(adapter_path if has_tokenizer else model_path)
+    tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path))
     if into_dequantized:
         base = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer).dequantize().to(torch.float32)
     else:

@@ -39,6 +39,14 @@ def load_tokenizer(path: str, padding_side: str = "right"):
     return tokenizer
 
 
+def tokenizer_source(model_path: str, adapter_path: str | None) -> str:
+    """Where to load the tokenizer from: train.py saves it beside the adapter, and that copy wins
+    (it may have gained a pad token); otherwise the base model's."""
+    if adapter_path and Path(adapter_path, "tokenizer_config.json").is_file():
+        return adapter_path
+    return model_path
+
+
 def default_compute_dtype() -> torch.dtype:
     """bf16 where the hardware has it (any recent GPU; CPU matmuls run in fp32 otherwise)."""
     if torch.cuda.is_available():
