@@ -3,8 +3,9 @@
 Instead of scanning for hard-coded token ids (the original's method, which breaks on other
 tokenizers and turns supervision on for any ``ASS`` piece inside a word such as PASS or CLASS),
 the supervised parts are known as *character spans* while the text is rendered, and a token is
-supervised when its characters overlap a span. One fast-tokenizer call per batch encodes the
-texts; each span's tokens are found with two character-to-token look-ups. A token straddling a span boundary
+supervised when its characters overlap a span. Batched fast-tokenizer calls encode the texts
+(each distinct system prompt once, fcmistral.encoding); each span's tokens are found with two
+character-to-token look-ups. A token straddling a span boundary
 would be supervised; with Mistral's tokenizer (a newline is its own byte token) and the tiny one
 (byte-level BPE) turn boundaries always fall between tokens, which the tests check.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from fcmistral.encoding import SharedPrefixEncoder, TokenizedText
 from fcmistral.glaive import GlaiveRow
 from fcmistral.prompt import TAG_OF_ROLE, render_turn
 
@@ -78,7 +80,7 @@ def labelled_text(row: GlaiveRow) -> LabelledText:
     return LabelledText("".join(pieces), spans, len(row.system))
 
 
-def _first_token(encoding, start: int, stop: int, step: int = 1) -> int | None:
+def _first_token(encoding: TokenizedText, start: int, stop: int, step: int = 1) -> int | None:
     """The token covering the first character in ``range(start, stop, step)`` that has one."""
     for pos in range(start, stop, step):
         token = encoding.char_to_token(pos)
@@ -87,7 +89,7 @@ def _first_token(encoding, start: int, stop: int, step: int = 1) -> int | None:
     return None
 
 
-def _span_tokens(encoding, start: int, end: int) -> tuple[int, int] | None:
+def _span_tokens(encoding: TokenizedText, start: int, end: int) -> tuple[int, int] | None:
     """``[first, stop)`` token indices overlapping the characters ``[start, end)``."""
     first = _first_token(encoding, start, end)
     last = _first_token(encoding, end - 1, start - 1, -1)
@@ -95,21 +97,25 @@ def _span_tokens(encoding, start: int, end: int) -> tuple[int, int] | None:
 
 
 def examples_from_rows(
-    rows: list[GlaiveRow], tokenizer, max_length: int, overflow: Overflow = "truncate"
+    rows: list[GlaiveRow], tokenizer, max_length: int, overflow: Overflow = "truncate",
+    encoder: SharedPrefixEncoder | None = None,
 ) -> list[Example | Skipped]:
     """Tokenize rows in one batch; each result is an Example or why it was Skipped.
 
     ``overflow="truncate"`` cuts a too-long example after its last assistant turn that fits
     (never mid-turn); ``"drop"`` skips it, as the original FSDP script did. The Rust encodings
     answer "which token covers this character" directly, so no per-token Python work is done.
+    Pass one ``encoder`` for all the batches of a dataset so that each distinct system prompt is
+    tokenized once (fcmistral.encoding).
     """
     labelled = [labelled_text(r) for r in rows]
-    encodings = tokenizer.backend_tokenizer.encode_batch([lt.text for lt in labelled], add_special_tokens=True)
+    encoder = encoder or SharedPrefixEncoder(tokenizer)
+    encodings = encoder.encode([lt.text for lt in labelled], [lt.prompt_chars for lt in labelled])
     eos = tokenizer.eos_token_id
     results: list[Example | Skipped] = []
     for lt, encoding in zip(labelled, encodings):
         ids = encoding.ids
-        prompt_tokens = _first_token(encoding, lt.prompt_chars - 1, -1, -1) + 1
+        prompt_tokens = encoding.prefix_tokens
         if not lt.spans:
             results.append(Skipped("no assistant turn", prompt_tokens))
             continue

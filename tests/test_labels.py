@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 from fcmistral.glaive import parse_row
 from fcmistral.labels import IGNORE_INDEX, examples_from_rows
 from fcmistral.prompt import Turn, build_system_prompt, call_turn, render_chat
+from tests.tokenizer_kinds import metaspace_tokenizer
 
 SCHEMA = {"name": "check_exam", "description": "Did a student PASS?", "parameters": {"type": "object", "properties": {"student": {"type": "string"}}}}
 ACK = "Sure, let me check whether the CLASS will PASS. <|endoftext|>"
@@ -50,24 +49,6 @@ def supervised_runs(example, tokenizer) -> list[str]:
     if current:
         runs.append(current)
     return [tokenizer.decode(run) for run in runs]
-
-
-def metaspace_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """A sentencepiece-style tokenizer (``▁`` for spaces, byte fallback), as Mistral's is.
-
-    As in Mistral's vocabulary, a newline never merges with its neighbours (there it is the byte
-    token <0x0A>), so turn boundaries fall between tokens.
-    """
-    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.normalizer = normalizers.Replace(" ", "▁")
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split("▁", behavior="merged_with_next")]
-    )
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"],
-                                                      initial_alphabet=[f"<0x{i:02X}>" for i in range(256)]))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace"])

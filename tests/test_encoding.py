@@ -1,0 +1,55 @@
+"""Each distinct system prompt tokenized once: the ids and the character map must be exactly those of
+tokenizing every text whole, for every tokenizer family, and the cache must really be used."""
+
+from __future__ import annotations
+
+import pytest
+
+from fcmistral.encoding import SharedPrefixEncoder
+from fcmistral.glaive import parse_row
+from fcmistral.labels import examples_from_rows
+from tests.tokenizer_kinds import metaspace_tokenizer, mistral_legacy_tokenizer
+
+
+@pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace", "mistral-legacy"])
+def tokenizer(request, tiny_tokenizer, sample_rows):
+    texts = [r["system"] + r["chat"] for r in sample_rows[:200]]
+    return {"tiny-bytelevel": lambda: tiny_tokenizer, "metaspace": lambda: metaspace_tokenizer(texts),
+            "mistral-legacy": lambda: mistral_legacy_tokenizer(texts)}[request.param]()
+
+
+def whole_encodings(tokenizer, texts):
+    return tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=True)
+
+
+def test_ids_and_character_map_equal_whole_text_tokenization(tokenizer, sample_rows):
+    texts = [r["system"] + r["chat"] for r in sample_rows]
+    cuts = [len(r["system"]) for r in sample_rows]
+    encoder = SharedPrefixEncoder(tokenizer)
+    got = encoder.encode(texts[:300], cuts[:300]) + encoder.encode(texts[300:], cuts[300:])  # the cache spans batches
+    expected = whole_encodings(tokenizer, texts)
+    assert [g.ids for g in got] == [e.ids for e in expected]
+    for g, e, text, cut in list(zip(got, expected, texts, cuts))[::7]:
+        assert g.prefix_tokens == e.char_to_token(cut - 1) + 1
+        assert [g.char_to_token(p) for p in range(cut, len(text))] == [e.char_to_token(p) for p in range(cut, len(text))]
+    whole = len({r["system"] for r in sample_rows})  # each system prompt tokenized whole once
+    assert encoder.stats == {"whole": whole, "cached": len(texts) - whole} and whole < len(texts) / 2
+
+
+def test_a_cut_inside_a_token_falls_back_to_whole_texts(tokenizer, sample_rows):
+    texts = [r["system"] + r["chat"] for r in sample_rows[:50]]
+    cuts = [len("SYSTEM: You are a helpful assist")] * len(texts)  # mid-word: a token crosses the cut
+    encoder = SharedPrefixEncoder(tokenizer)
+    got = encoder.encode(texts, cuts)
+    assert [g.ids for g in got] == [e.ids for e in whole_encodings(tokenizer, texts)]
+    assert encoder.stats["cached"] == 0
+
+
+def test_padding_left_on_by_a_transformers_call_does_not_leak_in(tiny_tokenizer, sample_rows):
+    parsed = [parse_row(r) for r in sample_rows[:8]]
+    before = examples_from_rows(parsed, tiny_tokenizer, 4096)
+    tiny_tokenizer(["a", "a much longer text"], padding="longest", truncation=True, max_length=4096)
+    assert tiny_tokenizer.backend_tokenizer.padding is not None  # the trap is really set
+    after = examples_from_rows(parsed, tiny_tokenizer, 4096)
+    assert [a.input_ids for a in after] == [b.input_ids for b in before]
+    assert [a.labels for a in after] == [b.labels for b in before]
