@@ -23,7 +23,7 @@ from transformers import DataCollatorForSeq2Seq, HfArgumentParser, Trainer, Trai
 from fcmistral.data import prepare_splits
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
-from fcmistral.packing import PackedCollator, pack_examples
+from fcmistral.packing import PackedCollator, pack_examples, packed_attention
 
 log = logging.getLogger("train")
 
@@ -62,7 +62,8 @@ class TrainArguments:
     packing: bool = field(
         default=False,
         metadata={"help": "pack several examples into each sequence of up to max_length tokens (padding-free, "
-                          "no attention across examples); per_device_train_batch_size then counts packed rows"},
+                          "no attention across examples; FlashAttention-2 varlen when installed on a GPU, else SDPA per "
+                          "example); per_device_train_batch_size then counts packed rows"},
     )
     resume_from_checkpoint: str = field(
         default=None, metadata={"help": "a checkpoint folder, or 'last' for the newest one in output_dir"}
@@ -162,8 +163,10 @@ def main() -> None:
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
     if args.packing:
         train_ds = pack_examples(train_ds, args.max_length)
-        collator = PackedCollator(flash_attention=model.config._attn_implementation.startswith("flash_attention"))
-        log.info("packing: %d rows of up to %d tokens", len(train_ds), args.max_length)
+        collator = PackedCollator()
+        model.set_attn_implementation(packed_attention())
+        log.info("packing: %d rows of up to %d tokens, %s attention", len(train_ds), args.max_length,
+                 model.config._attn_implementation)
     model = wrap_lora(
         model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout),
         quantized=not args.no_4bit, gradient_checkpointing=args.gradient_checkpointing,

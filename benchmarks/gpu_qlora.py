@@ -5,8 +5,9 @@ weights (no download), the original's settings against ours, peak memory and tok
     python benchmarks/gpu_qlora.py --tiny --steps 2    # a smoke run of the same code on the CPU
 
 original: padded batches (batch 1 here, as the original ran), eager attention, gradient
-checkpointing, LoRA on all linear layers. ours: packed padding-free rows, SDPA (or
-FlashAttention-2 when installed), gradient checkpointing. Anchors to compare with: Unsloth reports
+checkpointing, LoRA on all linear layers. ours: packed padding-free rows with varlen attention
+(FlashAttention-2 when installed, else SDPA per example, as train.py --packing), gradient
+checkpointing. Anchors to compare with: Unsloth reports
 1.88x speed and -65.9% memory against plain HF on an A100; LLaMA-Factory estimates ~6 GB for a 7B
 QLoRA. Random weights do not change the cost of a step.
 """
@@ -23,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, MistralConfig
 
 from fcmistral.modeling import keep_4bit_backward_exact, lora_config, wrap_lora
-from fcmistral.packing import PackedCollator
+from fcmistral.packing import PackedCollator, packed_attention
 
 MISTRAL_7B = dict(  # mistralai/Mistral-7B-v0.1's config.json
     vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -73,7 +74,7 @@ def run(label: str, config: dict, attn: str, seq: int, packed: bool, steps: int,
         return {"input_ids": ids, "labels": ids}
 
     if packed:  # rows filled with whole examples up to seq tokens, no padding
-        collate, rows, row, used = PackedCollator(attn.startswith("flash")), [], [], 0
+        collate, rows, row, used = PackedCollator(), [], [], 0
         for n in lengths * 8:
             if used + n > seq:
                 rows.append(row)
@@ -111,12 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = TINY if args.tiny else MISTRAL_7B
-    try:
-        import flash_attn  # noqa: F401
-
-        ours_attn = "flash_attention_2"
-    except ImportError:
-        ours_attn = "sdpa"
+    ours_attn = packed_attention()  # what train.py --packing uses: FlashAttention-2 varlen or per-example SDPA
     results = []
     for seq in ([256] if args.tiny else args.seq):
         original = run("original (batch 1, eager)", config, "eager", seq, False, args.steps, device)

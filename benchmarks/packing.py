@@ -24,7 +24,7 @@ from transformers import DataCollatorForSeq2Seq
 from fcmistral.data import load_rows, tokenize_rows
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import load_model, load_tokenizer, lora_config, wrap_lora
-from fcmistral.packing import PackedCollator, pack_examples
+from fcmistral.packing import PackedCollator, pack_examples, packed_attention
 
 
 def batches_for(mode: str, examples: list[dict], batch_size: int, max_length: int, tokenizer):
@@ -34,7 +34,7 @@ def batches_for(mode: str, examples: list[dict], batch_size: int, max_length: in
     if mode == "padded":
         collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
         return [collate(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
-    packed = pack_examples(Dataset.from_list(examples), max_length)
+    packed = pack_examples(Dataset.from_list(examples), max_length)  # "packed" and "packed_block_mask"
     collate = PackedCollator()
     return [collate([row]) for row in packed]
 
@@ -71,7 +71,9 @@ def main() -> None:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         model.train()
         report = {"examples": len(examples), "mean_tokens": sum(len(e["input_ids"]) for e in examples) / len(examples)}
-        for mode in ("batch1", "padded", "packed"):
+        modes = {"batch1": "sdpa", "padded": "sdpa", "packed_block_mask": "sdpa", "packed": packed_attention()}
+        for mode, attention in modes.items():
+            model.set_attn_implementation(attention)
             batches = batches_for(mode, examples, args.batch_size, args.max_length, tokenizer)
             total = sum(b["input_ids"].numel() for b in batches)
             real = sum(real_tokens(b) for b in batches)
@@ -84,9 +86,11 @@ def main() -> None:
                 optimizer.step()
                 optimizer.zero_grad()
             seconds = time.perf_counter() - start
-            report[mode] = {"steps": len(batches), "padding_fraction": round(1 - real / total, 4),
+            report[mode] = {"attention": attention, "steps": len(batches), "padding_fraction": round(1 - real / total, 4),
                             "tokens_per_s": round(real / seconds, 1), "seconds": round(seconds, 1)}
         report["packed_vs_padded_tokens_per_s"] = round(report["packed"]["tokens_per_s"] / report["padded"]["tokens_per_s"], 2)
+        report["varlen_vs_block_mask_tokens_per_s"] = round(
+            report["packed"]["tokens_per_s"] / report["packed_block_mask"]["tokens_per_s"], 2)
         report["packed_vs_batch1_tokens_per_s"] = round(report["packed"]["tokens_per_s"] / report["batch1"]["tokens_per_s"], 2)
         report["peak_rss_mib"] = round(peak_rss_mib())
         report["model"] = "tiny (built here)" if args.model_path is None else args.model_path

@@ -6,6 +6,12 @@ into one padding-free sequence whose ``position_ids`` restart at every example: 
 builds a block-diagonal causal mask (SDPA/eager), or FlashAttention gets the varlen boundaries.
 An example's first token is BOS with label -100, so no loss crosses a boundary.
 
+Attention: with a block-diagonal mask, SDPA still computes the whole packed row's attention
+(quadratic in the row, not in the examples), which on CPU costs as much as the padding saved.
+``packed_attention()`` picks FlashAttention-2's varlen kernel on a GPU where ``flash_attn`` is
+installed, and otherwise ``sdpa_varlen``: SDPA run causally on each example's slice of the row, with
+no mask (the varlen kernel's arithmetic, written with PyTorch's own kernels).
+
 Trap: transformers only reads example boundaries from ``position_ids`` when the forward has no
 KV cache, and with ``use_cache=True`` (the config default) the model creates one even in training,
 so attention silently spans the whole packed row. The batch therefore carries ``use_cache=False``.
@@ -13,9 +19,16 @@ so attention silently spans the whole packed row. The batch therefore carries ``
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-from transformers import DataCollatorWithFlattening
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, DataCollatorWithFlattening
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+VARLEN_SDPA = "sdpa_varlen"
 
 
 def pack_examples(dataset, max_length: int):
@@ -26,14 +39,48 @@ def pack_examples(dataset, max_length: int):
     return pack_dataset(dataset.remove_columns(columns), max_length, strategy="bfd")
 
 
+def varlen_sdpa_attention(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for a flattened packed batch: causal SDPA on each example's slice, read from the
+    ``cu_seq_lens_q`` boundaries that PackedCollator sends. Any other batch (padded, a single
+    example, an example longer than the sliding window) goes to transformers' SDPA with its mask."""
+    bounds = kwargs.get("cu_seq_lens_q")
+    window = kwargs.get("sliding_window")
+    if bounds is not None and query.shape[0] == 1:
+        bounds = bounds.tolist()
+        lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+        if bounds[-1] == query.shape[2] and not (window and max(lengths) > window):
+            gqa = query.shape[1] != key.shape[1]
+            out = torch.cat([
+                F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
+                                               scale=scaling, is_causal=True, enable_gqa=gqa)
+                for s, e in zip(bounds[:-1], bounds[1:])
+            ], dim=2)
+            return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+def packed_attention() -> str:
+    """The attention implementation for packed training (see the module docstring)."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+    AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)  # padded (eval) batches still get their mask
+    return VARLEN_SDPA
+
+
 class PackedCollator:
-    """Flatten a batch of packed rows into one sequence, position ids restarting per example.
+    """Flatten a batch of packed rows into one sequence, position ids restarting per example, with
+    the example boundaries (``cu_seq_lens_*``) that varlen attention reads.
 
     A row without ``seq_lengths`` (an unpacked example, as in the dev set) is a row of one.
     """
 
-    def __init__(self, flash_attention: bool = False) -> None:
-        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_attention)
+    def __init__(self) -> None:
+        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         examples = []

@@ -30,4 +30,5 @@ def test_generation_and_data_benchmarks_report_their_ratios():
     assert generation["prompts"] == 6 and generation["speedup"] > 0
     data = run_benchmark("data_prep.py", "--rows", "300", "--compare_rows", "100")
     assert data["kept"] + data["skipped"] == 300 and data["speedup_vs_original"] > 0
+    assert data["speedup_vs_original_no_prompt_repeats"] > 0
     assert data["full_cached_s"] < data["full_s"]

@@ -4,16 +4,23 @@ run one by one, so no attention crosses an example boundary."""
 from __future__ import annotations
 
 
+import pytest
 import torch
 from datasets import Dataset
 
 from fcmistral.glaive import parse_row
 from fcmistral.labels import IGNORE_INDEX, examples_from_rows
-from fcmistral.packing import PackedCollator, pack_examples
+from fcmistral.packing import VARLEN_SDPA, PackedCollator, pack_examples, packed_attention
 
 
-def test_packed_loss_equals_token_weighted_loss_one_by_one(sample_rows, tiny_model_dir, tiny_tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", VARLEN_SDPA])
+def test_packed_loss_equals_token_weighted_loss_one_by_one(attention, sample_rows, tiny_model_dir, tiny_tokenizer):
+    """Under transformers' SDPA (block-diagonal mask from the position ids) and under the
+    per-example SDPA that ``--packing`` uses on machines without FlashAttention."""
     from transformers import AutoModelForCausalLM
+
+    if attention == VARLEN_SDPA:
+        assert packed_attention() == VARLEN_SDPA  # no GPU here: registers it
 
     examples = examples_from_rows([parse_row(r) for r in sample_rows[:6]], tiny_tokenizer, 4096)
     ds = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
@@ -23,7 +30,8 @@ def test_packed_loss_equals_token_weighted_loss_one_by_one(sample_rows, tiny_mod
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
     assert (batch["input_ids"] != tiny_tokenizer.pad_token_id).all()  # no padding at all
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
+    model.eval()
     assert model.config.use_cache  # the default that breaks packing unless the batch turns it off
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -35,6 +43,15 @@ def test_packed_loss_equals_token_weighted_loss_one_by_one(sample_rows, tiny_mod
         packed_loss = float(model(**batch).loss)
         # The same packed tokens with one causal mask over everything (attention across examples).
         leaky = float(model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss)
+        # Padded batches still get their padding mask: left padding, which would leak into every
+        # token without it (rotary attention only sees relative positions, so no position ids).
+        short, long = sorted(examples[:2], key=lambda e: len(e.input_ids))
+        pad = len(long.input_ids) - len(short.input_ids)
+        ids = torch.tensor([[tiny_tokenizer.pad_token_id] * pad + short.input_ids, long.input_ids])
+        mask = torch.tensor([[0] * pad + [1] * len(short.input_ids), [1] * len(long.input_ids)])
+        logits = model(input_ids=ids, attention_mask=mask).logits[0, pad:]
+        assert torch.allclose(logits, model(input_ids=torch.tensor([short.input_ids])).logits[0], atol=1e-4)
+        assert not torch.allclose(model(input_ids=ids).logits[0, pad:], logits, atol=1e-2)  # the mask matters
     assert abs(packed_loss - total / tokens) < 1e-4
     assert abs(leaky - total / tokens) > 1e-3  # shows the test would catch cross-example attention
 

@@ -114,7 +114,7 @@ def test_train_with_packing(tiny_model_dir, small_data, tmp_path):
                  str(out), "--eval_steps", "3", "--save_steps", "3", "--max_steps", "6", "--packing", "true",
                  "--max_length", "1024", "--eval_on_start", "true", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "packing: " in result.stderr
+    assert "packing: " in result.stderr and "sdpa_varlen attention" in result.stderr  # no GPU here
     losses = [h["eval_loss"] for h in json.loads((out / "train_summary.json").read_text())["eval_history"]]
     assert losses[-1] < losses[0] - 0.5
 
