@@ -7,11 +7,13 @@ is tokenized behind a short *tail* of its prefix (at most its last line), which 
 tokenizer the left context it needs at the cut (Mistral's ``▁`` prepended to a text's start, the
 byte-level regex's whitespace runs), and the tokens from the cut on are kept.
 
-That is exact only if no token crosses the cut and the tail is enough context, which depends on
-the tokenizer. So nothing is assumed: the first row of each distinct prefix is tokenized whole, its
-tokens before the cut become the cached prefix ids, and the row is also run through the tail path;
-the prefix is used for later rows only if both paths give the same ids for that row. A prefix that
-fails the check, and any row whose own cut falls inside a token, is tokenized whole.
+That gives the whole text's ids if no token crosses the cut and the tokens after it need no more
+left context than the tail: true of BPE tokenizers, whose merges stay inside pre-tokenized words
+or, like Mistral's, never cross a newline. What varies with the tokenizer and the prompt is
+checked rather than assumed: the first row of each distinct prefix is tokenized whole (its tokens
+before the cut become the cached prefix ids) and also through the tail, and the prefix serves later
+rows only if both give the same ids. A prefix that fails the check, and any row whose own cut falls
+inside a token, is tokenized whole.
 """
 
 from __future__ import annotations
