@@ -3,11 +3,16 @@ tokenizing every text whole, for every tokenizer family, and the cache must real
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from fcmistral.encoding import SharedPrefixEncoder
 from fcmistral.glaive import parse_row
 from fcmistral.labels import examples_from_rows
+from tests.conftest import REPO
 from tests.tokenizer_kinds import metaspace_tokenizer, mistral_legacy_tokenizer
 
 
@@ -53,3 +58,16 @@ def test_padding_left_on_by_a_transformers_call_does_not_leak_in(tiny_tokenizer,
     after = examples_from_rows(parsed, tiny_tokenizer, 4096)
     assert [a.input_ids for a in after] == [b.input_ids for b in before]
     assert [a.labels for a in after] == [b.labels for b in before]
+
+
+def test_a_new_process_hits_the_tokenized_data_cache(tiny_model_dir, tmp_path):
+    """The encoder is part of the map's fingerprint: it must hash the same in every process, or the
+    cache keyed on data, tokenizer and settings would never be hit by a second run."""
+    code = ("import sys; from fcmistral.data import load_rows, tokenize_rows; "
+            "from fcmistral.modeling import load_tokenizer; "
+            "kept, _, _ = tokenize_rows(load_rows('data/sample_heldout.jsonl'), load_tokenizer(sys.argv[1]), 4096); "
+            "print(kept._fingerprint, kept.cache_files[0]['filename'])")
+    env = {**os.environ, "HF_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    runs = [subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True,
+                           env=env, cwd=REPO, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0][1].startswith(str(tmp_path))
