@@ -31,7 +31,7 @@ from transformers import DataCollatorForSeq2Seq, HfArgumentParser, get_cosine_sc
 from fcmistral import fsdp  # noqa: E402
 from fcmistral.data import prepare_splits  # noqa: E402
 from fcmistral.labels import IGNORE_INDEX  # noqa: E402
-from fcmistral.modeling import load_model, load_tokenizer  # noqa: E402
+from fcmistral.modeling import load_tokenizer  # noqa: E402
 
 log = logging.getLogger("fsdp")
 
@@ -89,14 +89,9 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = prepare_splits(args.data_path, tokenizer, args.max_length, args.test_size, args.seed,
                                       overflow="drop", report_dir=out, report=env.is_main)
-    model = load_model(args.model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
+    model, no_decay = fsdp.load_sharded(args.model_path, tokenizer, env, args.mixed_precision == "bf16",
+                                        args.activation_checkpointing)
     save_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
-    model.config.use_cache = False
-    if args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    no_decay = fsdp.no_decay_names(model)
-    fsdp.shard(model, mixed_precision=args.mixed_precision == "bf16")
-    model.to(env.device)
     optimizer = torch.optim.AdamW(fsdp.optimizer_groups(model, no_decay, args.weight_decay), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2))
 

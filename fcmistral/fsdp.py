@@ -20,11 +20,14 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from fcmistral.cli import UserError
 from fcmistral.labels import IGNORE_INDEX
+from fcmistral.modeling import load_model
 
 
 @dataclass
@@ -81,6 +84,52 @@ def shard(model: torch.nn.Module, mixed_precision: bool) -> None:
     for layer in layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+
+
+def load_sharded(model_path: str, tokenizer, env: DistEnv, mixed_precision: bool,
+                 activation_checkpointing: bool) -> tuple[torch.nn.Module, set[str]]:
+    """The fp32 model sharded over the ranks, its weights read from the checkpoint by rank 0 only;
+    also the names of the parameters without weight decay (see no_decay_names).
+
+    If every rank loaded the checkpoint, each would hold a full fp32 copy in host memory (28 GB for
+    Mistral-7B, times the GPUs of a node). Instead the other ranks build the model with parameters
+    on the meta device (buffers such as the rotary frequencies are computed as usual) from rank 0's
+    config, every rank shards it, and rank 0 broadcasts its weights into the shards one tensor at a
+    time. Models with tied embeddings are loaded by every rank: assigning shards one key at a time
+    would untie them.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    loaded, message = None, [None]
+    if env.is_main:
+        try:
+            loaded = load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
+            message = [loaded.config]
+        except UserError as err:  # told to every rank, so that none waits forever for the weights
+            message = [str(err)]
+    dist.broadcast_object_list(message, src=0)
+    if isinstance(message[0], str):
+        raise UserError(message[0])
+    config = message[0]
+    full_state = None
+    if config.tie_word_embeddings:
+        model = loaded or load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
+    else:
+        with init_empty_weights():  # parameters on meta, buffers real
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        full_state = loaded.state_dict() if loaded is not None else {}
+        del loaded
+    model.config.use_cache = False
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    no_decay = no_decay_names(model)
+    shard(model, mixed_precision)
+    if full_state is not None:
+        set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full_state
+    model.to(env.device)
+    return model, no_decay
 
 
 def no_decay_names(model: torch.nn.Module) -> set[str]:

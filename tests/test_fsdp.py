@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -108,3 +109,36 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, data, tmp_pa
     assert result.returncode != 0 and "error: --resume: no checkpoint" in result.stderr
     # torchrun adds its own report (with its launcher's traceback); none goes through our code.
     assert "FSDP/train.py\", line" not in result.stderr and "fcmistral/" not in result.stderr
+
+
+def test_a_model_rank_0_cannot_load_is_a_clear_error_on_every_rank(tiny_model_dir, data, tmp_path):
+    """Only rank 0 reads the weights: the others must be told of its failure, not wait for them."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_model_dir / "config.json").read_text())  # no weights
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_text((tiny_model_dir / name).read_text())
+    result = subprocess.run(torchrun_cmd(2, tmp_path / "out", broken, data), capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode != 0
+    assert result.stderr.count("error: cannot load the model") == 2, result.stderr[-3000:]
+
+
+def test_a_model_with_tied_embeddings_stays_tied(tiny_model_dir, data, tmp_path):
+    """Tied models take the every-rank loading path (assigning shards key by key would untie them)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tied_dir = tmp_path / "tied"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tied_dir)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tied_dir)
+    out = tmp_path / "out"
+    run(torchrun_cmd(2, out, tied_dir, data, "--max_steps", "3"))  # the last --max_steps counts
+    with safe_open(out / "final" / "model.safetensors", "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+    embed = saved["model.embed_tokens.weight"]
+    assert not torch.equal(embed, model.model.embed_tokens.weight)  # it trained
+    assert torch.equal(saved.get("lm_head.weight", embed), embed)  # and the head moved with the embeddings
