@@ -32,3 +32,10 @@ def test_generation_and_data_benchmarks_report_their_ratios():
     assert data["kept"] + data["skipped"] == 300 and data["speedup_vs_original"] > 0
     assert data["speedup_vs_original_no_prompt_repeats"] > 0
     assert data["full_cached_s"] < data["full_s"]
+
+
+def test_fsdp_load_memory_benchmark_reports_every_rank():
+    report = run_benchmark("fsdp_load_memory.py", "--tiny")
+    for mode in ("every_rank_reads", "rank0_broadcasts"):
+        assert set(report[mode]) == {"rank0_peak_rss_mib", "rank1_peak_rss_mib"}
+        assert all(v > 0 for v in report[mode].values())
