@@ -20,6 +20,7 @@ so attention silently spans the whole packed row. The batch therefore carries ``
 from __future__ import annotations
 
 import importlib.util
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -44,19 +45,19 @@ def varlen_sdpa_attention(
     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None, **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Attention for a flattened packed batch: causal SDPA on each example's slice, read from the
-    ``cu_seq_lens_q`` boundaries that PackedCollator sends. Any other batch (padded, a single
-    example, an example longer than the sliding window) goes to transformers' SDPA with its mask."""
+    ``cu_seq_lens_q`` boundaries that PackedCollator sends. Any other batch (padded, generation
+    with a cache, an example longer than the sliding window) goes to transformers' SDPA with its
+    mask."""
     bounds = kwargs.get("cu_seq_lens_q")
     window = kwargs.get("sliding_window")
     if bounds is not None and query.shape[0] == 1:
-        bounds = bounds.tolist()
-        lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
-        if bounds[-1] == query.shape[2] and not (window and max(lengths) > window):
+        slices = list(pairwise(bounds.tolist()))
+        if slices[-1][1] == query.shape[2] and not (window and max(e - s for s, e in slices) > window):
             gqa = query.shape[1] != key.shape[1]
             out = torch.cat([
                 F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
                                                scale=scaling, is_causal=True, enable_gqa=gqa)
-                for s, e in zip(bounds[:-1], bounds[1:])
+                for s, e in slices
             ], dim=2)
             return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

@@ -3,7 +3,6 @@ run one by one, so no attention crosses an example boundary."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from datasets import Dataset
