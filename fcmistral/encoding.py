@@ -50,13 +50,20 @@ def _tail(prefix: str) -> str:
     return prefix[max(start, len(prefix) - MAX_TAIL_CHARS):]
 
 
+def first_token(encoding, start: int, stop: int, step: int = 1) -> int | None:
+    """The token covering the first character in ``range(start, stop, step)`` that has one
+    (``encoding``: anything with ``char_to_token``, a tokenizers Encoding or a TokenizedText)."""
+    for pos in range(start, stop, step):
+        token = encoding.char_to_token(pos)
+        if token is not None:
+            return token
+    return None
+
+
 def _tokens_before(encoding, pos: int) -> int:
     """How many tokens come before character ``pos`` (special tokens included)."""
-    for before in range(pos - 1, -1, -1):
-        token = encoding.char_to_token(before)
-        if token is not None:
-            return token + 1
-    return 0
+    last = first_token(encoding, pos - 1, -1, -1)
+    return 0 if last is None else last + 1
 
 
 def _boundary(encoding, pos: int) -> int | None:

@@ -119,7 +119,6 @@ def load_sharded(model_path: str, tokenizer, env: DistEnv, mixed_precision: bool
         with init_empty_weights():  # parameters on meta, buffers real
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         full_state = loaded.state_dict() if loaded is not None else {}
-        del loaded
     model.config.use_cache = False
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

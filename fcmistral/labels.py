@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fcmistral.encoding import SharedPrefixEncoder, TokenizedText
+from fcmistral.encoding import SharedPrefixEncoder, TokenizedText, first_token
 from fcmistral.glaive import GlaiveRow
 from fcmistral.prompt import TAG_OF_ROLE, render_turn
 
@@ -37,7 +37,7 @@ class LabelledText:
 
     text: str
     spans: list[tuple[int, int]]
-    prompt_chars: int  # length of the system prompt, to report its token count
+    prompt_chars: int  # length of the system prompt: where the encoder cuts the text
 
 
 @dataclass
@@ -80,19 +80,10 @@ def labelled_text(row: GlaiveRow) -> LabelledText:
     return LabelledText("".join(pieces), spans, len(row.system))
 
 
-def _first_token(encoding: TokenizedText, start: int, stop: int, step: int = 1) -> int | None:
-    """The token covering the first character in ``range(start, stop, step)`` that has one."""
-    for pos in range(start, stop, step):
-        token = encoding.char_to_token(pos)
-        if token is not None:
-            return token
-    return None
-
-
 def _span_tokens(encoding: TokenizedText, start: int, end: int) -> tuple[int, int] | None:
     """``[first, stop)`` token indices overlapping the characters ``[start, end)``."""
-    first = _first_token(encoding, start, end)
-    last = _first_token(encoding, end - 1, start - 1, -1)
+    first = first_token(encoding, start, end)
+    last = first_token(encoding, end - 1, start - 1, -1)
     return None if first is None else (first, last + 1)
 
 
