@@ -95,8 +95,8 @@ def load_sharded(model_path: str, tokenizer, env: DistEnv, mixed_precision: bool
     Mistral-7B, times the GPUs of a node). Instead the other ranks build the model with parameters
     on the meta device (buffers such as the rotary frequencies are computed as usual) from rank 0's
     config, every rank shards it, and rank 0 broadcasts its weights into the shards one tensor at a
-    time. Models with tied embeddings are loaded by every rank: assigning shards one key at a time
-    would untie them.
+    time. Models with tied embeddings are loaded by every rank (assigning shards one key at a time
+    would untie them), and a single process just shards the model it loaded.
     """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -113,7 +113,7 @@ def load_sharded(model_path: str, tokenizer, env: DistEnv, mixed_precision: bool
         raise UserError(message[0])
     config = message[0]
     full_state = None
-    if config.tie_word_embeddings:
+    if config.tie_word_embeddings or env.world_size == 1:
         model = loaded or load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
     else:
         with init_empty_weights():  # parameters on meta, buffers real
