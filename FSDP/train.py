@@ -32,6 +32,7 @@ from fcmistral import fsdp  # noqa: E402
 from fcmistral.data import prepare_splits  # noqa: E402
 from fcmistral.labels import IGNORE_INDEX  # noqa: E402
 from fcmistral.modeling import load_tokenizer  # noqa: E402
+from fcmistral.packing import PackedCollator, pack_examples, packed_attention  # noqa: E402
 
 log = logging.getLogger("fsdp")
 
@@ -59,6 +60,9 @@ class FSDPArguments:
     mixed_precision: str = field(default="bf16", metadata={"help": "bf16 (fp32 master weights and reduction) or fp32",
                                                            "choices": ["bf16", "fp32"]})
     activation_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
+    packing: bool = field(default=False, metadata={
+        "help": "pack whole examples into rows of up to max_length tokens (padding-free, varlen attention, as "
+                "train.py); per_device_batch_size then counts packed rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir/checkpoints"})
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
 
@@ -96,6 +100,10 @@ def main() -> None:
                                   betas=(args.adam_beta1, args.adam_beta2))
 
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    if args.packing:
+        train_ds = pack_examples(train_ds, args.max_length)
+        collate = PackedCollator()
+        model.set_attn_implementation(packed_attention())
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(train_ds, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collate)
@@ -119,9 +127,10 @@ def main() -> None:
         kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
                 if args.resume and json.loads(line)["step"] <= state["step"]]  # drop what will be redone
         metrics_path.write_text("".join(line + "\n" for line in kept))
-        log.info("%d train / %d dev examples, %d processes, global batch %d, %d steps",
-                 len(train_ds), len(dev_ds), env.world_size,
-                 args.per_device_batch_size * env.world_size * args.gradient_accumulation_steps, total_steps)
+        log.info("%d train %s / %d dev examples, %d processes, global batch %d, %d steps, %s attention",
+                 len(train_ds), "packed rows" if args.packing else "examples", len(dev_ds), env.world_size,
+                 args.per_device_batch_size * env.world_size * args.gradient_accumulation_steps, total_steps,
+                 model.config._attn_implementation)
 
     def record(entry: dict) -> None:
         if env.is_main:
@@ -142,8 +151,7 @@ def main() -> None:
             step_loss = 0.0
             for i, batch in enumerate(batches):
                 model.set_requires_gradient_sync(i == len(batches) - 1)  # reduce once per step
-                batch = {k: v.to(env.device) for k, v in batch.items()}
-                loss = model(**batch, num_items_in_batch=global_tokens).loss  # sum / tokens of the global batch
+                loss = model(**fsdp.to_device(batch, env.device), num_items_in_batch=global_tokens).loss  # sum / tokens of the global batch
                 (loss * env.world_size).backward()  # FSDP averages gradients over ranks: undo it
                 step_loss += loss.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -147,6 +147,11 @@ def optimizer_groups(model: torch.nn.Module, no_decay: set[str], weight_decay: f
     ]
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch on ``device`` (packed batches also carry plain values, such as use_cache)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def supervised_tokens(batches: Iterable[dict[str, torch.Tensor]]) -> int:
     """Tokens that carry loss (labels shifted by one, as the model's loss shifts them)."""
     return sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
@@ -168,8 +173,7 @@ def evaluate(model, batches: list[dict[str, torch.Tensor]], env: DistEnv) -> flo
     model.eval()
     loss_sum = 0.0
     for batch in batches:
-        batch = {k: v.to(env.device) for k, v in batch.items()}
-        loss_sum += float(model(**batch, num_items_in_batch=1).loss)  # num_items 1: the sum
+        loss_sum += float(model(**to_device(batch, env.device), num_items_in_batch=1).loss)  # num_items 1: the sum
     model.train()
     tokens = all_reduce_sum(supervised_tokens(batches), env.device)
     return all_reduce_sum(loss_sum, env.device) / max(tokens, 1)

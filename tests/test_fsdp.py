@@ -142,3 +142,15 @@ def test_a_model_with_tied_embeddings_stays_tied(tiny_model_dir, data, tmp_path)
     embed = saved["model.embed_tokens.weight"]
     assert not torch.equal(embed, model.model.embed_tokens.weight)  # it trained
     assert torch.equal(saved.get("lm_head.weight", embed), embed)  # and the head moved with the embeddings
+
+
+def test_packed_training_learns_with_varlen_attention(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "packed"
+    result = run(torchrun_cmd(2, out, tiny_model_dir, data, "--packing", "true", "--max_length", "1024",
+                              "--per_device_batch_size", "1", "--gradient_accumulation_steps", "1",
+                              "--max_steps", "12"))
+    assert "packed rows" in result.stderr and "sdpa_varlen attention" in result.stderr
+    rows = metrics(out)
+    losses = [r["loss"] for r in rows if "loss" in r]
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(losses) == 12 and evals[-1] < evals[0] and sum(losses[-3:]) < sum(losses[:3])
