@@ -23,7 +23,7 @@ from transformers import DataCollatorForSeq2Seq, HfArgumentParser, Trainer, Trai
 from fcmistral.data import prepare_splits
 from fcmistral.labels import IGNORE_INDEX
 from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
-from fcmistral.packing import PackedCollator, pack_examples, packed_attention
+from fcmistral.packing import packed_training
 
 log = logging.getLogger("train")
 
@@ -162,9 +162,7 @@ def main() -> None:
     model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
     if args.packing:
-        train_ds = pack_examples(train_ds, args.max_length)
-        collator = PackedCollator()
-        model.set_attn_implementation(packed_attention())
+        train_ds, collator = packed_training(model, train_ds, args.max_length)
         log.info("packing: %d rows of up to %d tokens, %s attention", len(train_ds), args.max_length,
                  model.config._attn_implementation)
     model = wrap_lora(

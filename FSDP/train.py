@@ -32,7 +32,7 @@ from fcmistral import fsdp  # noqa: E402
 from fcmistral.data import prepare_splits  # noqa: E402
 from fcmistral.labels import IGNORE_INDEX  # noqa: E402
 from fcmistral.modeling import load_tokenizer  # noqa: E402
-from fcmistral.packing import PackedCollator, pack_examples, packed_attention  # noqa: E402
+from fcmistral.packing import packed_training  # noqa: E402
 
 log = logging.getLogger("fsdp")
 
@@ -101,9 +101,7 @@ def main() -> None:
 
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
     if args.packing:
-        train_ds = pack_examples(train_ds, args.max_length)
-        collate = PackedCollator()
-        model.set_attn_implementation(packed_attention())
+        train_ds, collate = packed_training(model, train_ds, args.max_length)
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(train_ds, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collate)

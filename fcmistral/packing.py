@@ -94,3 +94,10 @@ class PackedCollator:
         batch = self.flatten(examples)
         batch["use_cache"] = False  # see the module docstring: without it, examples attend to each other
         return batch
+
+
+def packed_training(model, dataset, max_length: int) -> tuple[Any, PackedCollator]:
+    """What ``--packing`` means in both training scripts: the dataset as packed rows, their
+    collator, and the model switched to the packed attention (see packed_attention)."""
+    model.set_attn_implementation(packed_attention())
+    return pack_examples(dataset, max_length), PackedCollator()
