@@ -18,6 +18,8 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
+
 from fcmistral.benchmarks import EvalItem, eval_items
 from fcmistral.cli import UserError, run_cli
 from fcmistral.data import load_rows
@@ -50,6 +52,7 @@ class EvalArguments:
     limit: int = field(default=None, metadata={"help": "evaluate only the first N items"})
     resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the model in 4-bit NF4"})
+    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
     backend: str = field(
         default="auto",
         metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
@@ -101,7 +104,8 @@ def make_generator(args: EvalArguments):
             raise UserError("--backend vllm takes a merged model: run convert_weights.py first")
         log.info("generating with vLLM")
         return VLLMGenerator(args.model_path, args.max_new_tokens)
-    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
+    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit,
+                                           compute_dtype(args.compute_dtype))
     return lambda prompts: generate_batch(model, tokenizer, prompts, args.max_new_tokens)
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from fcmistral.cli import UserError, run_cli  # isort: skip  (first: quiets a bitsandbytes import warning)
 from transformers import HfArgumentParser
 
+from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
+
 from fcmistral.chat import ChatSession
 from fcmistral.functions import load_functions
 from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
@@ -32,6 +34,7 @@ class InferenceArguments:
     model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
     adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder to apply on --model_path"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the model in 4-bit NF4"})
+    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
     functions: str = field(default=None, metadata={"help": "function schemas file (default: the demo set, or the tools module's FUNCTIONS)"})
     tools: str = field(default=None, metadata={"help": "Python file whose functions implement the schemas"})
     max_new_tokens: int = field(default=400, metadata={"help": "tokens per assistant turn at most"})
@@ -96,7 +99,8 @@ def main() -> None:
     functions, tools = resolve_functions(args)
     from fcmistral.generation import Completer, load_for_generation
 
-    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit)
+    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit,
+                                           compute_dtype(args.compute_dtype))
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
     if args.serve:

@@ -22,8 +22,9 @@ import torch
 from transformers import DataCollatorForSeq2Seq, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from fcmistral.data import prepare_splits
 from fcmistral.labels import IGNORE_INDEX
-from fcmistral.modeling import default_compute_dtype, load_model, load_tokenizer, lora_config, wrap_lora
-from fcmistral.packing import packed_training
+from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
+from fcmistral.modeling import load_model, load_tokenizer, lora_config, wrap_lora
+from fcmistral.packing import padding_free_training
 
 log = logging.getLogger("train")
 
@@ -40,6 +41,7 @@ class TrainArguments:
     test_size: float = field(default=0.02, metadata={"help": "fraction of rows held out as the dev set"})
     seed: int = field(default=42, metadata={"help": "seed of the split and of training"})
     no_4bit: bool = field(default=False, metadata={"help": "plain LoRA on a full-precision base instead of QLoRA"})
+    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
@@ -59,11 +61,16 @@ class TrainArguments:
     logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
     eval_on_start: bool = field(default=False, metadata={"help": "evaluate once before training (a baseline loss)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations to save memory"})
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "flatten each batch of examples into one sequence without padding (no attention across "
+                          "examples: FlashAttention-2 varlen when installed on a GPU, else SDPA per example); batches "
+                          "are drawn at random as padded ones are"},
+    )
     packing: bool = field(
         default=False,
-        metadata={"help": "pack several examples into each sequence of up to max_length tokens (padding-free, "
-                          "no attention across examples; FlashAttention-2 varlen when installed on a GPU, else SDPA per "
-                          "example); per_device_train_batch_size then counts packed rows"},
+        metadata={"help": "padding-free, and examples packed into fixed rows of up to max_length tokens (similar "
+                          "lengths together); per_device_train_batch_size then counts packed rows"},
     )
     resume_from_checkpoint: str = field(
         default=None, metadata={"help": "a checkpoint folder, or 'last' for the newest one in output_dir"}
@@ -72,18 +79,26 @@ class TrainArguments:
 
 
 class SaveOnSignal(TrainerCallback):
-    """On Ctrl-C or SIGTERM, finish the current step, write a resumable checkpoint and stop."""
+    """On Ctrl-C or SIGTERM, finish the current step, write a resumable checkpoint and stop.
+
+    ``signal_number`` records which signal asked, so that the run can end as an interrupted
+    process does (exit 128 + N: 130 for Ctrl-C, 143 for SIGTERM), never as a finished one.
+    """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal_number: int | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
 
     def _request(self, signum, frame) -> None:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         log.warning("stop requested: saving a checkpoint after this step (Ctrl-C again to abort)")
-        self.requested = True
+        self.signal_number = signum
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:
@@ -125,7 +140,9 @@ def training_arguments(args: TrainArguments) -> TrainingArguments:
         greater_is_better=False,
         logging_steps=args.logging_steps,
         logging_first_step=True,
-        bf16=torch.cuda.is_available() and default_compute_dtype() == torch.bfloat16,
+        # Mixed precision is a GPU matter; on a CPU the weights are loaded in the compute dtype itself.
+        bf16=torch.cuda.is_available() and compute_dtype(args.compute_dtype) == torch.bfloat16,
+        fp16=torch.cuda.is_available() and compute_dtype(args.compute_dtype) == torch.float16,
         activation_checkpointing=args.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None,
         report_to=_resolve_report_to(args.report_to),
@@ -151,6 +168,7 @@ def _resume_target(args: TrainArguments) -> str | bool | None:
 def main() -> None:
     parser = HfArgumentParser(TrainArguments, description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses()
+    compute_dtype(args.compute_dtype)  # decided (and logged) before anything slow
     if args.max_length < 16:
         raise UserError("--max_length must be at least 16 tokens")
     hf_args = training_arguments(args)
@@ -158,12 +176,14 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = prepare_splits(args.data_path, tokenizer, args.max_length, args.test_size, args.seed,
                                       report_dir=Path(args.output_dir))
-    model = load_model(args.model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer)
+    model = load_model(args.model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer,
+                       dtype=compute_dtype(args.compute_dtype))
     model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
-    if args.packing:
-        train_ds, collator = packed_training(model, train_ds, args.max_length)
-        log.info("packing: %d rows of up to %d tokens, %s attention", len(train_ds), args.max_length,
+    if args.packing or args.padding_free:
+        train_ds, collator = padding_free_training(model, train_ds, args.max_length, pack=args.packing)
+        log.info("%s: %d %s, %s attention", "packing" if args.packing else "padding-free", len(train_ds),
+                 f"rows of up to {args.max_length} tokens" if args.packing else "examples",
                  model.config._attn_implementation)
     model = wrap_lora(
         model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout),
@@ -176,9 +196,14 @@ def main() -> None:
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=[SaveOnSignal()],
+        callbacks=[stop := SaveOnSignal()],
     )
     trainer.train(resume_from_checkpoint=resume)
+    if stop.requested:  # not a finished run: no final adapter, no summary, a non-zero exit
+        log.warning("interrupted after step %d of %d: a resumable checkpoint is in %s (continue with "
+                    "--resume_from_checkpoint last)", trainer.state.global_step, trainer.state.max_steps,
+                    args.output_dir)
+        raise SystemExit(128 + stop.signal_number)
     trainer.save_model(args.output_dir)  # the best adapter (load_best_model_at_end) and the tokenizer
     summary = {
         "best_checkpoint": trainer.state.best_model_checkpoint,

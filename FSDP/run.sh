@@ -5,7 +5,7 @@
 #   bash FSDP/run.sh                                   # one node, all visible GPUs
 #   NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=host0:29500 bash FSDP/run.sh   # on each node, its NODE_RANK
 #   NPROC_PER_NODE=2 MODEL_PATH=artifacts/tiny-mistral DATA_PATH=data/sample_train.jsonl \
-#       bash FSDP/run.sh --max_steps 20 --mixed_precision fp32          # CPU (gloo), tiny model
+#       bash FSDP/run.sh --max_steps 20 --compute_dtype fp32          # CPU (gloo), tiny model
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +30,4 @@ mkdir -p "$LOG_DIR"
 log="$LOG_DIR/fsdp-$(date +%Y%m%d-%H%M%S)-node$NODE_RANK.log"
 echo "FSDP: $NNODES node(s) x $NPROC_PER_NODE process(es), $MODEL_PATH on $DATA_PATH -> $OUTPUT_DIR (log: $log)"
 torchrun "${launch[@]}" --nproc_per_node="$NPROC_PER_NODE" FSDP/train.py \
-    --model_path "$MODEL_PATH" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" "$@" 2>&1 | tee "$log"
+    --model_path "$MODEL_PATH" --data_path "$DATA_PATH" --output_dir "$OUTPUT_DIR" "$@" 2>&1 | tee -i "$log"

@@ -30,9 +30,10 @@ from transformers import DataCollatorForSeq2Seq, HfArgumentParser, get_cosine_sc
 
 from fcmistral import fsdp  # noqa: E402
 from fcmistral.data import prepare_splits  # noqa: E402
+from fcmistral.hardware import compute_dtype  # noqa: E402
 from fcmistral.labels import IGNORE_INDEX  # noqa: E402
 from fcmistral.modeling import load_tokenizer  # noqa: E402
-from fcmistral.packing import packed_training  # noqa: E402
+from fcmistral.packing import padding_free_training  # noqa: E402
 
 log = logging.getLogger("fsdp")
 
@@ -57,14 +58,28 @@ class FSDPArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: 3 times per epoch)"})
     save_steps: int = field(default=0, metadata={"help": "resumable checkpoint every N steps (0: at evaluations)"})
-    mixed_precision: str = field(default="bf16", metadata={"help": "bf16 (fp32 master weights and reduction) or fp32",
-                                                           "choices": ["bf16", "fp32"]})
+    compute_dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 where the GPU or CPU runs it natively, else fp32), bf16 (mixed precision: fp32 master "
+                "weights and gradient reduction) or fp32. fp16 is not offered: a full fine-tune in fp16 needs loss "
+                "scaling, which this loop does not do",
+        "choices": ["auto", "bf16", "fp32"]})
     activation_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
+    padding_free: bool = field(default=False, metadata={
+        "help": "flatten each batch into one sequence without padding (varlen attention, as train.py)"})
     packing: bool = field(default=False, metadata={
         "help": "pack whole examples into rows of up to max_length tokens (padding-free, varlen attention, as "
                 "train.py); per_device_batch_size then counts packed rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir/checkpoints"})
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
+
+
+def full_finetune_dtype(name: str) -> torch.dtype:
+    """The hardware's compute dtype, except that fp16 (an older GPU) falls back to fp32."""
+    dtype = compute_dtype(name)
+    if dtype == torch.float16:
+        log.info("fp16 needs loss scaling for a full fine-tune: computing in fp32 instead")
+        return torch.float32
+    return dtype
 
 
 def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -84,6 +99,7 @@ def main() -> None:
     env = fsdp.init_distributed()
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    dtype = full_finetune_dtype(args.compute_dtype)  # decided (and logged) before anything slow
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
     checkpoint = fsdp.latest_checkpoint(out / "checkpoints")
@@ -93,15 +109,15 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = prepare_splits(args.data_path, tokenizer, args.max_length, args.test_size, args.seed,
                                       overflow="drop", report_dir=out, report=env.is_main)
-    model, no_decay = fsdp.load_sharded(args.model_path, tokenizer, env, args.mixed_precision == "bf16",
+    model, no_decay = fsdp.load_sharded(args.model_path, tokenizer, env, dtype,
                                         args.activation_checkpointing)
     save_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
     optimizer = torch.optim.AdamW(fsdp.optimizer_groups(model, no_decay, args.weight_decay), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2))
 
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-    if args.packing:
-        train_ds, collate = packed_training(model, train_ds, args.max_length)
+    if args.packing or args.padding_free:
+        train_ds, collate = padding_free_training(model, train_ds, args.max_length, pack=args.packing)
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(train_ds, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collate)

@@ -52,10 +52,10 @@ def worker(mode: str, model_path: str, out_dir: str) -> None:
     tokenizer = load_tokenizer(model_path)
     if mode == "every_rank_reads":
         model = load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
-        fsdp.shard(model, mixed_precision=False)
+        fsdp.shard(model)
         model.to(env.device)
     else:
-        fsdp.load_sharded(model_path, tokenizer, env, mixed_precision=False, activation_checkpointing=False)
+        fsdp.load_sharded(model_path, tokenizer, env, compute_dtype=torch.float32, activation_checkpointing=False)
     status = Path("/proc/self/status").read_text()
     peak = int(status.split("VmHWM:")[1].split()[0]) // 1024
     Path(out_dir, f"{mode}-{env.rank}.json").write_text(json.dumps({"rank": env.rank, "peak_rss_mib": peak}))

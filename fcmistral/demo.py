@@ -14,11 +14,13 @@ def main() -> None:
     parser.add_argument("--eval_dir", required=True, help="evaluate.py output folder (summary.json)")
     parser.add_argument("--min_name_accuracy", type=float, default=0.8, help="exit 1 below this")
     args = parser.parse_args()
-    history = json.loads(Path(args.train_dir, "train_summary.json").read_text())["eval_history"]
+    train_summary = json.loads(Path(args.train_dir, "train_summary.json").read_text())
+    history = train_summary["eval_history"]
     summary = json.loads(Path(args.eval_dir, "summary.json").read_text())
     first, best = history[0]["eval_loss"], min(h["eval_loss"] for h in history)
     named = round(summary["name_accuracy"] * summary["n"])
-    print(f"demo: eval loss {first:.3f} (step {history[0]['step']}) -> {best:.3f} (best)")
+    print(f"demo: trained {train_summary['global_step']} steps; "
+          f"eval loss {first:.3f} (step {history[0]['step']}) -> {best:.3f} (best)")
     print(f"demo: parseable call with the right function name on held-out prompts: "
           f"{named}/{summary['n']} = {summary['name_accuracy']:.1%} (exact match {summary['exact_match']:.1%})")
     if summary["name_accuracy"] < args.min_name_accuracy:

@@ -69,14 +69,14 @@ def shutdown(code: int = 0) -> None:
     os._exit(code)
 
 
-def shard(model: torch.nn.Module, mixed_precision: bool) -> None:
+def shard(model: torch.nn.Module, compute_dtype: torch.dtype = torch.float32) -> None:
     """FSDP2: one unit per decoder layer (the classes HF lists in ``_no_split_modules``) + the root.
 
-    Mixed precision: bf16 parameters for compute, fp32 gradient reduction, and the sharded fp32
-    parameters the optimizer updates are the master weights.
+    A compute dtype below fp32 is mixed precision: parameters cast to it for compute, fp32
+    gradient reduction, and the sharded fp32 parameters the optimizer updates are the master weights.
     """
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision \
-        else MixedPrecisionPolicy()
+    policy = MixedPrecisionPolicy() if compute_dtype == torch.float32 \
+        else MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     layer_classes = tuple(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
     if not layers:
@@ -86,7 +86,7 @@ def shard(model: torch.nn.Module, mixed_precision: bool) -> None:
     fully_shard(model, mp_policy=policy)
 
 
-def load_sharded(model_path: str, tokenizer, env: DistEnv, mixed_precision: bool,
+def load_sharded(model_path: str, tokenizer, env: DistEnv, compute_dtype: torch.dtype,
                  activation_checkpointing: bool) -> tuple[torch.nn.Module, set[str]]:
     """The fp32 model sharded over the ranks, its weights read from the checkpoint by rank 0 only;
     also the names of the parameters without weight decay (see no_decay_names).
@@ -123,7 +123,7 @@ def load_sharded(model_path: str, tokenizer, env: DistEnv, mixed_precision: bool
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     no_decay = no_decay_names(model)
-    shard(model, mixed_precision)
+    shard(model, compute_dtype)
     if full_state is not None:
         set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         del full_state

@@ -8,10 +8,12 @@ from fcmistral.modeling import load_model, load_tokenizer, tokenizer_source
 from fcmistral.prompt import END_OF_TURN
 
 
-def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False):
-    """Model and tokenizer in eval mode. The adapter folder's tokenizer wins when it has one."""
+def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False,
+                        dtype: torch.dtype | None = None):
+    """Model and tokenizer in eval mode, computing in ``dtype`` (default: the hardware's choice).
+    The adapter folder's tokenizer wins when it has one."""
     tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path), padding_side="left")
-    model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer)
+    model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer, dtype=dtype)
     if adapter_path:
         from peft import PeftModel
 

@@ -27,12 +27,14 @@ def _base_dtype(model_path: str) -> torch.dtype:
     return DTYPES.get(name, torch.float32)
 
 
-def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = False, dtype: str = "auto"):
+def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = False, dtype: str = "auto",
+                  compute_dtype: torch.dtype | None = None):
     """The merged model and its tokenizer.
 
     Default: the adapter is merged into the full-precision base weights. ``into_dequantized``:
     into the NF4-dequantized weights the adapter was trained against (the original's behaviour),
-    via transformers' public ``dequantize()`` rather than bitsandbytes internals.
+    via transformers' public ``dequantize()`` rather than bitsandbytes internals; the 4-bit model
+    is loaded with ``compute_dtype`` as in training (default: the hardware's choice).
     """
     from peft import PeftModel
 
@@ -41,7 +43,7 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
     target = _base_dtype(model_path) if dtype == "auto" else DTYPES[dtype]
     tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path))
     if into_dequantized:
-        base = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer).dequantize().to(torch.float32)
+        base = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer, dtype=compute_dtype).dequantize().to(torch.float32)
     else:
         base = load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_path).merge_and_unload()  # merged in fp32, then cast

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from fcmistral.cli import UserError
+from fcmistral.hardware import compute_dtype
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +48,30 @@ def tokenizer_source(model_path: str, adapter_path: str | None) -> str:
     return model_path
 
 
-def default_compute_dtype() -> torch.dtype:
-    """bf16 where the hardware has it (any recent GPU; CPU matmuls run in fp32 otherwise)."""
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def nf4_config() -> BitsAndBytesConfig:
-    """QLoRA's quantization: NF4 with double quantization and bf16 compute."""
+def nf4_config(compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's quantization: NF4 with double quantization, computing in ``compute_dtype``
+    (bf16 where the hardware runs it natively; see fcmistral.hardware)."""
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute_dtype,
     )
 
 
 def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None, dtype: torch.dtype | None = None):
     """The causal LM from a hub name or a folder, in 4-bit NF4 or in full precision.
 
-    ``dtype`` (full precision only) defaults to bf16 on a GPU that has it, else fp32.
+    ``dtype`` is the compute dtype: the 4-bit layers compute in it and every other weight is
+    loaded in it. It defaults to the hardware's choice (``compute_dtype("auto")``).
 
     Embeddings are resized here, before any PEFT wrap, when the tokenizer gained a token (the
     original resized after wrapping, which broke the gradients of the new rows).
     """
-    kwargs = {"dtype": torch.bfloat16 if load_in_4bit else dtype or default_compute_dtype()}
+    dtype = dtype or compute_dtype("auto")
+    kwargs = {"dtype": dtype}
     if load_in_4bit:
-        kwargs["quantization_config"] = nf4_config()
+        kwargs["quantization_config"] = nf4_config(dtype)
         if device_map is None and torch.cuda.is_available():  # under torchrun: this rank's GPU
             device_map = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:

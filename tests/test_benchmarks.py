@@ -39,3 +39,13 @@ def test_fsdp_load_memory_benchmark_reports_every_rank():
     for mode in ("every_rank_reads", "rank0_broadcasts"):
         assert set(report[mode]) == {"rank0_peak_rss_mib", "rank1_peak_rss_mib"}
         assert all(v > 0 for v in report[mode].values())
+
+
+def test_dtype_benchmark_reports_each_dtype_and_thread_count():
+    report = run_benchmark("dtype_speed.py", "--steps", "1", "--repeats", "1")
+    assert report["auto_choice"] in ("torch.float32", "torch.bfloat16")
+    for what in ("matmul_4096x256x1024", "linear4bit_fwd_bwd", "qlora_step"):
+        assert report[f"{what}_ms_fp32"] > 0 and report[f"{what}_ms_bf16"] > 0 and report[f"{what}_bf16_over_fp32"] > 0
+    (threads,) = [v for k, v in report.items() if k.endswith("_by_threads")]
+    assert set(threads) == {"1_threads_alone", "2_threads_alone", "1_threads_beside_busy_process",
+                            "2_threads_beside_busy_process"}

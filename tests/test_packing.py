@@ -62,3 +62,23 @@ def test_packing_respects_max_length(sample_rows, tiny_tokenizer):
     lengths = [len(r["input_ids"]) for r in packed]
     assert max(lengths) <= 1024 and sum(lengths) == sum(len(e.input_ids) for e in examples)
     assert len(packed) < len(examples) / 2
+
+
+def test_padding_free_keeps_examples_whole_and_batches_them_flat(sample_rows, tiny_model_dir, tiny_tokenizer):
+    """--padding_free: the dataset stays one example per row (the sampler draws random batches);
+    a batch becomes one padding-free sequence with a boundary per example."""
+    from transformers import AutoModelForCausalLM
+
+    from fcmistral.packing import padding_free_training
+
+    examples = examples_from_rows([parse_row(r) for r in sample_rows[:5]], tiny_tokenizer, 4096)
+    ds = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    same, collate = padding_free_training(model, ds, 1024, pack=False)
+    assert same is ds and model.config._attn_implementation == VARLEN_SDPA
+    batch = collate([ds[i] for i in range(3)])
+    lengths = [len(e.input_ids) for e in examples[:3]]
+    assert batch["input_ids"].shape == (1, sum(lengths)) and batch["cu_seq_lens_q"].tolist() == [
+        0, lengths[0], lengths[0] + lengths[1], sum(lengths)]
+    packed, _ = padding_free_training(model, ds, 4096, pack=True)
+    assert len(packed) < len(ds)

@@ -21,9 +21,10 @@ def eval_pass(model, batch) -> None:
         model(**batch)
 
 
-@pytest.fixture()
-def qlora_model(tiny_model_dir, tiny_tokenizer):
-    model = load_model(str(tiny_model_dir), load_in_4bit=True, tokenizer=tiny_tokenizer)
+@pytest.fixture(params=[torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def qlora_model(request, tiny_model_dir, tiny_tokenizer):
+    """The tiny QLoRA model computing in each dtype the hardware rule can pick on a CPU."""
+    model = load_model(str(tiny_model_dir), load_in_4bit=True, tokenizer=tiny_tokenizer, dtype=request.param)
     torch.manual_seed(0)
     model = wrap_lora(model, lora_config(dropout=0.0), quantized=True, gradient_checkpointing=False)
     for name, param in model.named_parameters():  # non-zero B so that gradients reach A too

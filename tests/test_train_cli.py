@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -81,9 +82,8 @@ def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir, small_data, tmp_path):
-    import signal
-
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_as_interrupted(signum, tiny_model_dir, small_data, tmp_path):
     out = tmp_path / "interrupted"
     cmd = [sys.executable, str(REPO / "train.py"), "--model_path", str(tiny_model_dir), "--data_path",
            str(small_data), "--output_dir", str(out), "--eval_steps", "100", "--save_steps", "100",
@@ -92,11 +92,12 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir, small_data, tmp_pat
                                env={**os.environ, "PYTHONPATH": str(REPO)})
     for line in process.stdout:  # the Trainer's first logged loss (tqdm.write, stdout): training is under way
         if "'loss'" in line:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             break
     output = process.stdout.read()
-    assert "stop requested" in output
-    assert process.wait(timeout=300) == 0
+    assert "stop requested" in output and "interrupted after step" in output
+    assert process.wait(timeout=300) == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM: not a finished run
+    assert not (out / "train_summary.json").exists() and not (out / "adapter_model.safetensors").exists()
     (checkpoint,) = out.glob("checkpoint-*")
     step = int(checkpoint.name.split("-")[1])
     assert 1 <= step < 100  # saved where it stopped, not at a scheduled save
@@ -108,13 +109,14 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tiny_model_dir, small_data, tmp_pat
 
 
 @pytest.mark.slow
-def test_train_with_packing(tiny_model_dir, small_data, tmp_path):
+@pytest.mark.parametrize("mode, logged", [("--packing", "packing: "), ("--padding_free", "padding-free: 108 examples")])
+def test_train_padding_free_and_packed(mode, logged, tiny_model_dir, small_data, tmp_path):
     out = tmp_path / "packed"
     result = run("train.py", "--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir",
-                 str(out), "--eval_steps", "3", "--save_steps", "3", "--max_steps", "6", "--packing", "true",
+                 str(out), "--eval_steps", "3", "--save_steps", "3", "--max_steps", "6", mode, "true",
                  "--max_length", "1024", "--eval_on_start", "true", *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "packing: " in result.stderr and "sdpa_varlen attention" in result.stderr  # no GPU here
+    assert logged in result.stderr and "sdpa_varlen attention" in result.stderr  # no GPU here
     losses = [h["eval_loss"] for h in json.loads((out / "train_summary.json").read_text())["eval_history"]]
     assert losses[-1] < losses[0] - 0.5
 
