@@ -5,45 +5,47 @@
 
 The result loads with ``AutoModelForCausalLM.from_pretrained`` without PEFT. Merging into a 4-bit
 model would degrade it, so the default merges into the full-precision base;
-``--merge_into_dequantized`` merges into the NF4-dequantized weights the adapter was trained on.
+``--load_in_4bit`` loads the base as QLoRA trained it and merges into its NF4-dequantized weights.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from fcmistral.cli import run_cli  # isort: skip  (first: quiets a bitsandbytes import warning)
-from transformers import HfArgumentParser
 
-from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
-from fcmistral.merging import check_save_path, merge_adapter, save_merged
+from fcmistral.arguments import ModelArguments, parse_arguments
+from fcmistral.cli import run_cli
+from fcmistral.errors import UserError
+from fcmistral.hardware import compute_dtype
+from fcmistral.training.merging import check_save_path, merge_adapter, save_merged
 
 log = logging.getLogger("convert_weights")
 
 
 @dataclass
 class ConvertArguments:
-    model_path: str = field(metadata={"help": "the base model the adapter was trained on: hub name or folder"})
-    adapter_path: str = field(metadata={"help": "the adapter folder written by train.py"})
-    save_path: str = field(metadata={"help": "folder for the merged model"})
-    merge_into_dequantized: bool = field(
-        default=False, metadata={"help": "merge into the NF4-dequantized base instead of the full-precision one"}
-    )
+    """This script's options; the model's are fcmistral.arguments.ModelArguments, where
+    ``--load_in_4bit`` means: merge into the NF4-dequantized base the adapter was trained on."""
+
+    save_path: str = field(default=None, metadata={"help": "folder for the merged model"})
     dtype: str = field(
         default="auto", metadata={"help": "saved dtype: auto (the base's), bfloat16, float16 or float32",
                                   "choices": ["auto", "bfloat16", "float16", "float32"]}
     )
-    compute_dtype: str = field(default="auto", metadata={
-        "help": "with --merge_into_dequantized, the dtype the 4-bit base is loaded with, as in training: " + COMPUTE_DTYPE_HELP,
-        "choices": COMPUTE_DTYPE_CHOICES})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --save_path"})
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(ConvertArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses()
+    model_args, args = parse_arguments((ModelArguments, ConvertArguments), __doc__.split("\n\n")[0])
+    missing = [f"--{name}" for name, value in (("model_path", model_args.model_path),
+                                               ("adapter_path", model_args.adapter_path),
+                                               ("save_path", args.save_path)) if not value]
+    if missing:
+        raise UserError(f"the following arguments are required: {', '.join(missing)}")
     check_save_path(args.save_path, args.overwrite)
-    model, tokenizer = merge_adapter(args.model_path, args.adapter_path, args.merge_into_dequantized, args.dtype,
-                                     compute_dtype(args.compute_dtype) if args.merge_into_dequantized else None)
+    into_dequantized = model_args.load_in_4bit
+    model, tokenizer = merge_adapter(model_args.model_path, model_args.adapter_path, into_dequantized, args.dtype,
+                                     compute_dtype(model_args.compute_dtype) if into_dequantized else None)
     save_merged(model, tokenizer, args.save_path, args.overwrite)
     log.info("merged model and tokenizer saved to %s", args.save_path)
 

@@ -16,24 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
-from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
-
-from fcmistral.benchmarks import EvalItem, eval_items
-from fcmistral.cli import UserError, run_cli
-from fcmistral.data import load_rows
-from fcmistral.functions import load_functions
+from fcmistral.arguments import ModelArguments, parse_arguments
+from fcmistral.cli import run_cli
+from fcmistral.data.loading import load_rows
+from fcmistral.errors import UserError
+from fcmistral.evaluation.items import EvalItem, eval_items
+from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
+from fcmistral.format.schemas import load_schemas
+from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import FunctionCall
-from fcmistral.scoring import judge, summarize, summary_markdown
 
 log = logging.getLogger("evaluate")
 
 
 @dataclass
 class EvalArguments:
-    model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
-    adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder to apply on --model_path"})
+    """This script's options; the model's are fcmistral.arguments.ModelArguments."""
+
     dataset: str = field(
         default="data/sample_heldout.jsonl",
         metadata={"help": "evaluation rows: hub name (Nexusflow/OTXAPIBenchmark, ...) or local .json/.jsonl/.parquet"},
@@ -51,8 +51,6 @@ class EvalArguments:
     max_new_tokens: int = field(default=400, metadata={"help": "tokens generated per prompt at most"})
     limit: int = field(default=None, metadata={"help": "evaluate only the first N items"})
     resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "load the model in 4-bit NF4"})
-    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
     backend: str = field(
         default="auto",
         metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
@@ -62,7 +60,7 @@ class EvalArguments:
 
 def load_items(args: EvalArguments) -> list[EvalItem]:
     rows = load_rows(args.dataset, required=(), config=args.dataset_config, split=args.split)
-    functions = load_functions(args.functions) if args.functions else None
+    functions = load_schemas(args.functions) if args.functions else None
     items, skipped = eval_items(rows, functions)
     if skipped:
         log.warning("%d of %d rows left out (first: row %d, %s)", len(skipped), len(rows), *skipped[0])
@@ -90,33 +88,33 @@ def read_predictions(path: Path) -> list[dict]:
     return list(records.values())
 
 
-def make_generator(args: EvalArguments):
+def make_generator(args: EvalArguments, model_args: ModelArguments):
     """A function from prompts to replies, on the backend asked for (see --backend)."""
-    from fcmistral.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
+    from fcmistral.serving.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
 
     backend = args.backend
     if backend == "auto":
-        backend = "vllm" if vllm_usable() and not args.adapter_path else "hf"
+        backend = "vllm" if vllm_usable() and not model_args.adapter_path else "hf"
     if backend == "vllm":
         if not vllm_usable():
             raise UserError("--backend vllm needs vLLM installed and a GPU")
-        if args.adapter_path or args.load_in_4bit:
+        if model_args.adapter_path or model_args.load_in_4bit:
             raise UserError("--backend vllm takes a merged model: run convert_weights.py first")
         log.info("generating with vLLM")
-        return VLLMGenerator(args.model_path, args.max_new_tokens)
-    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit,
-                                           compute_dtype(args.compute_dtype))
+        return VLLMGenerator(model_args.model_path, args.max_new_tokens)
+    model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
+                                           compute_dtype(model_args.compute_dtype))
     return lambda prompts: generate_batch(model, tokenizer, prompts, args.max_new_tokens)
 
 
-def generate_predictions(args: EvalArguments, items: list[EvalItem], path: Path) -> None:
-    from fcmistral.generation import length_sorted_batches
+def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem], path: Path) -> None:
+    from fcmistral.serving.generation import length_sorted_batches
 
     done = {r["query_id"] for r in read_predictions(path)} if args.resume and path.exists() else set()
     todo = [item for item in items if item.query_id not in done]
     if not todo:
         return
-    generate = make_generator(args)
+    generate = make_generator(args, model_args)
     with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
         for indices in length_sorted_batches([item.prompt for item in todo], args.batch_size):
             batch = [todo[i] for i in indices]
@@ -136,18 +134,17 @@ def rescore(records: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    parser = HfArgumentParser(EvalArguments, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses()
+    model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0])
     if args.predictions:
         path = Path(args.predictions)
         out_dir = path.parent
     else:
-        if not args.model_path:
+        if not model_args.model_path:
             raise UserError("give --model_path (or --predictions to score an existing file)")
         out_dir = Path(args.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "predictions.jsonl"
-        generate_predictions(args, load_items(args), path)
+        generate_predictions(args, model_args, load_items(args), path)
     records = rescore(read_predictions(path))
     if not records:
         raise UserError(f"{str(path)!r} holds no predictions")

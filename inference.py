@@ -16,25 +16,23 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
-from fcmistral.cli import UserError, run_cli  # isort: skip  (first: quiets a bitsandbytes import warning)
-from transformers import HfArgumentParser
-
-from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
-
-from fcmistral.chat import ChatSession
-from fcmistral.functions import load_functions
+from fcmistral.arguments import ModelArguments, parse_arguments
+from fcmistral.cli import run_cli
+from fcmistral.demo.functions import DEMO_CALLABLES, DEMO_SCHEMAS
+from fcmistral.errors import UserError
+from fcmistral.format.schemas import load_schemas
+from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
-from fcmistral.tools import DEMO_FUNCTIONS, DEMO_TOOLS, check_tools_cover, load_tools_module
+from fcmistral.serving.callables import check_callables_cover, load_callables_module
+from fcmistral.serving.chat import ChatSession
 
 log = logging.getLogger("inference")
 
 
 @dataclass
 class InferenceArguments:
-    model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
-    adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder to apply on --model_path"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "load the model in 4-bit NF4"})
-    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
+    """This script's options; the model's are fcmistral.arguments.ModelArguments."""
+
     functions: str = field(default=None, metadata={"help": "function schemas file (default: the demo set, or the tools module's FUNCTIONS)"})
     tools: str = field(default=None, metadata={"help": "Python file whose functions implement the schemas"})
     max_new_tokens: int = field(default=400, metadata={"help": "tokens per assistant turn at most"})
@@ -51,15 +49,15 @@ class InferenceArguments:
 
 def resolve_functions(args: InferenceArguments):
     if args.tools:
-        tools, module_functions = load_tools_module(args.tools)
-        functions = load_functions(args.functions) if args.functions else module_functions
+        tools, module_functions = load_callables_module(args.tools)
+        functions = load_schemas(args.functions) if args.functions else module_functions
         if not functions:
             raise UserError("give --functions, or define FUNCTIONS (a list of schemas) in the tools module")
-        check_tools_cover(functions, tools)
+        check_callables_cover(functions, tools)
         return functions, tools
-    functions = load_functions(args.functions) if args.functions else DEMO_FUNCTIONS
-    check_tools_cover(functions, DEMO_TOOLS)  # without --tools only the demo functions can run
-    return functions, DEMO_TOOLS
+    functions = load_schemas(args.functions) if args.functions else DEMO_SCHEMAS
+    check_callables_cover(functions, DEMO_CALLABLES)  # without --tools only the demo functions can run
+    return functions, DEMO_CALLABLES
 
 
 def turn_record(turn: Turn) -> dict:
@@ -91,22 +89,22 @@ def chat_loop(session: ChatSession) -> None:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(InferenceArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses()
-    if not args.model_path:
+    model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0])
+    if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     if args.json and not args.prompt:
         raise UserError("--json goes with --prompt")
     functions, tools = resolve_functions(args)
-    from fcmistral.generation import Completer, load_for_generation
+    from fcmistral.serving.generation import Completer, load_for_generation
 
-    model, tokenizer = load_for_generation(args.model_path, args.adapter_path, args.load_in_4bit,
-                                           compute_dtype(args.compute_dtype))
+    model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
+                                           compute_dtype(model_args.compute_dtype))
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
     if args.serve:
-        from fcmistral.server import ChatCompletionServer
+        from fcmistral.serving.server import ChatCompletionServer
 
-        server = ChatCompletionServer(complete, args.adapter_path or args.model_path, args.host, args.port)
+        server = ChatCompletionServer(complete, model_args.adapter_path or model_args.model_path, args.host, args.port)
         print(f"serving {server.model_name} on http://{args.host}:{server.server_port}/v1", flush=True)
         server.serve_forever()
     session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt)

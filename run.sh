@@ -36,23 +36,19 @@ elif [ -n "$MODEL_PATH" ]; then
 else
     # The demo: no GPU, no model given. Build the tiny Mistral, QLoRA-train it on the shipped
     # sample data, then check on held-out prompts that it learnt to call the right function.
-    # Padding-free random batches of 8 examples, in the compute dtype the hardware runs fast (fp32
-    # on an AVX2-only CPU): about 4 minutes on 2 cores of either CPU kind (README).
+    # The recipe is configs/demo_qlora.yaml; the compute dtype is the one the hardware runs fast
+    # (fp32 on an AVX2-only CPU): about 4 minutes on 2 cores of either CPU kind (README).
     TINY_DIR=${TINY_DIR:-artifacts/tiny-mistral}
     DEMO_DIR=${DEMO_DIR:-outputs/demo-qlora}
     DEMO_MIN_ACCURACY=${DEMO_MIN_ACCURACY:-0.8}
     log="$LOG_DIR/demo-$stamp.log"
     echo "No GPU and no MODEL_PATH: running the tiny-model demo (log: $log)"
     {
-        "$PYTHON" -m fcmistral.tiny --out_dir "$TINY_DIR"
-        "$PYTHON" train.py --model_path "$TINY_DIR" --data_path data/sample_train.jsonl --output_dir "$DEMO_DIR" \
-            --max_length 1024 --padding_free true --test_size 0.05 --per_device_train_batch_size 8 \
-            --per_device_eval_batch_size 8 --gradient_accumulation_steps 1 --learning_rate 3e-3 --lora_dropout 0.0 \
-            --max_steps 1000 --eval_steps 100 --save_steps 100 --logging_steps 25 --eval_on_start true \
-            --gradient_checkpointing false "$@"
+        "$PYTHON" -m fcmistral.demo.tiny --out_dir "$TINY_DIR"
+        "$PYTHON" train.py --config configs/demo_qlora.yaml --model_path "$TINY_DIR" --output_dir "$DEMO_DIR" "$@"
         "$PYTHON" evaluate.py --model_path "$TINY_DIR" --adapter_path "$DEMO_DIR" \
             --dataset data/sample_heldout.jsonl --output_dir "$DEMO_DIR/heldout-eval" --max_new_tokens 96
-        "$PYTHON" -m fcmistral.demo --train_dir "$DEMO_DIR" --eval_dir "$DEMO_DIR/heldout-eval" \
+        "$PYTHON" -m fcmistral.demo.verdict --train_dir "$DEMO_DIR" --eval_dir "$DEMO_DIR/heldout-eval" \
             --min_name_accuracy "$DEMO_MIN_ACCURACY"
     } 2>&1 | tee -i "$log"
 fi

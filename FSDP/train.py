@@ -4,7 +4,7 @@
         --data_path glaiveai/glaive-function-calling-v2 --output_dir outputs/fsdp
 
 Same data pipeline and prompt format as the QLoRA script (fcmistral), every parameter trained.
-Rows longer than --max_length are dropped (as the original did), not cut. The loss is weighted by
+Rows longer than --max_length are dropped, not cut. The loss is weighted by
 supervised tokens over the whole global batch (all ranks, all accumulation steps), so a run on 2
 processes follows the same curve as one on 1 process with the same global batch.
 """
@@ -14,63 +14,61 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as a script (torchrun FSDP/train.py): the repository root is not on sys.path by itself.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import datasets
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
 
-from fcmistral.cli import UserError, run_cli  # noqa: E402  (first: quiets a bitsandbytes import warning)
-
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from transformers import DataCollatorForSeq2Seq, HfArgumentParser, get_cosine_schedule_with_warmup  # noqa: E402
-
-from fcmistral import fsdp  # noqa: E402
-from fcmistral.data import prepare_splits  # noqa: E402
-from fcmistral.hardware import compute_dtype  # noqa: E402
-from fcmistral.labels import IGNORE_INDEX  # noqa: E402
-from fcmistral.modeling import load_tokenizer  # noqa: E402
-from fcmistral.packing import padding_free_training  # noqa: E402
+from fcmistral.arguments import DataArguments, parse_arguments
+from fcmistral.cli import run_cli
+from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.data.loading import prepare_splits
+from fcmistral.data.packing import padding_free_training
+from fcmistral.errors import UserError
+from fcmistral.hardware import compute_dtype
+from fcmistral.training import fsdp
+from fcmistral.training.modeling import load_tokenizer
 
 log = logging.getLogger("fsdp")
 
 
 @dataclass
-class FSDPArguments:
+class FullFinetuneArguments:
+    """Options named as train.py (and the HF Trainer) name them; the data options are
+    fcmistral.arguments.DataArguments, shared with train.py."""
+
     model_path: str = field(default="mistralai/Mistral-7B-v0.1", metadata={"help": "base model: hub name or folder"})
-    data_path: str = field(default="glaiveai/glaive-function-calling-v2", metadata={"help": "glaive data: hub name or local file"})
     output_dir: str = field(default="outputs/fsdp", metadata={"help": "best/, final/, checkpoints/ and metrics.jsonl"})
-    max_length: int = field(default=4096, metadata={"help": "rows with more tokens are dropped"})
-    test_size: float = field(default=0.05, metadata={"help": "fraction of rows held out as the dev set"})
     seed: int = field(default=42, metadata={"help": "seed of the split, the shuffling and the run"})
-    per_device_batch_size: int = field(default=1, metadata={"help": "examples per process per micro-batch"})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "examples per process per micro-batch"})
+    per_device_eval_batch_size: int = field(default=1, metadata={"help": "examples per process per dev batch"})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
-    num_epochs: int = field(default=1, metadata={"help": "epochs over the train split"})
+    num_train_epochs: int = field(default=1, metadata={"help": "epochs over the train split"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps in all (-1: from the epochs)"})
     learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps of linear warm-up"})
+    warmup_steps: float = field(default=0.03, metadata={"help": "linear warm-up: steps, or a fraction of all steps if < 1"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: 3 times per epoch)"})
     save_steps: int = field(default=0, metadata={"help": "resumable checkpoint every N steps (0: at evaluations)"})
+    logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
     compute_dtype: str = field(default="auto", metadata={
         "help": "auto (bf16 where the GPU or CPU runs it natively, else fp32), bf16 (mixed precision: fp32 master "
                 "weights and gradient reduction) or fp32. fp16 is not offered: a full fine-tune in fp16 needs loss "
                 "scaling, which this loop does not do",
         "choices": ["auto", "bf16", "fp32"]})
     activation_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
-    padding_free: bool = field(default=False, metadata={
-        "help": "flatten each batch into one sequence without padding (varlen attention, as train.py)"})
-    packing: bool = field(default=False, metadata={
-        "help": "pack whole examples into rows of up to max_length tokens (padding-free, varlen attention, as "
-                "train.py); per_device_batch_size then counts packed rows"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir/checkpoints"})
-    logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
+    resume_from_checkpoint: str = field(default=None, metadata={
+        "help": "'last': continue from the checkpoint in output_dir/checkpoints"})
+    report_to: str = field(default="tensorboard", metadata={
+        "help": "'tensorboard' (output_dir/runs, when installed) or 'none'; metrics.jsonl is always written",
+        "choices": ["tensorboard", "none"]})
 
 
 def full_finetune_dtype(name: str) -> torch.dtype:
@@ -80,6 +78,21 @@ def full_finetune_dtype(name: str) -> torch.dtype:
         log.info("fp16 needs loss scaling for a full fine-tune: computing in fp32 instead")
         return torch.float32
     return dtype
+
+
+def tensorboard_writer(log_dir: Path):
+    """A tensorboard writer, or None (with a note) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def warmup_steps(value: float, total_steps: int) -> int:
+    """Warm-up steps as TrainingArguments reads ``--warmup_steps``: a fraction of all steps if < 1."""
+    return math.ceil(value * total_steps) if value < 1 else int(value)
 
 
 def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -95,19 +108,25 @@ def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[s
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(FSDPArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses()
+    args, data = parse_arguments((FullFinetuneArguments, DataArguments), __doc__.split("\n\n")[0],
+                                 defaults={"test_size": 0.05})
+    if args.resume_from_checkpoint not in (None, "last"):
+        raise UserError("--resume_from_checkpoint: FSDP/train.py continues from the checkpoint in "
+                        "OUTPUT_DIR/checkpoints; pass 'last'")
+    resume = args.resume_from_checkpoint == "last"
     env = fsdp.init_distributed()
-    if not env.is_main:
+    if not env.is_main:  # one log and one progress bar per run, not per rank
         logging.getLogger().setLevel(logging.WARNING)
+        datasets.disable_progress_bars()
     dtype = full_finetune_dtype(args.compute_dtype)  # decided (and logged) before anything slow
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
     checkpoint = fsdp.latest_checkpoint(out / "checkpoints")
-    if args.resume and checkpoint is None:
-        raise UserError(f"--resume: no checkpoint in {args.output_dir!r}")
+    if resume and checkpoint is None:
+        raise UserError(f"--resume_from_checkpoint last: no checkpoint in {args.output_dir!r}")
 
     tokenizer = load_tokenizer(args.model_path)
-    train_ds, dev_ds = prepare_splits(args.data_path, tokenizer, args.max_length, args.test_size, args.seed,
+    train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,
                                       overflow="drop", report_dir=out, report=env.is_main)
     model, no_decay = fsdp.load_sharded(args.model_path, tokenizer, env, dtype,
                                         args.activation_checkpointing)
@@ -116,22 +135,22 @@ def main() -> None:
                                   betas=(args.adam_beta1, args.adam_beta2))
 
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-    if args.packing or args.padding_free:
-        train_ds, collate = padding_free_training(model, train_ds, args.max_length, pack=args.packing)
+    if data.packing or data.padding_free:
+        train_ds, collate = padding_free_training(model, train_ds, data.max_length, pack=data.packing)
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
-    loader = DataLoader(train_ds, batch_size=args.per_device_batch_size, sampler=sampler, collate_fn=collate)
+    loader = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collate)
     steps_per_epoch = len(loader) // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
         raise UserError("fewer examples than one global batch: lower the batch size or accumulation")
-    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_epochs
+    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
     eval_steps = args.eval_steps or max(1, steps_per_epoch // 3)
     save_steps = args.save_steps or eval_steps
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(args.warmup_ratio * total_steps), total_steps)
-    dev = dev_batches(dev_ds, collate, env, args.per_device_batch_size)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(args.warmup_steps, total_steps), total_steps)
+    dev = dev_batches(dev_ds, collate, env, args.per_device_eval_batch_size)
 
     state = {"step": 0, "best_eval_loss": float("inf")}
-    if args.resume:
+    if resume:
         state = fsdp.load_checkpoint(checkpoint, model, optimizer, env)
         scheduler.load_state_dict(state.pop("scheduler"))
         log.info("resumed at step %d", state["step"])
@@ -139,17 +158,22 @@ def main() -> None:
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-                if args.resume and json.loads(line)["step"] <= state["step"]]  # drop what will be redone
+                if resume and json.loads(line)["step"] <= state["step"]]  # drop what will be redone
         metrics_path.write_text("".join(line + "\n" for line in kept))
         log.info("%d train %s / %d dev examples, %d processes, global batch %d, %d steps, %s attention",
-                 len(train_ds), "packed rows" if args.packing else "examples", len(dev_ds), env.world_size,
-                 args.per_device_batch_size * env.world_size * args.gradient_accumulation_steps, total_steps,
+                 len(train_ds), "packed rows" if data.packing else "examples", len(dev_ds), env.world_size,
+                 args.per_device_train_batch_size * env.world_size * args.gradient_accumulation_steps, total_steps,
                  model.config._attn_implementation)
+
+    writer = tensorboard_writer(out / "runs") if env.is_main and args.report_to == "tensorboard" else None
 
     def record(entry: dict) -> None:
         if env.is_main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
+            for name, value in entry.items():
+                if writer is not None and name != "step":
+                    writer.add_scalar(("eval/" if name.startswith("eval") else "train/") + name, value, entry["step"])
 
     model.train()
     progress = tqdm(total=total_steps, initial=state["step"], disable=not env.is_main, desc="training")
@@ -193,6 +217,8 @@ def main() -> None:
             if last:
                 break
     progress.close()
+    if writer is not None:
+        writer.close()
     fsdp.save_hf_folder(model, tokenizer, out / "final", save_dtype, env)
     if env.is_main:
         (out / "summary.json").write_text(json.dumps({"steps": state["step"], "best_eval_loss": state["best_eval_loss"]}))

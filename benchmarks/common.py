@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import resource
-import sys
 import sysconfig
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as scripts from anywhere
 
 
 @contextmanager
@@ -31,7 +28,7 @@ def mistral_sized_tokenizer(texts: list[str], vocab_size: int = 32000):
     Python standard library's sources (about 30 MB on every machine, code and English comments,
     as Mistral's own training mix has) to fill the 32k vocabulary.
     """
-    from fcmistral.tiny import train_tokenizer
+    from fcmistral.demo.tiny import train_tokenizer
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     sources = [p.read_text(encoding="utf-8", errors="replace")

@@ -5,7 +5,7 @@
 The original tokenized each example alone (and its system prompt again), then scanned its token ids
 in Python for the ids that start (ASS) and stop (USER, FUNCTION) supervision. Ours parses the
 rows, tokenizes batches of 1,000 in one fast-tokenizer call (each distinct system prompt once,
-fcmistral.encoding) and finds the supervised tokens by character offsets; the ``datasets`` cache
+fcmistral.data.encoding) and finds the supervised tokens by character offsets; the ``datasets`` cache
 then serves a second run. Both methods run ``--repeats`` times, interleaved, and the best run of
 each counts. Figures are printed as ratios measured in this process.
 """
@@ -19,8 +19,8 @@ import tempfile
 
 from common import mistral_sized_tokenizer, peak_rss_mib, timed
 
-from fcmistral.labels import IGNORE_INDEX
-from fcmistral.sample_data import generate_rows
+from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.demo.sample_data import generate_rows
 
 
 def original_method(dataset, tokenizer, max_length: int) -> list[dict]:
@@ -86,7 +86,7 @@ def main() -> None:
 
     from datasets import Dataset, disable_progress_bars
 
-    from fcmistral.data import tokenize_rows
+    from fcmistral.data.loading import tokenize_rows
 
     disable_progress_bars()
     results: dict[str, float] = {}

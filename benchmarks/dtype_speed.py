@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from fcmistral.data import load_rows, tokenize_rows
+from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.data.loading import load_rows, tokenize_rows
 from fcmistral.hardware import choose_compute_dtype, detect_hardware
-from fcmistral.labels import IGNORE_INDEX
-from fcmistral.modeling import load_model, load_tokenizer, lora_config, wrap_lora
+from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -97,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path
         if model_path is None:
-            from fcmistral.tiny import build_tiny_model
+            from fcmistral.demo.tiny import build_tiny_model
 
             model_path = str(build_tiny_model(f"{tmp}/tiny"))
         tokenizer = load_tokenizer(model_path)

@@ -18,8 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repository on sys.path)
-
 SIZES = {"default": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 12},
          "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}}
 
@@ -28,7 +26,7 @@ def build_model(folder: Path, size: dict) -> int:
     """A random Mistral of the given size with the tiny model's tokenizer; returns its parameters."""
     from transformers import AutoModelForCausalLM, MistralConfig
 
-    from fcmistral.tiny import build_tiny_model
+    from fcmistral.demo.tiny import build_tiny_model
 
     tokenizer_dir = build_tiny_model(folder / "tiny")
     config = MistralConfig(vocab_size=MistralConfig.from_pretrained(tokenizer_dir).vocab_size, num_attention_heads=8,
@@ -45,8 +43,8 @@ def worker(mode: str, model_path: str, out_dir: str) -> None:
     ranks share one stdout, where their lines could interleave)."""
     import torch
 
-    from fcmistral import fsdp
-    from fcmistral.modeling import load_model, load_tokenizer
+    from fcmistral.training import fsdp
+    from fcmistral.training.modeling import load_model, load_tokenizer
 
     env = fsdp.init_distributed()
     tokenizer = load_tokenizer(model_path)

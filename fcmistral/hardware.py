@@ -14,7 +14,7 @@ from functools import cache
 
 import torch
 
-from fcmistral.cli import UserError
+from fcmistral.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def run_script(script: str, *args: str, timeout: int = 600, stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run one of the project's scripts (a path relative to the repository) as a user would."""
     return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, input=stdin,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+                          timeout=timeout, cwd=REPO)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -47,13 +47,13 @@ def real_row() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from fcmistral.tiny import build_tiny_model
+    from fcmistral.demo.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-mistral")
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from fcmistral.modeling import load_tokenizer
+    from fcmistral.training.modeling import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))

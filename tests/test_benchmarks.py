@@ -26,7 +26,7 @@ def test_gpu_plan_script_runs_on_a_tiny_config():
 
 
 def test_generation_and_data_benchmarks_report_their_ratios():
-    generation = run_benchmark("generation.py", "--prompts", "6", "--batch_size", "3", "--max_new_tokens", "2")
+    generation = run_benchmark("generation_speed.py", "--prompts", "6", "--batch_size", "3", "--max_new_tokens", "2")
     assert generation["prompts"] == 6 and generation["speedup"] > 0
     data = run_benchmark("data_prep.py", "--rows", "300", "--compare_rows", "100", "--repeats", "1")
     assert data["kept"] + data["skipped"] == 300 and data["speedup_vs_original"] > 0

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from fcmistral.encoding import SharedPrefixEncoder
-from fcmistral.glaive import parse_row
-from fcmistral.labels import examples_from_rows
+from fcmistral.data.encoding import SharedPrefixEncoder
+from fcmistral.data.labels import examples_from_rows
+from fcmistral.format.glaive import parse_row
 from tests.conftest import REPO
 from tests.tokenizer_kinds import metaspace_tokenizer, mistral_legacy_tokenizer
 
@@ -63,11 +63,11 @@ def test_padding_left_on_by_a_transformers_call_does_not_leak_in(tiny_tokenizer,
 def test_a_new_process_hits_the_tokenized_data_cache(tiny_model_dir, tmp_path):
     """The encoder is part of the map's fingerprint: it must hash the same in every process, or the
     cache keyed on data, tokenizer and settings would never be hit by a second run."""
-    code = ("import sys; from fcmistral.data import load_rows, tokenize_rows; "
-            "from fcmistral.modeling import load_tokenizer; "
+    code = ("import sys; from fcmistral.data.loading import load_rows, tokenize_rows; "
+            "from fcmistral.training.modeling import load_tokenizer; "
             "kept, _, _ = tokenize_rows(load_rows('data/sample_heldout.jsonl'), load_tokenizer(sys.argv[1]), 4096); "
             "print(kept._fingerprint, kept.cache_files[0]['filename'])")
-    env = {**os.environ, "HF_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HOME": str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True,
                            env=env, cwd=REPO, check=True).stdout.split() for _ in range(2)]
     assert runs[0] == runs[1] and runs[0][1].startswith(str(tmp_path))

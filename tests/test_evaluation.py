@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-from fcmistral.benchmarks import eval_items
-from fcmistral.cli import UserError
-from fcmistral.functions import load_functions, parse_function_text, schema_from_api_entry, validate_arguments
+from fcmistral.arguments import ModelArguments
+from fcmistral.errors import UserError
+from fcmistral.evaluation.items import eval_items
+from fcmistral.evaluation.scoring import judge, summarize
+from fcmistral.format.pycall import PythonCallError, parse_python_call
+from fcmistral.format.schemas import load_schemas, parse_function_text, schema_from_api_entry, validate_arguments
 from fcmistral.prompt import FunctionCall, format_call
-from fcmistral.pycall import PythonCallError, parse_python_call
-from fcmistral.scoring import judge, summarize
 from tests.conftest import REPO, SHARED_DATA, read_jsonl, run_script
 
 
@@ -77,7 +78,7 @@ def test_scoring_with_known_answers():
 
 
 def test_function_files_in_every_accepted_shape(tmp_path):
-    shipped = load_functions(REPO / "custom_function.txt")
+    shipped = load_schemas(REPO / "custom_function.txt")
     assert len(shipped) == 9
     for schema in shipped:
         assert schema["parameters"]["required"][0] == "apiKey" and "section" in schema["parameters"]["required"]
@@ -97,7 +98,7 @@ def test_function_files_in_every_accepted_shape(tmp_path):
 
 
 def test_argument_validation():
-    schema = load_functions(REPO / "custom_function.txt")[0]
+    schema = load_schemas(REPO / "custom_function.txt")[0]
     assert validate_arguments(schema, {"apiKey": "k", "ip": "1.1.1.1", "section": "geo"}) == []
     problems = validate_arguments(schema, {"apiKey": 3, "host": "x"})
     assert "missing required argument 'ip'" in problems and "unknown argument 'host'" in problems
@@ -183,17 +184,18 @@ def test_vllm_backend_wiring(monkeypatch):
             return [out for _ in prompts]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: True)
-    args = evaluate_script.EvalArguments(model_path="merged", max_new_tokens=400)
-    generate = evaluate_script.make_generator(args)  # auto: vLLM when usable and no adapter
+    monkeypatch.setattr("fcmistral.serving.generation.vllm_usable", lambda: True)
+    args = evaluate_script.EvalArguments(max_new_tokens=400)
+    generate = evaluate_script.make_generator(args, ModelArguments(model_path="merged"))  # auto: vLLM, no adapter
     assert generate(["p1", "p2"]) == [" <functioncall> {}", " <functioncall> {}"]  # cut at the end marker
     assert calls["model"] == "merged" and calls["prompts"] == ["p1", "p2"]
     assert calls["params"] == {"temperature": 0.0, "max_tokens": 400, "stop": ["<|endoftext|>"]}
     with pytest.raises(UserError, match="merged model"):
-        evaluate_script.make_generator(evaluate_script.EvalArguments(model_path="b", adapter_path="a", backend="vllm"))
-    monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: False)
+        evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"),
+                                       ModelArguments(model_path="b", adapter_path="a"))
+    monkeypatch.setattr("fcmistral.serving.generation.vllm_usable", lambda: False)
     with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
-        evaluate_script.make_generator(evaluate_script.EvalArguments(model_path="m", backend="vllm"))
+        evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"), ModelArguments(model_path="m"))
 
 
 @pytest.mark.slow

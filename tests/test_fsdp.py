@@ -47,7 +47,7 @@ def data(tmp_path_factory, sample_rows) -> Path:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, tiny_model_dir, data) -> Path:
     out = tmp_path_factory.mktemp("fsdp") / "two"
-    run(torchrun_cmd(2, out, tiny_model_dir, data, "--per_device_batch_size", "1", "--gradient_accumulation_steps", "2"))
+    run(torchrun_cmd(2, out, tiny_model_dir, data, "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"))
     return out
 
 
@@ -70,7 +70,7 @@ def test_two_processes_learn_and_save_loadable_folders(two_process_run, tiny_mod
 
 def test_one_process_with_the_same_global_batch_follows_the_same_curve(two_process_run, tiny_model_dir, data, tmp_path):
     out = tmp_path / "one"
-    run(torchrun_cmd(1, out, tiny_model_dir, data, "--per_device_batch_size", "2", "--gradient_accumulation_steps", "2"))
+    run(torchrun_cmd(1, out, tiny_model_dir, data, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"))
     two, one = metrics(two_process_run), metrics(out)
     assert [r["step"] for r in two] == [r["step"] for r in one]
     for a, b in zip(two, one):
@@ -81,7 +81,7 @@ def test_one_process_with_the_same_global_batch_follows_the_same_curve(two_proce
 
 def test_killed_run_resumes_to_the_same_curve(two_process_run, tiny_model_dir, data, tmp_path):
     out = tmp_path / "killed"
-    cmd = torchrun_cmd(2, out, tiny_model_dir, data, "--per_device_batch_size", "1", "--gradient_accumulation_steps", "2")
+    cmd = torchrun_cmd(2, out, tiny_model_dir, data, "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2")
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     step_file = out / "checkpoints" / "latest.json"
     deadline = time.time() + 600
@@ -94,7 +94,7 @@ def test_killed_run_resumes_to_the_same_curve(two_process_run, tiny_model_dir, d
     assert process.returncode != 0, "the run ended before it could be killed"
     killed_at = json.loads(step_file.read_text())["step"]
     assert 4 <= killed_at < 16
-    run(cmd + ["--resume"])
+    run(cmd + ["--resume_from_checkpoint", "last"])
     reference, resumed = metrics(two_process_run), metrics(out)
     assert [r["step"] for r in resumed] == [r["step"] for r in reference]
     for a, b in zip(reference, resumed):
@@ -104,9 +104,9 @@ def test_killed_run_resumes_to_the_same_curve(two_process_run, tiny_model_dir, d
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, data, tmp_path):
-    result = subprocess.run(torchrun_cmd(1, tmp_path / "none", tiny_model_dir, data, "--resume"),
+    result = subprocess.run(torchrun_cmd(1, tmp_path / "none", tiny_model_dir, data, "--resume_from_checkpoint", "last"),
                             capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert result.returncode != 0 and "error: --resume: no checkpoint" in result.stderr
+    assert result.returncode != 0 and "error: --resume_from_checkpoint last: no checkpoint" in result.stderr
     # torchrun adds its own report (with its launcher's traceback); none goes through our code.
     assert "FSDP/train.py\", line" not in result.stderr and "fcmistral/" not in result.stderr
 
@@ -147,7 +147,7 @@ def test_a_model_with_tied_embeddings_stays_tied(tiny_model_dir, data, tmp_path)
 def test_packed_training_learns_with_varlen_attention(tiny_model_dir, data, tmp_path):
     out = tmp_path / "packed"
     result = run(torchrun_cmd(2, out, tiny_model_dir, data, "--packing", "true", "--max_length", "1024",
-                              "--per_device_batch_size", "1", "--gradient_accumulation_steps", "1",
+                              "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
                               "--max_steps", "12"))
     assert "packed rows" in result.stderr and "sdpa_varlen attention" in result.stderr
     rows = metrics(out)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fcmistral.calls import CallParseError, parse_call
-from fcmistral.glaive import RowParseError, parse_functions, parse_row
+from fcmistral.demo.sample_data import generate_rows
+from fcmistral.format.calls import CallParseError, parse_call
+from fcmistral.format.glaive import RowParseError, parse_functions, parse_row
 from fcmistral.prompt import (
     SYSTEM_NO_FUNCTIONS,
     Turn,
@@ -14,7 +15,6 @@ from fcmistral.prompt import (
     generation_prompt,
     render_chat,
 )
-from fcmistral.sample_data import generate_rows
 
 WEATHER = {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
 TAX = {"name": "calculate_tax", "description": "Tax", "parameters": {"type": "object", "properties": {"income": {"type": "number"}}}}
@@ -40,7 +40,7 @@ def test_every_shipped_sample_row_round_trips(sample_rows):
 
 
 def test_shipped_sample_files_are_what_the_generator_writes(sample_rows):
-    from fcmistral.sample_data import TRAIN_SEED
+    from fcmistral.demo.sample_data import TRAIN_SEED
 
     assert generate_rows(len(sample_rows), TRAIN_SEED) == sample_rows
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from fcmistral.cli import UserError
+from fcmistral.errors import UserError
 from fcmistral.hardware import Hardware, choose_compute_dtype, compute_dtype, detect_hardware
 from tests.conftest import REPO
 
@@ -50,7 +50,7 @@ def test_a_cpu_told_to_behave_as_avx2_has_no_native_bf16():
 def test_4bit_model_computes_in_the_dtype_asked(dtype, tiny_model_dir, tiny_tokenizer):
     import bitsandbytes as bnb
 
-    from fcmistral.modeling import load_model
+    from fcmistral.training.modeling import load_model
 
     model = load_model(str(tiny_model_dir), load_in_4bit=True, tokenizer=tiny_tokenizer, dtype=dtype)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

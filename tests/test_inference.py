@@ -10,10 +10,11 @@ import threading
 import pytest
 import torch
 
-from fcmistral.chat import ChatSession
-from fcmistral.cli import UserError
+from fcmistral.demo.functions import DEMO_CALLABLES, DEMO_SCHEMAS
+from fcmistral.errors import UserError
 from fcmistral.prompt import ASSISTANT_TAG, format_call
-from fcmistral.tools import DEMO_FUNCTIONS, DEMO_TOOLS, check_tools_cover, load_tools_module
+from fcmistral.serving.callables import check_callables_cover, load_callables_module
+from fcmistral.serving.chat import ChatSession
 from tests.conftest import run_script
 
 
@@ -39,7 +40,7 @@ def weather_call(**arguments) -> str:
 
 def test_full_transcript_call_response_answer():
     model = Scripted([weather_call(), "It is 18 degrees and cloudy in Paris."])
-    session = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS)
+    session = ChatSession(model, DEMO_SCHEMAS, DEMO_CALLABLES)
     turns = session.send("Weather in Paris?")
     assert [t.role for t in turns] == ["user", "function_call", "function_response", "assistant"]
     assert json.loads(turns[2].content) == {"location": "Paris", "temperature": 18, "unit": "celsius", "condition": "cloudy"}
@@ -52,7 +53,7 @@ def test_full_transcript_call_response_answer():
 
 def test_acknowledge_then_call_is_two_assistant_turns():
     model = Scripted(["Sure, let me check that for you.", weather_call(), "It is 18 degrees."], continues=(0,))
-    turns = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS).send("Weather in Paris?")
+    turns = ChatSession(model, DEMO_SCHEMAS, DEMO_CALLABLES).send("Weather in Paris?")
     assert [t.role for t in turns] == ["user", "assistant", "function_call", "function_response", "assistant"]
 
 
@@ -68,7 +69,7 @@ def test_acknowledge_then_call_is_two_assistant_turns():
 )
 def test_bad_calls_go_back_to_the_model_as_json_errors(reply, error):
     model = Scripted([reply, "Sorry, that did not work."])
-    turns = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS).send("Do it")
+    turns = ChatSession(model, DEMO_SCHEMAS, DEMO_CALLABLES).send("Do it")
     assert [t.role for t in turns] == ["user", "function_call", "function_response", "assistant"]
     assert error in json.loads(turns[2].content)["error"] + " ".join(json.loads(turns[2].content).get("details", []))
 
@@ -81,7 +82,7 @@ def test_apostrophes_in_values_reach_the_function_intact(tmp_path):
         "def echo(text):\n    return {'echo': text}\n"
         "def _private():\n    pass\n"
     )
-    tools, functions = load_tools_module(module)
+    tools, functions = load_callables_module(module)
     assert set(tools) == {"echo"} and functions[0]["name"] == "echo"
     model = Scripted([format_call("echo", {"text": "l'été, it's"}), "Done."])
     turns = ChatSession(model, functions, tools).send("Echo l'été, it's")
@@ -90,25 +91,25 @@ def test_apostrophes_in_values_reach_the_function_intact(tmp_path):
 
 def test_max_calls_bounds_a_calling_loop():
     model = Scripted([weather_call()] * 3)
-    turns = ChatSession(model, DEMO_FUNCTIONS, DEMO_TOOLS, max_calls=2).send("Weather?")
+    turns = ChatSession(model, DEMO_SCHEMAS, DEMO_CALLABLES, max_calls=2).send("Weather?")
     assert [t.role for t in turns].count("function_call") == 3
     assert [t.role for t in turns].count("function_response") == 2 and not model.replies
 
 
 def test_tools_module_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        load_tools_module(tmp_path / "none.py")
+        load_callables_module(tmp_path / "none.py")
     broken = tmp_path / "broken.py"
     broken.write_text("import no_such_module_here\n")
     with pytest.raises(UserError, match="cannot import"):
-        load_tools_module(broken)
+        load_callables_module(broken)
     with pytest.raises(UserError, match="no Python function for the schemas"):
-        check_tools_cover(DEMO_FUNCTIONS, {"calculate_tax": DEMO_TOOLS["calculate_tax"]})
+        check_callables_cover(DEMO_SCHEMAS, {"calculate_tax": DEMO_CALLABLES["calculate_tax"]})
 
 
 @pytest.fixture()
 def server():
-    from fcmistral.server import ChatCompletionServer
+    from fcmistral.serving.server import ChatCompletionServer
 
     model = Scripted([])
     srv = ChatCompletionServer(model, "tiny", "127.0.0.1", 0)
@@ -125,7 +126,7 @@ def test_openai_client_against_the_server(server):
     srv, model = server
     client = OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == ["tiny"]
-    tools = [{"type": "function", "function": DEMO_FUNCTIONS[0]}]
+    tools = [{"type": "function", "function": DEMO_SCHEMAS[0]}]
     model.replies, model.continues = ["Let me check.", weather_call(location="Zürich", unit="celsius")], {0}
     messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Weather in Zürich?"}]
     reply = client.chat.completions.create(model="tiny", messages=messages, tools=tools)
@@ -192,7 +193,7 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from fcmistral.modeling import load_model, lora_config, wrap_lora
+    from fcmistral.training.modeling import load_model, lora_config, wrap_lora
 
     torch.manual_seed(0)
     peft_model = wrap_lora(load_model(str(tiny_model_dir), False, tiny_tokenizer), lora_config(), False, False)
@@ -203,7 +204,7 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     peft_model.save_pretrained(adapter)
     out = tmp_path / "merged"
     result = run_script("convert_weights.py", "--model_path", str(tiny_model_dir), "--adapter_path", str(adapter),
-                        "--save_path", str(out), *(["--merge_into_dequantized"] if into_dequantized else []))
+                        "--save_path", str(out), *(["--load_in_4bit"] if into_dequantized else []))
     assert result.returncode == 0, result.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and (out / "tokenizer.json").is_file()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fcmistral.glaive import parse_row
-from fcmistral.labels import IGNORE_INDEX, examples_from_rows
+from fcmistral.data.labels import IGNORE_INDEX, examples_from_rows
+from fcmistral.format.glaive import parse_row
 from fcmistral.prompt import Turn, build_system_prompt, call_turn, render_chat
 from tests.tokenizer_kinds import metaspace_tokenizer
 
@@ -105,7 +105,7 @@ def test_real_row_labels(real_row, tiny_tokenizer):
 
 
 def test_pad_token_is_never_eos(tiny_tokenizer, tmp_path):
-    from fcmistral.modeling import load_tokenizer
+    from fcmistral.training.modeling import load_tokenizer
 
     assert tiny_tokenizer.pad_token_id != tiny_tokenizer.eos_token_id
     # A Mistral-like tokenizer with no pad token gets <unk> as pad, not </s>.

@@ -7,9 +7,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from fcmistral.glaive import parse_row
-from fcmistral.labels import IGNORE_INDEX, examples_from_rows
-from fcmistral.packing import VARLEN_SDPA, PackedCollator, pack_examples, packed_attention
+from fcmistral.data.labels import IGNORE_INDEX, examples_from_rows
+from fcmistral.data.packing import VARLEN_SDPA, PackedCollator, pack_examples, packed_attention
+from fcmistral.format.glaive import parse_row
 
 
 @pytest.mark.parametrize("attention", ["sdpa", VARLEN_SDPA])
@@ -69,7 +69,7 @@ def test_padding_free_keeps_examples_whole_and_batches_them_flat(sample_rows, ti
     a batch becomes one padding-free sequence with a boundary per example."""
     from transformers import AutoModelForCausalLM
 
-    from fcmistral.packing import padding_free_training
+    from fcmistral.data.packing import padding_free_training
 
     examples = examples_from_rows([parse_row(r) for r in sample_rows[:5]], tiny_tokenizer, 4096)
     ds = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])

@@ -4,7 +4,6 @@ refuses bad input with one clear line."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_script as run
+from tests.conftest import REPO
+from tests.conftest import run_script as run
 
 FAST = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "1",
         "--learning_rate", "3e-3", "--gradient_checkpointing", "false", "--report_to", "none", "--test_size", "0.1",
@@ -88,8 +88,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_as_interrupted(signum, ti
     cmd = [sys.executable, str(REPO / "train.py"), "--model_path", str(tiny_model_dir), "--data_path",
            str(small_data), "--output_dir", str(out), "--eval_steps", "100", "--save_steps", "100",
            "--max_steps", "400", *FAST]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     for line in process.stdout:  # the Trainer's first logged loss (tqdm.write, stdout): training is under way
         if "'loss'" in line:
             process.send_signal(signum)

@@ -1,5 +1,5 @@
 """Tokenizers of the two families the project must serve, trained in the test on the sample data:
-byte-level BPE (the tiny model's, built by fcmistral.tiny) and sentencepiece-style BPE (Mistral's)."""
+byte-level BPE (the tiny model's, built by fcmistral.demo.tiny) and sentencepiece-style BPE (Mistral's)."""
 
 from __future__ import annotations
 

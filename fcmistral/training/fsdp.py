@@ -25,9 +25,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from fcmistral.cli import UserError
-from fcmistral.labels import IGNORE_INDEX
-from fcmistral.modeling import load_model
+from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.errors import UserError
+from fcmistral.training.modeling import load_model
 
 
 @dataclass
@@ -121,7 +121,7 @@ def load_sharded(model_path: str, tokenizer, env: DistEnv, compute_dtype: torch.
         full_state = loaded.state_dict() if loaded is not None else {}
     model.config.use_cache = False
     if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     no_decay = no_decay_names(model)
     shard(model, compute_dtype)
     if full_state is not None:

@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from fcmistral.cli import UserError
-from fcmistral.glaive import RowParseError, parse_row
+from fcmistral.errors import UserError
+from fcmistral.format.glaive import RowParseError, parse_row
+from fcmistral.format.pycall import PythonCallError, parse_python_call
 from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, generation_prompt
-from fcmistral.pycall import PythonCallError, parse_python_call
 
 
 @dataclass

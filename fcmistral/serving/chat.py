@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Protocol
 
-from fcmistral.calls import contains_call, try_parse_call
-from fcmistral.functions import validate_arguments
+from fcmistral.format.calls import contains_call, try_parse_call
+from fcmistral.format.schemas import validate_arguments
 from fcmistral.prompt import (
     ASSISTANT_TAG,
     Turn,

@@ -1,7 +1,7 @@
 """Padding and training throughput: the original's batching (batch 1, padded batches) against
 packed, padding-free rows, with QLoRA steps on the tiny model (CPU) or any model given.
 
-    python benchmarks/packing.py [--model_path artifacts/tiny-mistral]
+    python benchmarks/packing_speed.py [--model_path artifacts/tiny-mistral]
 
 Each mode trains on the same shuffled examples for the same number of optimizer steps' worth of
 examples; tokens/s counts real (non-padding) tokens. Ratios are measured in this process.
@@ -15,16 +15,15 @@ import random
 import tempfile
 import time
 
-from common import peak_rss_mib
-
 import torch
+from common import peak_rss_mib
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
 
-from fcmistral.data import load_rows, tokenize_rows
-from fcmistral.labels import IGNORE_INDEX
-from fcmistral.modeling import load_model, load_tokenizer, lora_config, wrap_lora
-from fcmistral.packing import PackedCollator, pack_examples, packed_attention
+from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.data.loading import load_rows, tokenize_rows
+from fcmistral.data.packing import PackedCollator, pack_examples, packed_attention
+from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
 
 
 def batches_for(mode: str, examples: list[dict], batch_size: int, max_length: int, tokenizer):
@@ -57,7 +56,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path
         if model_path is None:
-            from fcmistral.tiny import build_tiny_model
+            from fcmistral.demo.tiny import build_tiny_model
 
             model_path = str(build_tiny_model(f"{tmp}/tiny"))
         tokenizer = load_tokenizer(model_path)

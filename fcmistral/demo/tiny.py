@@ -15,10 +15,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-from fcmistral.glaive import parse_row
+from fcmistral.format.glaive import parse_row
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "sample_train.jsonl"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "sample_train.jsonl"  # the repository's data/
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from fcmistral.calls import CallParseError, contains_call, parse_call
+from fcmistral.format.calls import CallParseError, contains_call, parse_call
 from fcmistral.prompt import (
     END_OF_TURN,
     SYSTEM_NO_FUNCTIONS,
@@ -42,7 +42,8 @@ class GlaiveRow:
 
     @property
     def text(self) -> str:
-        """The training text: system and chat with no separator, as the original did."""
+        """The training text: system and chat with no separator (the system text ends in its own
+        blank line)."""
         return self.system + self.chat
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from fcmistral.cli import UserError
+from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None, d
     ``dtype`` is the compute dtype: the 4-bit layers compute in it and every other weight is
     loaded in it. It defaults to the hardware's choice (``compute_dtype("auto")``).
 
-    Embeddings are resized here, before any PEFT wrap, when the tokenizer gained a token (the
-    original resized after wrapping, which broke the gradients of the new rows).
+    Embeddings are resized here, before any PEFT wrap, when the tokenizer gained a token:
+    resizing a wrapped model would leave the new rows outside the gradients.
     """
     dtype = dtype or compute_dtype("auto")
     kwargs = {"dtype": dtype}
@@ -120,7 +120,7 @@ def wrap_lora(model, config, quantized: bool, gradient_checkpointing: bool):
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
         model.enable_input_require_grads()
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()

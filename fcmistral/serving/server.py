@@ -19,10 +19,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from fcmistral.chat import Complete, assistant_step
-from fcmistral.cli import UserError
-from fcmistral.functions import normalize_schema
+from fcmistral.errors import UserError
+from fcmistral.format.schemas import normalize_schema
 from fcmistral.prompt import Turn, build_system_prompt, format_call
+from fcmistral.serving.chat import Complete, assistant_step
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fcmistral.modeling import load_model, load_tokenizer, tokenizer_source
 from fcmistral.prompt import END_OF_TURN
+from fcmistral.training.modeling import load_model, load_tokenizer, tokenizer_source
 
 
 def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False,
@@ -102,7 +102,7 @@ class EndMarkerStreamer:
 
 
 class Completer:
-    """``Complete`` (see fcmistral.chat) over a Hugging Face model."""
+    """``Complete`` (see fcmistral.serving.chat) over a Hugging Face model."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 400, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "") -> None:

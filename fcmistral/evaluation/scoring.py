@@ -1,7 +1,8 @@
 """Call-by-call scoring of predicted function calls against gold calls.
 
 The headline metric is Nexusflow's: exact match of function name and argument dict, a parse
-failure counted as wrong (the original left parse failures out of its error count). Reported
+failure counted as wrong (leaving parse failures out of the count would flatter a model that
+writes broken calls). Reported
 beside it: function-name accuracy, a relaxed argument match, parse failures, and per gold
 function which function was called instead.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from fcmistral.calls import try_parse_call
+from fcmistral.format.calls import try_parse_call
 from fcmistral.prompt import FunctionCall
 
 NO_CALL = "<no call>"

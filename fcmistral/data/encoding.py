@@ -86,7 +86,7 @@ class SharedPrefixEncoder:
         self.tokenizer = tokenizer
         # A private copy of the Rust tokenizer: a transformers call with padding or truncation
         # leaves them switched on in the shared one, and encode_batch would then pad every text
-        # to the batch's longest (found by running the original's method first in the benchmark).
+        # to the batch's longest (found when the benchmark ran a padding baseline first).
         self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._backend.no_padding()
         self._backend.no_truncation()

@@ -1,6 +1,6 @@
 """Evaluation generation: batched (left padding) against one prompt at a time (the original's way).
 
-    python benchmarks/generation.py [--model_path M] [--adapter_path A]
+    python benchmarks/generation_speed.py [--model_path M] [--adapter_path A]
 
 92 prompts (the OTX benchmark's size) built from the held-out sample file, greedy decoding with a
 fixed number of new tokens so that both ways do the same work; batches group prompts of similar
@@ -16,9 +16,9 @@ import time
 
 from common import peak_rss_mib
 
-from fcmistral.benchmarks import eval_items
-from fcmistral.data import load_rows
-from fcmistral.generation import generate_batch, length_sorted_batches, load_for_generation
+from fcmistral.data.loading import load_rows
+from fcmistral.evaluation.items import eval_items
+from fcmistral.serving.generation import generate_batch, length_sorted_batches, load_for_generation
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path
         if model_path is None:
-            from fcmistral.tiny import build_tiny_model
+            from fcmistral.demo.tiny import build_tiny_model
 
             model_path = str(build_tiny_model(f"{tmp}/tiny"))
         items, _ = eval_items(load_rows(args.dataset), None)

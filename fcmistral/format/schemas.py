@@ -1,6 +1,6 @@
 """Function schemas: reading them from the file formats users have, and checking call arguments.
 
-Accepted by ``load_functions``:
+Accepted by ``load_schemas``:
 - glaive style (``custom_function.txt``): optional SYSTEM header, then concatenated JSON schemas;
 - a JSON list of schemas, or an OpenAI ``tools`` list (``{"type": "function", "function": {...}}``);
 - Nexusflow ``standardized_api_list`` rows (JSON list or JSONL of ``{name, description, args_dicts}``),
@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fcmistral.cli import UserError
-from fcmistral.glaive import RowParseError, parse_functions
+from fcmistral.errors import UserError
+from fcmistral.format.glaive import RowParseError, parse_functions
 from fcmistral.prompt import SYSTEM_WITH_FUNCTIONS
 
 PYTHON_TO_JSON_TYPE = {
@@ -83,7 +83,7 @@ def parse_function_text(text: str, source: str = "functions") -> list[dict[str, 
     return [normalize_schema(s) for s in schemas]
 
 
-def load_functions(path: str | Path) -> list[dict[str, Any]]:
+def load_schemas(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"functions file {str(path)!r} does not exist")

@@ -1,10 +1,10 @@
 """Tokenization with assistant-only labels, exact to the token and independent of the tokenizer.
 
-Instead of scanning for hard-coded token ids (the original's method, which breaks on other
-tokenizers and turns supervision on for any ``ASS`` piece inside a word such as PASS or CLASS),
+Instead of scanning for hard-coded token ids (which breaks on other tokenizers and turns
+supervision on for any ``ASS`` piece inside a word such as PASS or CLASS),
 the supervised parts are known as *character spans* while the text is rendered, and a token is
 supervised when its characters overlap a span. Batched fast-tokenizer calls encode the texts
-(each distinct system prompt once, fcmistral.encoding); each span's tokens are found with two
+(each distinct system prompt once, fcmistral.data.encoding); each span's tokens are found with two
 character-to-token look-ups. A token straddling a span boundary
 would be supervised; with Mistral's tokenizer (a newline is its own byte token) and the tiny one
 (byte-level BPE) turn boundaries always fall between tokens, which the tests check.
@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fcmistral.encoding import SharedPrefixEncoder, TokenizedText, first_token
-from fcmistral.glaive import GlaiveRow
+from fcmistral.data.encoding import SharedPrefixEncoder, TokenizedText, first_token
+from fcmistral.format.glaive import GlaiveRow
 from fcmistral.prompt import TAG_OF_ROLE, render_turn
 
 IGNORE_INDEX = -100
@@ -94,10 +94,10 @@ def examples_from_rows(
     """Tokenize rows in one batch; each result is an Example or why it was Skipped.
 
     ``overflow="truncate"`` cuts a too-long example after its last assistant turn that fits
-    (never mid-turn); ``"drop"`` skips it, as the original FSDP script did. The Rust encodings
+    (never mid-turn); ``"drop"`` skips it (FSDP/train.py, which trains every token of a row). The Rust encodings
     answer "which token covers this character" directly, so no per-token Python work is done.
     Pass one ``encoder`` for all the batches of a dataset so that each distinct system prompt is
-    tokenized once (fcmistral.encoding).
+    tokenized once (fcmistral.data.encoding).
     """
     labelled = [labelled_text(r) for r in rows]
     encoder = encoder or SharedPrefixEncoder(tokenizer)

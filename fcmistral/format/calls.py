@@ -3,8 +3,8 @@
 The glaive call ``<functioncall> {"name": "f", "arguments": '{"x": "let's go"}'}`` is not JSON
 (the arguments are a JSON object wrapped in single quotes, apostrophes inside stay raw), and the
 real data adds variants: a bare object, a ``"parameters"`` key, ``\\'`` escapes, ``Infinity``,
-an extra closing brace, text before the marker. The original repository deleted every ``'``
-before ``json.loads``, which corrupted values containing apostrophes; this parser never does.
+an extra closing brace, text before the marker. Deleting every ``'`` before ``json.loads`` (the
+obvious shortcut) corrupts values that contain apostrophes; this parser never alters a value.
 """
 
 from __future__ import annotations

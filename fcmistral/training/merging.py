@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from fcmistral.cli import UserError
-from fcmistral.modeling import load_model, load_tokenizer, tokenizer_source
+from fcmistral.errors import UserError
+from fcmistral.training.modeling import load_model, load_tokenizer, tokenizer_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -32,8 +32,7 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
     """The merged model and its tokenizer.
 
     Default: the adapter is merged into the full-precision base weights. ``into_dequantized``:
-    into the NF4-dequantized weights the adapter was trained against (the original's behaviour),
-    via transformers' public ``dequantize()`` rather than bitsandbytes internals; the 4-bit model
+    into the NF4-dequantized weights the adapter was trained against, via transformers' public ``dequantize()`` rather than bitsandbytes internals; the 4-bit model
     is loaded with ``compute_dtype`` as in training (default: the hardware's choice).
     """
     from peft import PeftModel

@@ -1,0 +1,98 @@
+"""Command-line arguments shared by the scripts, and one parser that also reads a config file.
+
+The scripts follow TRL's: a small dataclass of the script's own options beside the library's
+(``TrainingArguments`` for train.py), parsed together by ``HfArgumentParser``. Options that mean
+the same thing have the same name in every script, and each dataclass is declared once here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from fcmistral.errors import UserError
+from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP
+
+
+@dataclass
+class ModelArguments:
+    """Which model to load for generation or merging, and how (inference.py, evaluate.py,
+    convert_weights.py)."""
+
+    model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
+    adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder written by train.py, applied on --model_path"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4, as QLoRA trained it"})
+    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
+
+
+@dataclass
+class DataArguments:
+    """The training data and how it is batched (train.py and FSDP/train.py)."""
+
+    data_path: str = field(
+        default="glaiveai/glaive-function-calling-v2",
+        metadata={"help": "glaive data: hub dataset name or a local .json/.jsonl/.parquet file"},
+    )
+    max_length: int = field(default=4096, metadata={"help": "tokens per example at most"})
+    test_size: float = field(default=0.02, metadata={"help": "fraction of rows held out as the dev set"})
+    padding_free: bool = field(default=False, metadata={
+        "help": "flatten each batch of examples into one sequence without padding (no attention across examples: "
+                "FlashAttention-2 varlen when installed on a GPU, else SDPA per example); batches are drawn at "
+                "random as padded ones are"})
+    packing: bool = field(default=False, metadata={
+        "help": "padding-free, and examples packed into fixed rows of up to max_length tokens (similar lengths "
+                "together); the per-device batch size then counts packed rows"})
+
+
+@dataclass
+class ConfigArguments:
+    config: str = field(default=None, metadata={
+        "help": "a YAML or JSON file of options (any option of this command, by name); options given on the "
+                "command line override it"})
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The options in a YAML (.yaml/.yml) or JSON file, as a flat mapping."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path!r} does not exist")
+    try:
+        text = file.read_text(encoding="utf-8")
+        config = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise UserError(f"config file {path!r} cannot be read: {str(err).splitlines()[0]}") from err
+    if not isinstance(config, dict):
+        raise UserError(f"config file {path!r} must hold a mapping of option names to values")
+    return config
+
+
+def parse_arguments(types: tuple[type, ...], description: str, defaults: dict[str, Any] | None = None,
+                    argv: list[str] | None = None) -> tuple:
+    """Parse ``argv`` into one instance of each of ``types``.
+
+    Precedence: the command line, then ``--config FILE``, then ``defaults`` (this script's own
+    defaults where they differ from the dataclasses'), then the dataclasses' defaults. A value the
+    dataclasses reject (``TrainingArguments`` checks many in its ``__post_init__``) is a one-line
+    error, not a traceback.
+    """
+    parser = HfArgumentParser((*types, ConfigArguments), description=description)
+    options = {action.dest for action in parser._actions}
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config_path = pre.parse_known_args(argv)[0].config
+    config = read_config(config_path) if config_path else {}
+    unknown = sorted(set(config) - options)
+    if unknown:
+        raise UserError(f"config file {config_path!r}: unknown option(s) {', '.join(unknown)}")
+    parser.set_defaults(**{**(defaults or {}), **config})
+    try:
+        *parsed, _ = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        raise UserError(str(err).strip().splitlines()[0]) from err
+    return tuple(parsed)
