@@ -41,8 +41,11 @@ else
     TINY_DIR=${TINY_DIR:-artifacts/tiny-mistral}
     DEMO_DIR=${DEMO_DIR:-outputs/demo-qlora}
     DEMO_MIN_ACCURACY=${DEMO_MIN_ACCURACY:-0.8}
+    # One thread per core that is idle now: beside another busy process, threads that share a core
+    # stall each other (5-11x slower steps on 2 cores; fcmistral/hardware.py, idle_cores).
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$("$PYTHON" -m fcmistral.hardware)}
     log="$LOG_DIR/demo-$stamp.log"
-    echo "No GPU and no MODEL_PATH: running the tiny-model demo (log: $log)"
+    echo "No GPU and no MODEL_PATH: running the tiny-model demo with $OMP_NUM_THREADS thread(s) (log: $log)"
     {
         "$PYTHON" -m fcmistral.demo.tiny --out_dir "$TINY_DIR"
         "$PYTHON" train.py --config configs/demo_qlora.yaml --model_path "$TINY_DIR" --output_dir "$DEMO_DIR" "$@"

@@ -15,15 +15,17 @@ import importlib.util
 import json
 import logging
 import re
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
 from fcmistral.arguments import DataArguments, parse_arguments
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 from fcmistral.cli import run_cli
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
@@ -76,38 +78,11 @@ TRAINING_DEFAULTS = dict(
 )
 
 
-class SaveOnSignal(TrainerCallback):
-    """On Ctrl-C or SIGTERM, finish the current step, write a resumable checkpoint and stop.
-
-    ``signal_number`` records which signal asked, so that the run can end as an interrupted
-    process does (exit 128 + N: 130 for Ctrl-C, 143 for SIGTERM), never as a finished one.
-    """
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._request)
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-    def _request(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        log.warning("stop requested: saving a checkpoint after this step (Ctrl-C again to abort)")
-        self.signal_number = signum
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
 def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArguments, TrainingArguments]:
     """The three sets of options. Mixed precision follows the compute dtype on a GPU (on a CPU
     the weights are loaded in the compute dtype itself)."""
+    from transformers import TrainingArguments
+
     # transformers' old name for the option: it only counts when the new one is unset, which our
     # default never leaves it, so it is renamed here.
     argv = [re.sub(r"^--gradient_checkpointing\b", "--activation_checkpointing", a)
@@ -139,6 +114,12 @@ def _resume_target(args: TrainingArguments) -> str | bool | None:
 
 
 def main() -> None:
+    # Imported here, under run_cli's logging set-up: importing them loads bitsandbytes, which warns
+    # about an optional kernel package users cannot act on.
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    from fcmistral.training.callbacks import SaveOnSignal
+
     script, data, args = parse_all()
     resume = _resume_target(args)
     tokenizer = load_tokenizer(script.model_path)

@@ -26,6 +26,10 @@ else
     launch=(--standalone)
 fi
 
+# One thread per process unless told otherwise (torchrun's own default, set here so that it does not
+# print a banner about it).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
 mkdir -p "$LOG_DIR"
 log="$LOG_DIR/fsdp-$(date +%Y%m%d-%H%M%S)-node$NODE_RANK.log"
 echo "FSDP: $NNODES node(s) x $NPROC_PER_NODE process(es), $MODEL_PATH on $DATA_PATH -> $OUTPUT_DIR (log: $log)"

@@ -21,7 +21,6 @@ import datasets
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
-from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
 
 from fcmistral.arguments import DataArguments, parse_arguments
 from fcmistral.cli import run_cli
@@ -108,6 +107,10 @@ def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[s
 
 
 def main() -> None:
+    # Imported here, under run_cli's logging set-up: importing them loads bitsandbytes, which warns
+    # about an optional kernel package users cannot act on.
+    from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
+
     args, data = parse_arguments((FullFinetuneArguments, DataArguments), __doc__.split("\n\n")[0],
                                  defaults={"test_size": 0.05})
     if args.resume_from_checkpoint not in (None, "last"):

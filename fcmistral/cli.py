@@ -3,7 +3,8 @@
 Bad input (a missing folder, a file without the right columns, an impossible setting) must end
 in one clear line and a non-zero exit, not in a traceback from deep inside a library. It also
 sets up logging and quiets library noise that users cannot act on, here and not at import time,
-so that no script depends on the order of its imports.
+so that no script depends on the order of its imports; a script imports what would make noise
+(transformers' Trainer pieces load bitsandbytes) inside its ``main``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ AVX2-only EPYC). So the choice is read from the hardware, never assumed.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -82,3 +84,35 @@ def compute_dtype(name: str = "auto") -> torch.dtype:
         raise UserError(f"--compute_dtype {name!r}: choose one of {', '.join(COMPUTE_DTYPE_CHOICES)}")
     log.info("hardware: %s; compute dtype %s (%s)", hardware.describe(), str(dtype).removeprefix("torch."), why)
     return dtype
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(total, idle) jiffies of all CPUs from /proc/stat, or None where there is none (not Linux)."""
+    try:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields), fields[3] + fields[4]  # idle + iowait
+
+
+def idle_cores(window_s: float = 1.0, cores: int | None = None) -> int:
+    """How many cores were not busy with other work over the last ``window_s`` seconds (at least 1).
+
+    Why: on a small CPU, PyTorch's threads wait for each other at every small op, so a thread
+    sharing its core with another busy process stalls all of them. Measured with
+    benchmarks/dtype_speed.py on 2 cores (tiny model): alone, 2 threads are 1.6x faster than 1;
+    beside one busy process, 2 threads are 5-11x slower than 1.
+    """
+    cores = cores or os.cpu_count() or 1
+    before = _cpu_times()
+    if before is None:
+        return cores
+    time.sleep(window_s)
+    after = _cpu_times()
+    total, idle = after[0] - before[0], after[1] - before[1]
+    busy = round(cores * (total - idle) / total) if total > 0 else 0
+    return max(1, cores - busy)
+
+
+if __name__ == "__main__":  # `python -m fcmistral.hardware`: the thread count run.sh's demo uses
+    print(idle_cores())

@@ -58,3 +58,19 @@ def test_4bit_model_computes_in_the_dtype_asked(dtype, tiny_model_dir, tiny_toke
     assert model.get_input_embeddings().weight.dtype == dtype
     ids = tiny_tokenizer(["USER: hi"], return_tensors="pt")["input_ids"]
     assert model(input_ids=ids).logits.dtype in (dtype, torch.float32)
+
+
+def test_idle_cores_leaves_out_a_core_taken_by_a_busy_process():
+    import os
+    import time
+
+    from fcmistral.hardware import idle_cores
+
+    cores = os.cpu_count()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # running before the window opens
+        assert 1 <= idle_cores(window_s=1.0) <= max(1, cores - 1)
+    finally:
+        hog.kill()
+        hog.wait()

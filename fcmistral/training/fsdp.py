@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -45,6 +46,11 @@ class DistEnv:
 def init_distributed() -> DistEnv:
     """Join the process group torchrun set up: global rank from RANK (multi-node safe), NCCL on
     GPUs, gloo on CPU."""
+    # torch's own state-dict helpers call an API torch deprecated (twice per rank and load);
+    # users cannot act on it.
+    warnings.filterwarnings("ignore", message=".*_get_pg_default_device.*", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Multiple backends are registered with this ProcessGroup",
+                            category=UserWarning)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
