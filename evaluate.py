@@ -25,6 +25,7 @@ from fcmistral.evaluation.items import EvalItem, eval_items
 from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
 from fcmistral.format.schemas import load_schemas
 from fcmistral.hardware import compute_dtype
+from fcmistral.outputs import check_output_dir
 from fcmistral.prompt import FunctionCall
 
 log = logging.getLogger("evaluate")
@@ -51,6 +52,8 @@ class EvalArguments:
     max_new_tokens: int = field(default=400, metadata={"help": "tokens generated per prompt at most"})
     limit: int = field(default=None, metadata={"help": "evaluate only the first N items"})
     resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "write into an --output_dir that already holds files (its predictions and summary are replaced)"})
     backend: str = field(
         default="auto",
         metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
@@ -141,7 +144,14 @@ def main() -> None:
     else:
         if not model_args.model_path:
             raise UserError("give --model_path (or --predictions to score an existing file)")
-        out_dir = Path(args.output_dir)
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name} must be at least 1")
+        if args.limit is not None and args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        out_dir = check_output_dir(args.output_dir, "--output_dir", args.resume or args.overwrite_output_dir,
+                                   "pass --resume to continue its predictions, or --overwrite_output_dir to "
+                                   "replace them")
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "predictions.jsonl"
         generate_predictions(args, model_args, load_items(args), path)

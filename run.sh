@@ -38,8 +38,11 @@ else
     # sample data, then check on held-out prompts that it learnt to call the right function.
     # The recipe is configs/demo_qlora.yaml; the compute dtype is the one the hardware runs fast
     # (fp32 on an AVX2-only CPU): about 4 minutes on 2 cores of either CPU kind (README).
+    # Each demo run gets its own folder (a run never replaces an earlier one); outputs/demo-qlora
+    # points at the latest, for the commands in the README.
     TINY_DIR=${TINY_DIR:-artifacts/tiny-mistral}
-    DEMO_DIR=${DEMO_DIR:-outputs/demo-qlora}
+    LATEST=outputs/demo-qlora
+    DEMO_DIR=${DEMO_DIR:-$LATEST-$stamp}
     DEMO_MIN_ACCURACY=${DEMO_MIN_ACCURACY:-0.8}
     # One thread per core that is idle now: beside another busy process, threads that share a core
     # stall each other (5-11x slower steps on 2 cores; fcmistral/hardware.py, idle_cores).
@@ -54,4 +57,8 @@ else
         "$PYTHON" -m fcmistral.demo.verdict --train_dir "$DEMO_DIR" --eval_dir "$DEMO_DIR/heldout-eval" \
             --min_name_accuracy "$DEMO_MIN_ACCURACY"
     } 2>&1 | tee -i "$log"
+    if [ "$(dirname "$DEMO_DIR")" = "$(dirname "$LATEST")" ] && { [ -L "$LATEST" ] || [ ! -e "$LATEST" ]; }; then
+        ln -sfn "$(basename "$DEMO_DIR")" "$LATEST"
+        echo "demo: adapter in $DEMO_DIR ($LATEST points to it)"
+    fi
 fi

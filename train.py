@@ -32,6 +32,7 @@ from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
+from fcmistral.outputs import check_output_dir
 from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
 
 log = logging.getLogger("train")
@@ -48,6 +49,8 @@ class QLoRAArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an --output_dir that already holds files (its checkpoints and adapter may be replaced)"})
 
 
 # Where this project's recipe differs from the Trainer's defaults (all of them can be overridden).
@@ -121,6 +124,9 @@ def main() -> None:
     from fcmistral.training.callbacks import SaveOnSignal
 
     script, data, args = parse_all()
+    check_output_dir(args.output_dir, "--output_dir", script.overwrite_output_dir or args.resume_from_checkpoint,
+                     "pass --resume_from_checkpoint last to continue that run, or --overwrite_output_dir to train "
+                     "into it anyway")
     resume = _resume_target(args)
     tokenizer = load_tokenizer(script.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,

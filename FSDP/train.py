@@ -29,6 +29,7 @@ from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
+from fcmistral.outputs import check_output_dir
 from fcmistral.training import fsdp
 from fcmistral.training.modeling import load_tokenizer
 
@@ -63,6 +64,8 @@ class FullFinetuneArguments:
                 "scaling, which this loop does not do",
         "choices": ["auto", "bf16", "fp32"]})
     activation_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into an --output_dir that already holds files (its best/, final/ and checkpoint are replaced)"})
     resume_from_checkpoint: str = field(default=None, metadata={
         "help": "'last': continue from the checkpoint in output_dir/checkpoints"})
     report_to: str = field(default="tensorboard", metadata={
@@ -122,6 +125,10 @@ def main() -> None:
         logging.getLogger().setLevel(logging.WARNING)
         datasets.disable_progress_bars()
     dtype = full_finetune_dtype(args.compute_dtype)  # decided (and logged) before anything slow
+    check_output_dir(args.output_dir, "--output_dir", args.overwrite_output_dir or resume,
+                     "pass --resume_from_checkpoint last to continue that run, or --overwrite_output_dir to train "
+                     "into it anyway")
+    fsdp.barrier()  # every rank has looked at the folder before rank 0 writes anything into it
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
     checkpoint = fsdp.latest_checkpoint(out / "checkpoints")

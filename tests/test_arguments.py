@@ -57,4 +57,9 @@ def test_the_training_scripts_name_the_same_concepts_alike():
 
     trainer_names = {f.name for f in dataclasses.fields(TrainingArguments)}
     fsdp_names = {f.name for f in dataclasses.fields(fsdp_train.FullFinetuneArguments)}
-    assert fsdp_names - trainer_names == {"model_path", "compute_dtype"}  # the rest are the Trainer's names
+    # The rest are the Trainer's names; overwrite_output_dir is the one transformers 4 users know
+    # (transformers 5 dropped it), which train.py declares too.
+    assert fsdp_names - trainer_names == {"model_path", "compute_dtype", "overwrite_output_dir"}
+    import train
+
+    assert "overwrite_output_dir" in {f.name for f in dataclasses.fields(train.QLoRAArguments)}

@@ -103,6 +103,15 @@ def test_killed_run_resumes_to_the_same_curve(two_process_run, tiny_model_dir, d
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (killed_at, a, b)
 
 
+def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(two_process_run, tiny_model_dir, data):
+    before = {p: p.stat().st_mtime_ns for p in two_process_run.rglob("*")}
+    result = subprocess.run(torchrun_cmd(2, two_process_run, tiny_model_dir, data), capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode != 0 and "already holds files" in result.stderr
+    assert "--overwrite_output_dir" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in two_process_run.rglob("*")} == before  # best/ and metrics kept
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, data, tmp_path):
     result = subprocess.run(torchrun_cmd(1, tmp_path / "none", tiny_model_dir, data, "--resume_from_checkpoint", "last"),
                             capture_output=True, text=True, timeout=300, cwd=REPO)

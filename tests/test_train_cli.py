@@ -128,3 +128,31 @@ def test_help_lists_every_option_with_its_default():
         assert option in result.stdout
     text = " ".join(result.stdout.split())
     assert "(default: mistralai/Mistral-7B-v0.1)" in text and "(default: 0.02)" in text
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_an_output_folder_holding_a_run_is_never_written_without_being_asked(script, tiny_model_dir, small_data,
+                                                                               tmp_path):
+    old = tmp_path / "old_run"
+    (old / "checkpoint-10").mkdir(parents=True)
+    (old / "adapter_model.safetensors").write_bytes(b"a better adapter")
+    (old / "predictions.jsonl").write_text('{"query_id": "1"}\n')
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*")}
+    args = {"train.py": ["--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--max_steps", "2"],
+            "evaluate.py": ["--model_path", str(tiny_model_dir), "--limit", "3"]}[script]
+    result = run(script, *args, "--output_dir", str(old))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "already holds files" in result.stderr and "--overwrite_output_dir" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*")} == before
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    result = run(script, *args, "--output_dir", str(a_file))
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--batch_size", "0"), ("--max_new_tokens", "0"), ("--limit", "-1")])
+def test_evaluate_refuses_impossible_settings_before_writing(option, value, tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    result = run("evaluate.py", "--model_path", str(tiny_model_dir), "--output_dir", str(out), option, value)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {option}")
+    assert not out.exists()  # nothing half-written

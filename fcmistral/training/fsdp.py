@@ -65,6 +65,12 @@ def init_distributed() -> DistEnv:
     return DistEnv(rank, world, local_rank, device)
 
 
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown(code: int = 0) -> None:
     """End cleanly: gloo can abort at interpreter exit after a successful run (rc 1 from torchrun)."""
     if dist.is_initialized():

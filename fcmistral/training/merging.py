@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fcmistral.errors import UserError
+from fcmistral.outputs import check_output_dir
 from fcmistral.training.modeling import load_model, load_tokenizer, tokenizer_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -53,10 +54,7 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
 
 def check_save_path(save_path: str, overwrite: bool) -> Path:
     """Refuse to replace a non-empty folder unless asked (checked before minutes of loading, too)."""
-    out = Path(save_path)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{save_path!r} is not empty: pass --overwrite to replace it")
-    return out
+    return check_output_dir(save_path, "--save_path", overwrite, "pass --overwrite to replace it")
 
 
 def save_merged(model, tokenizer, save_path: str, overwrite: bool = False) -> Path:
