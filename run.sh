@@ -46,7 +46,10 @@ else
     DEMO_MIN_ACCURACY=${DEMO_MIN_ACCURACY:-0.8}
     # One thread per core that is idle now: beside another busy process, threads that share a core
     # stall each other (5-11x slower steps on 2 cores; fcmistral/hardware.py, idle_cores).
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$("$PYTHON" -m fcmistral.hardware)}
+    if [ -z "${OMP_NUM_THREADS:-}" ]; then
+        OMP_NUM_THREADS=$("$PYTHON" -m fcmistral.hardware)  # a failure here stops the script (set -e)
+    fi
+    export OMP_NUM_THREADS
     log="$LOG_DIR/demo-$stamp.log"
     echo "No GPU and no MODEL_PATH: running the tiny-model demo with $OMP_NUM_THREADS thread(s) (log: $log)"
     {

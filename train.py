@@ -10,7 +10,6 @@ is the one saved in ``output_dir``, with the tokenizer.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -23,9 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from fcmistral.arguments import DataArguments, parse_arguments
-
-if TYPE_CHECKING:
-    from transformers import TrainingArguments
 from fcmistral.cli import run_cli
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
@@ -34,6 +30,9 @@ from fcmistral.errors import UserError
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
 from fcmistral.outputs import check_output_dir
 from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 log = logging.getLogger("train")
 
@@ -90,13 +89,14 @@ def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArgume
     # default never leaves it, so it is renamed here.
     argv = [re.sub(r"^--gradient_checkpointing\b", "--activation_checkpointing", a)
             for a in (sys.argv[1:] if argv is None else argv)]
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--compute_dtype", default="auto")
-    dtype = compute_dtype(pre.parse_known_args(argv)[0].compute_dtype)  # decided (and logged) first
+    types, description = (QLoRAArguments, DataArguments, TrainingArguments), __doc__.split("\n\n")[0]
+    # Parsed twice: the compute dtype (from the command line or a --config file) decides the
+    # default of --bf16/--fp16, which the second parse applies unless they are given.
+    script = parse_arguments(types, description, TRAINING_DEFAULTS, argv)[0]
+    dtype = compute_dtype(script.compute_dtype)  # decided (and logged) before anything slow
     cuda = torch.cuda.is_available()
     defaults = {**TRAINING_DEFAULTS, "bf16": cuda and dtype == torch.bfloat16, "fp16": cuda and dtype == torch.float16}
-    script, data, training = parse_arguments((QLoRAArguments, DataArguments, TrainingArguments),
-                                             __doc__.split("\n\n")[0], defaults, argv)
+    script, data, training = parse_arguments(types, description, defaults, argv)
     if "tensorboard" in training.report_to and importlib.util.find_spec("tensorboard") is None:
         training.report_to = [r for r in training.report_to if r != "tensorboard"]
     if data.max_length < 16:
