@@ -91,6 +91,18 @@ def read_predictions(path: Path) -> list[dict]:
     return list(records.values())
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a partial last record (a run killed mid-write) off the file, so that a resumed run
+    appends after the last complete line instead of onto the fragment."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            f.truncate(keep)
+            log.warning("dropped a partial record at the end of %s (%d bytes): it is generated again", path,
+                        len(data) - keep)
+
+
 def make_generator(args: EvalArguments, model_args: ModelArguments):
     """A function from prompts to replies, on the backend asked for (see --backend)."""
     from fcmistral.serving.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
@@ -113,6 +125,8 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
 def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem], path: Path) -> None:
     from fcmistral.serving.generation import length_sorted_batches
 
+    if args.resume and path.exists():
+        drop_torn_tail(path)
     done = {r["query_id"] for r in read_predictions(path)} if args.resume and path.exists() else set()
     todo = [item for item in items if item.query_id not in done]
     if not todo:

@@ -29,6 +29,7 @@ from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
 from fcmistral.outputs import check_output_dir
+from fcmistral.training.checkpoints import latest_complete_checkpoint
 from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
 
 if TYPE_CHECKING:
@@ -104,13 +105,14 @@ def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArgume
     return script, data, training
 
 
-def _resume_target(args: TrainingArguments) -> str | bool | None:
+def _resume_target(args: TrainingArguments) -> str | None:
     if args.resume_from_checkpoint is None:
         return None
     if args.resume_from_checkpoint == "last":
-        if not any(Path(args.output_dir).glob("checkpoint-*")):
-            raise UserError(f"--resume_from_checkpoint last: no checkpoint in {args.output_dir!r}")
-        return True
+        checkpoint = latest_complete_checkpoint(args.output_dir)
+        if checkpoint is None:
+            raise UserError(f"--resume_from_checkpoint last: no complete checkpoint in {args.output_dir!r}")
+        return str(checkpoint)
     if not Path(args.resume_from_checkpoint).is_dir():
         raise UserError(f"checkpoint folder {args.resume_from_checkpoint!r} does not exist")
     return args.resume_from_checkpoint

@@ -135,10 +135,14 @@ def test_evaluate_end_to_end_with_resume_and_rescoring(tiny_model_dir, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 3
+    with open(out / "predictions.jsonl", "a") as f:  # a run killed while writing its 4th record
+        f.write(lines[0][: len(lines[0]) // 2])
     second = run_evaluate(*common, "--limit", "5", "--resume")
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "dropped a partial record" in second.stderr
     new_lines = (out / "predictions.jsonl").read_text().splitlines()
     assert new_lines[:3] == lines and len(new_lines) == 5
+    assert all(json.loads(line)["query_id"] for line in new_lines)  # every line readable
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 5 and "| queries |" in (out / "summary.md").read_text()
     first_record = json.loads(new_lines[0])

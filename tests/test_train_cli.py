@@ -42,8 +42,14 @@ def test_train_keeps_best_adapter_with_tokenizer_and_resumes(tiny_model_dir, sma
         assert (out / name).is_file(), name
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
 
+    # A run killed while saving checkpoint-10: its adapter is written, its trainer_state.json is not.
+    torn = out / "checkpoint-10"
+    torn.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (torn / name).write_bytes((out / "checkpoint-8" / name).read_bytes())
     resumed = run("train.py", *common, "--max_steps", "12", "--resume_from_checkpoint", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "skipping" in resumed.stderr and "checkpoint-10: incomplete" in resumed.stderr
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 12
     steps = [h["step"] for h in summary["eval_history"]]
