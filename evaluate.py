@@ -151,18 +151,14 @@ def rescore(records: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0])
+    model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0],
+                                       positive=("batch_size", "max_new_tokens", "limit"))
     if args.predictions:
         path = Path(args.predictions)
         out_dir = path.parent
     else:
         if not model_args.model_path:
             raise UserError("give --model_path (or --predictions to score an existing file)")
-        for name in ("batch_size", "max_new_tokens"):
-            if getattr(args, name) < 1:
-                raise UserError(f"--{name} must be at least 1")
-        if args.limit is not None and args.limit < 1:
-            raise UserError("--limit must be at least 1")
         out_dir = check_output_dir(args.output_dir, "--output_dir", args.resume or args.overwrite_output_dir,
                                    "pass --resume to continue its predictions, or --overwrite_output_dir to "
                                    "replace them")

@@ -81,6 +81,12 @@ TRAINING_DEFAULTS = dict(
 )
 
 
+# Options that must be above 0: a 0 crashes later with a traceback, or (eval_steps, save_steps)
+# is quietly replaced by another value.
+POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "eval_steps",
+            "save_steps", "logging_steps", "max_length", "lora_r", "lora_alpha")
+
+
 def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArguments, TrainingArguments]:
     """The three sets of options. Mixed precision follows the compute dtype on a GPU (on a CPU
     the weights are loaded in the compute dtype itself)."""
@@ -93,16 +99,28 @@ def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArgume
     types, description = (QLoRAArguments, DataArguments, TrainingArguments), __doc__.split("\n\n")[0]
     # Parsed twice: the compute dtype (from the command line or a --config file) decides the
     # default of --bf16/--fp16, which the second parse applies unless they are given.
-    script = parse_arguments(types, description, TRAINING_DEFAULTS, argv)[0]
+    script = parse_arguments(types, description, TRAINING_DEFAULTS, argv, positive=POSITIVE)[0]
     dtype = compute_dtype(script.compute_dtype)  # decided (and logged) before anything slow
     cuda = torch.cuda.is_available()
     defaults = {**TRAINING_DEFAULTS, "bf16": cuda and dtype == torch.bfloat16, "fp16": cuda and dtype == torch.float16}
-    script, data, training = parse_arguments(types, description, defaults, argv)
+    script, data, training = parse_arguments(types, description, defaults, argv, positive=POSITIVE)
     if "tensorboard" in training.report_to and importlib.util.find_spec("tensorboard") is None:
         training.report_to = [r for r in training.report_to if r != "tensorboard"]
+    check_settings(script, data, training)
+    return script, data, training
+
+
+def check_settings(script: QLoRAArguments, data: DataArguments, training: TrainingArguments) -> None:
+    """Settings that would crash later with a traceback, refused with one line (see also POSITIVE)."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK
+
     if data.max_length < 16:
         raise UserError("--max_length must be at least 16 tokens")
-    return script, data, training
+    if not 0 <= script.lora_dropout < 1:
+        raise UserError("--lora_dropout must be in [0, 1)")
+    unknown = [r for r in training.report_to if r not in ("none", "all", *INTEGRATION_TO_CALLBACK)]
+    if unknown:
+        raise UserError(f"--report_to {', '.join(unknown)}: choose from none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
 
 
 def _resume_target(args: TrainingArguments) -> str | None:

@@ -115,7 +115,9 @@ def main() -> None:
     from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
 
     args, data = parse_arguments((FullFinetuneArguments, DataArguments), __doc__.split("\n\n")[0],
-                                 defaults={"test_size": 0.05})
+                                 defaults={"test_size": 0.05}, positive=(
+                                     "per_device_train_batch_size", "per_device_eval_batch_size",
+                                     "gradient_accumulation_steps", "logging_steps", "max_length", "learning_rate"))
     if args.resume_from_checkpoint not in (None, "last"):
         raise UserError("--resume_from_checkpoint: FSDP/train.py continues from the checkpoint in "
                         "OUTPUT_DIR/checkpoints; pass 'last'")

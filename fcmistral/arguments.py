@@ -8,10 +8,11 @@ the same thing have the same name in every script, and each dataclass is declare
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from transformers import HfArgumentParser
@@ -72,16 +73,23 @@ def read_config(path: str) -> dict[str, Any]:
     return config
 
 
+def _usage_error(message: str) -> NoReturn:
+    raise UserError(message)
+
+
 def parse_arguments(types: tuple[type, ...], description: str, defaults: dict[str, Any] | None = None,
-                    argv: list[str] | None = None) -> tuple:
+                    argv: list[str] | None = None, positive: tuple[str, ...] = ()) -> tuple:
     """Parse ``argv`` into one instance of each of ``types``.
 
     Precedence: the command line, then ``--config FILE``, then ``defaults`` (this script's own
     defaults where they differ from the dataclasses'), then the dataclasses' defaults. A value the
     dataclasses reject (``TrainingArguments`` checks many in its ``__post_init__``) is a one-line
-    error, not a traceback.
+    error, not a traceback. The options named in ``positive`` must be above 0 as given: they are
+    checked before the dataclasses see them, because ``TrainingArguments`` quietly replaces an
+    ``--eval_steps 0`` by another value.
     """
     parser = HfArgumentParser((*types, ConfigArguments), description=description)
+    parser.error = _usage_error  # argparse's own complaints become the same one-line error
     options = {action.dest for action in parser._actions}
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -91,8 +99,12 @@ def parse_arguments(types: tuple[type, ...], description: str, defaults: dict[st
     if unknown:
         raise UserError(f"config file {config_path!r}: unknown option(s) {', '.join(unknown)}")
     parser.set_defaults(**{**(defaults or {}), **config})
-    try:
-        *parsed, _ = parser.parse_args_into_dataclasses(args=argv)
+    namespace = vars(parser.parse_args(args=argv))
+    for name in positive:
+        if namespace.get(name) is not None and namespace[name] <= 0:
+            raise UserError(f"--{name} must be above 0")
+    try:  # what HfArgumentParser.parse_args_into_dataclasses does with the namespace
+        return tuple(kind(**{f.name: namespace[f.name] for f in dataclasses.fields(kind) if f.init})
+                     for kind in types)
     except ValueError as err:
         raise UserError(str(err).strip().splitlines()[0]) from err
-    return tuple(parsed)

@@ -66,6 +66,13 @@ def test_train_keeps_best_adapter_with_tokenizer_and_resumes(tiny_model_dir, sma
         ({"--max_length": "100"}, "smaller than the longest system prompt"),
         ({"--data_path": "ONE_ROW"}, "cannot split 1 rows"),
         ({"--resume_from_checkpoint": "nowhere"}, "does not exist"),
+        ({"--eval_steps": "0"}, "--eval_steps must be above 0"),  # used to train, evaluating every 10 steps
+        ({"--gradient_accumulation_steps": "0"}, "--gradient_accumulation_steps must be above 0"),
+        ({"--per_device_train_batch_size": "0"}, "--per_device_train_batch_size must be above 0"),
+        ({"--lora_r": "0"}, "--lora_r must be above 0"),
+        ({"--lr_scheduler_type": "bogus"}, "invalid choice: 'bogus'"),
+        ({"--report_to": "bogus"}, "--report_to bogus: choose from"),
+        ({"--output_dir": "A_FILE"}, "is a file, not a folder"),
     ],
 )
 def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_data, tmp_path):
@@ -79,8 +86,10 @@ def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_
     args.update(change)
     one_row = tmp_path / "one.jsonl"
     one_row.write_text(small_data.read_text().splitlines(keepends=True)[0])
-    named = {"WRONG_COLUMNS": wrong, "NO_ASSISTANT": no_assistant, "ONE_ROW": one_row}
-    args["--data_path"] = str(named.get(args["--data_path"], args["--data_path"]))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    named = {"WRONG_COLUMNS": wrong, "NO_ASSISTANT": no_assistant, "ONE_ROW": one_row, "A_FILE": a_file}
+    args = {option: str(named.get(value, value)) for option, value in args.items()}
     result = run("train.py", *[x for kv in args.items() for x in kv])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
