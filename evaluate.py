@@ -125,9 +125,10 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
 def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem], path: Path) -> None:
     from fcmistral.serving.generation import length_sorted_batches
 
+    done = set()
     if args.resume and path.exists():
         drop_torn_tail(path)
-    done = {r["query_id"] for r in read_predictions(path)} if args.resume and path.exists() else set()
+        done = {r["query_id"] for r in read_predictions(path)}
     todo = [item for item in items if item.query_id not in done]
     if not todo:
         return

@@ -28,7 +28,7 @@ from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
-from fcmistral.outputs import check_output_dir
+from fcmistral.outputs import RESUME_OR_OVERWRITE, check_output_dir
 from fcmistral.training.checkpoints import latest_complete_checkpoint
 from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
 
@@ -145,8 +145,7 @@ def main() -> None:
 
     script, data, args = parse_all()
     check_output_dir(args.output_dir, "--output_dir", script.overwrite_output_dir or args.resume_from_checkpoint,
-                     "pass --resume_from_checkpoint last to continue that run, or --overwrite_output_dir to train "
-                     "into it anyway")
+                     RESUME_OR_OVERWRITE)
     resume = _resume_target(args)
     tokenizer = load_tokenizer(script.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,

@@ -29,7 +29,7 @@ from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
-from fcmistral.outputs import check_output_dir
+from fcmistral.outputs import RESUME_OR_OVERWRITE, check_output_dir
 from fcmistral.training import fsdp
 from fcmistral.training.modeling import load_tokenizer
 
@@ -128,8 +128,7 @@ def main() -> None:
         datasets.disable_progress_bars()
     dtype = full_finetune_dtype(args.compute_dtype)  # decided (and logged) before anything slow
     check_output_dir(args.output_dir, "--output_dir", args.overwrite_output_dir or resume,
-                     "pass --resume_from_checkpoint last to continue that run, or --overwrite_output_dir to train "
-                     "into it anyway")
+                     RESUME_OR_OVERWRITE)
     fsdp.barrier()  # every rank has looked at the folder before rank 0 writes anything into it
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)

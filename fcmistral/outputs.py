@@ -9,6 +9,10 @@ from pathlib import Path
 
 from fcmistral.errors import UserError
 
+# How a training script's refusal says what to do (train.py and FSDP/train.py).
+RESUME_OR_OVERWRITE = ("pass --resume_from_checkpoint last to continue that run, or --overwrite_output_dir to "
+                       "train into it anyway")
+
 
 def check_output_dir(path: str | Path, option: str, allowed: bool, how: str) -> Path:
     """``path`` as a folder that may be written: missing, empty, or ``allowed`` (the user asked).
