@@ -139,7 +139,7 @@ def _resume_target(args: TrainingArguments) -> str | None:
 def main() -> None:
     # Imported here, under run_cli's logging set-up: importing them loads bitsandbytes, which warns
     # about an optional kernel package users cannot act on.
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
 
     from fcmistral.training.callbacks import SaveOnSignal
 
@@ -150,6 +150,9 @@ def main() -> None:
     tokenizer = load_tokenizer(script.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,
                                       report_dir=Path(args.output_dir))
+    # Seeded before the model exists: the Trainer seeds only in its own __init__, after LoRA's A
+    # matrices were drawn, so two runs with one --seed used to start from different adapters.
+    set_seed(args.seed)
     model = load_model(script.model_path, load_in_4bit=not script.no_4bit, tokenizer=tokenizer,
                        dtype=compute_dtype(script.compute_dtype))
     model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing

@@ -21,10 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def run_script(script: str, *args: str, timeout: int = 600, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run one of the project's scripts (a path relative to the repository) as a user would."""
+def run_script(script: str, *args: str, timeout: int = 600, stdin: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts (a path relative to the repository) as a user would;
+    ``env`` adds variables to this process's environment."""
     return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, input=stdin,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
 def read_jsonl(path: Path) -> list[dict]:
