@@ -25,6 +25,7 @@ from fcmistral.evaluation.items import EvalItem, eval_items
 from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
 from fcmistral.format.schemas import load_schemas
 from fcmistral.hardware import compute_dtype
+from fcmistral.inputs import read_utf8
 from fcmistral.outputs import check_output_dir
 from fcmistral.prompt import FunctionCall
 
@@ -74,20 +75,18 @@ def load_items(args: EvalArguments) -> list[EvalItem]:
 
 def read_predictions(path: Path) -> list[dict]:
     """Prediction records, one per query: a query written twice (a resumed run) counts once, last wins."""
-    if not path.is_file():
-        raise UserError(f"predictions file {str(path)!r} does not exist")
     records: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    lines = read_utf8(path, "predictions file").split("\n")  # not splitlines(): records may hold U+2028
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[record["query_id"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if number > 1 and number == len(lines):  # a last line without newline: an interrupted run
                 continue
-            try:
-                record = json.loads(line)
-                records[record["query_id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if number > 1 and not line.endswith("\n"):  # the last line of an interrupted run
-                    continue
-                raise UserError(f"{str(path)!r} line {number} is not a prediction record") from None
+            raise UserError(f"{str(path)!r} line {number} is not a prediction record") from None
     return list(records.values())
 
 
@@ -133,6 +132,7 @@ def generate_predictions(args: EvalArguments, model_args: ModelArguments, items:
     if not todo:
         return
     generate = make_generator(args, model_args)
+    path.parent.mkdir(parents=True, exist_ok=True)  # only now: a bad input must leave no empty folder behind
     with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
         for indices in length_sorted_batches([item.prompt for item in todo], args.batch_size):
             batch = [todo[i] for i in indices]
@@ -155,6 +155,8 @@ def main() -> None:
     model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0],
                                        positive=("batch_size", "max_new_tokens", "limit"))
     if args.predictions:
+        if model_args.model_path:
+            raise UserError("--predictions scores an existing file and --model_path generates a new one: give one")
         path = Path(args.predictions)
         out_dir = path.parent
     else:
@@ -163,7 +165,6 @@ def main() -> None:
         out_dir = check_output_dir(args.output_dir, "--output_dir", args.resume or args.overwrite_output_dir,
                                    "pass --resume to continue its predictions, or --overwrite_output_dir to "
                                    "replace them")
-        out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "predictions.jsonl"
         generate_predictions(args, model_args, load_items(args), path)
     records = rescore(read_predictions(path))

@@ -25,6 +25,7 @@ from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
 from fcmistral.serving.callables import check_callables_cover, load_callables_module
 from fcmistral.serving.chat import ChatSession
+from fcmistral.serving.server import bind_server
 
 log = logging.getLogger("inference")
 
@@ -44,7 +45,17 @@ class InferenceArguments:
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
     serve: bool = field(default=False, metadata={"help": "serve the OpenAI-compatible API instead of chatting"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to serve on (loopback by default)"})
-    port: int = field(default=8000, metadata={"help": "port to serve on"})
+    port: int = field(default=8000, metadata={"help": "port to serve on (0: any free port)"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port {self.port}: a port is a number from 0 to 65535")
+        if self.json and not self.prompt:
+            raise UserError("--json goes with --prompt")
+        if self.serve and self.prompt:
+            raise UserError("--serve and --prompt exclude each other: serve the API, or answer one message")
+        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise UserError("sampling needs --temperature above 0 and --top_p in (0, 1]")
 
 
 def resolve_functions(args: InferenceArguments):
@@ -89,22 +100,22 @@ def chat_loop(session: ChatSession) -> None:
 
 
 def main() -> None:
-    model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0])
+    model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0],
+                                       positive=("max_new_tokens", "max_calls"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
-    if args.json and not args.prompt:
-        raise UserError("--json goes with --prompt")
     functions, tools = resolve_functions(args)
     from fcmistral.serving.generation import Completer, load_for_generation
+
+    # The port is taken before the model loads: a port in use is reported at once, not after minutes.
+    server = bind_server(model_args.adapter_path or model_args.model_path, args.host, args.port) if args.serve else None
 
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype))
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
-    if args.serve:
-        from fcmistral.serving.server import ChatCompletionServer
-
-        server = ChatCompletionServer(complete, model_args.adapter_path or model_args.model_path, args.host, args.port)
+    if server is not None:
+        server.complete = complete
         print(f"serving {server.model_name} on http://{args.host}:{server.server_port}/v1", flush=True)
         server.serve_forever()
     session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fcmistral.arguments import DataArguments, parse_arguments
+from fcmistral.arguments import DataArguments, check_model_path, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
@@ -51,6 +51,9 @@ class QLoRAArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that already holds files (its checkpoints and adapter may be replaced)"})
+
+    def __post_init__(self) -> None:
+        self.model_path = check_model_path(self.model_path)
 
 
 # Where this project's recipe differs from the Trainer's defaults (all of them can be overridden).

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from fcmistral.arguments import DataArguments, parse_arguments
+from fcmistral.arguments import DataArguments, check_model_path, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
@@ -71,6 +71,9 @@ class FullFinetuneArguments:
     report_to: str = field(default="tensorboard", metadata={
         "help": "'tensorboard' (output_dir/runs, when installed) or 'none'; metrics.jsonl is always written",
         "choices": ["tensorboard", "none"]})
+
+    def __post_init__(self) -> None:
+        self.model_path = check_model_path(self.model_path)
 
 
 def full_finetune_dtype(name: str) -> torch.dtype:

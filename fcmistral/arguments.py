@@ -17,8 +17,46 @@ from typing import Any, NoReturn
 import yaml
 from transformers import HfArgumentParser
 
-from fcmistral.errors import UserError
+from fcmistral.errors import UserError, first_line
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP
+
+
+def looks_local(path: str) -> bool:
+    """Whether a model path is clearly a folder rather than a hub name: it starts with ``.``, ``/``
+    or ``~``, or its parent folder exists here."""
+    return path.startswith((".", "/", "~")) or (len(Path(path).parts) > 1 and Path(path).parent.is_dir())
+
+
+def check_model_path(path: str | None, option: str = "--model_path") -> str | None:
+    """``path`` with ``~`` expanded, refused at once when it cannot be a model: a file, or a
+    clearly local folder that does not exist (``from_pretrained`` would try it as a hub name
+    first: a minute of retries without network, then a message about repo ids)."""
+    if not path:
+        return path
+    expanded = str(Path(path).expanduser())
+    if Path(expanded).is_file():
+        raise UserError(f"{option} {path!r} is a file: give the model's folder (or a hub name)")
+    if looks_local(path) and not Path(expanded).exists():
+        raise UserError(f"{option} {path!r}: no such folder")
+    return expanded
+
+
+def check_adapter_path(path: str | None, option: str = "--adapter_path") -> str | None:
+    """``path`` with ``~`` expanded, refused unless it is a LoRA adapter folder (as train.py writes)."""
+    if not path:
+        return path
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{option} {path!r}: no such folder")
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{option} {path!r} is not a LoRA adapter folder (no adapter_config.json)") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{option} {path!r}: adapter_config.json is not valid JSON ({err})") from err
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise UserError(f"{option} {path!r}: adapter_config.json does not describe a PEFT adapter (no peft_type)")
+    return str(folder)
 
 
 @dataclass
@@ -30,6 +68,10 @@ class ModelArguments:
     adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder written by train.py, applied on --model_path"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4, as QLoRA trained it"})
     compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
+
+    def __post_init__(self) -> None:
+        self.model_path = check_model_path(self.model_path)
+        self.adapter_path = check_adapter_path(self.adapter_path)
 
 
 @dataclass
@@ -67,7 +109,7 @@ def read_config(path: str) -> dict[str, Any]:
         text = file.read_text(encoding="utf-8")
         config = yaml.safe_load(text) if file.suffix in (".yaml", ".yml") else json.loads(text)
     except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
-        raise UserError(f"config file {path!r} cannot be read: {str(err).splitlines()[0]}") from err
+        raise UserError(f"config file {path!r} cannot be read: {first_line(err)}") from err
     if not isinstance(config, dict):
         raise UserError(f"config file {path!r} must hold a mapping of option names to values")
     return config
@@ -107,4 +149,4 @@ def parse_arguments(types: tuple[type, ...], description: str, defaults: dict[st
         return tuple(kind(**{f.name: namespace[f.name] for f in dataclasses.fields(kind) if f.init})
                      for kind in types)
     except ValueError as err:
-        raise UserError(str(err).strip().splitlines()[0]) from err
+        raise UserError(first_line(err)) from err

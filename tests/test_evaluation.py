@@ -162,7 +162,7 @@ def test_evaluate_refuses_bad_input(tmp_path):
     assert no_model.returncode == 2 and "--model_path" in no_model.stderr
 
 
-def test_vllm_backend_wiring(monkeypatch):
+def test_vllm_backend_wiring(monkeypatch, tmp_path):
     """vLLM is never installed here: a stand-in module at the vLLM API checks what we hand it."""
     import importlib.util
     import types
@@ -194,9 +194,12 @@ def test_vllm_backend_wiring(monkeypatch):
     assert generate(["p1", "p2"]) == [" <functioncall> {}", " <functioncall> {}"]  # cut at the end marker
     assert calls["model"] == "merged" and calls["prompts"] == ["p1", "p2"]
     assert calls["params"] == {"temperature": 0.0, "max_tokens": 400, "stop": ["<|endoftext|>"]}
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     with pytest.raises(UserError, match="merged model"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"),
-                                       ModelArguments(model_path="b", adapter_path="a"))
+                                       ModelArguments(model_path="b", adapter_path=str(adapter)))
     monkeypatch.setattr("fcmistral.serving.generation.vllm_usable", lambda: False)
     with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"), ModelArguments(model_path="m"))

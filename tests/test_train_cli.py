@@ -101,6 +101,11 @@ def test_same_seed_same_curve_and_resume_reproduces_it(tiny_model_dir, small_dat
         ({"--lr_scheduler_type": "bogus"}, "invalid choice: 'bogus'"),
         ({"--report_to": "bogus"}, "--report_to bogus: choose from"),
         ({"--output_dir": "A_FILE"}, "is a file, not a folder"),
+        ({"--data_path": "EMPTY"}, "the file is empty"),
+        ({"--data_path": "LATIN1"}, "line 2 is not UTF-8 text (byte 0xe9 at column 16)"),
+        ({"--data_path": "BROKEN_LINE"}, "line 3 is not valid JSON: Expecting ',' delimiter"),
+        ({"--model_path": "A_FILE"}, "is a file: give the model's folder"),
+        ({"--model_path": "./no/such/model"}, "no such folder"),
     ],
 )
 def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_data, tmp_path):
@@ -116,7 +121,12 @@ def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_
     one_row.write_text(small_data.read_text().splitlines(keepends=True)[0])
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    named = {"WRONG_COLUMNS": wrong, "NO_ASSISTANT": no_assistant, "ONE_ROW": one_row, "A_FILE": a_file}
+    (tmp_path / "empty.jsonl").write_text("\n")
+    rows = small_data.read_text().splitlines(keepends=True)
+    (tmp_path / "latin1.jsonl").write_bytes(rows[0].encode() + b'{"system": "caf\xe9", "chat": ""}\n')
+    (tmp_path / "broken.jsonl").write_text(rows[0] + rows[1] + '{"system": "a" "chat": "b"}\n' + rows[2])
+    named = {"WRONG_COLUMNS": wrong, "NO_ASSISTANT": no_assistant, "ONE_ROW": one_row, "A_FILE": a_file,
+             "EMPTY": tmp_path / "empty.jsonl", "LATIN1": tmp_path / "latin1.jsonl", "BROKEN_LINE": tmp_path / "broken.jsonl"}
     args = {option: str(named.get(value, value)) for option, value in args.items()}
     result = run("train.py", *[x for kv in args.items() for x in kv])
     assert result.returncode == 2

@@ -14,12 +14,38 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
 
 from fcmistral.data.encoding import SharedPrefixEncoder
 from fcmistral.data.labels import Example, Overflow, Skipped, examples_from_rows
-from fcmistral.errors import UserError
+from fcmistral.errors import UserError, first_line
 from fcmistral.format.glaive import RowParseError, parse_row
+from fcmistral.inputs import utf8_problem
 
 log = logging.getLogger(__name__)
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 REQUIRED_COLUMNS = ("system", "chat")
+
+
+def local_file_problem(path: Path) -> str | None:
+    """What is wrong with a local JSON/JSONL data file, with its line number, or None.
+
+    Only called once ``datasets`` has failed on the file: its own message ("An error occurred
+    while generating the dataset") names neither the line nor the cause, and a validating pass
+    over every file before loading would cost seconds on the full glaive data for nothing.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        return "the file is empty"
+    text = data.decode("utf-8")  # checked before loading
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        lines = [text]
+    else:  # JSON Lines (datasets reads a .json file that is not a list as JSON Lines too)
+        lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as err:
+            where = err.lineno if len(lines) == 1 else number
+            return f"line {where} is not valid JSON: {err.msg} (column {err.colno})"
+    return None
 
 
 def load_rows(
@@ -31,13 +57,18 @@ def load_rows(
         if path.suffix in LOCAL_FORMATS:
             if not path.is_file():
                 raise UserError(f"data file {data_path!r} does not exist")
+            if path.suffix != ".parquet":  # pyarrow's JSON reader takes bad UTF-8 in and fails on first use
+                problem = utf8_problem(path.read_bytes())  # ~0.3 s for the full glaive file
+                if problem:
+                    raise UserError(f"data file {data_path!r}: {problem}")
             ds = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
         else:
             ds = load_dataset(data_path, config, split=split)
     except UserError:
         raise
     except Exception as err:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid...)
-        raise UserError(f"cannot load data from {data_path!r}: {str(err).splitlines()[0]}") from err
+        problem = local_file_problem(path) if path.suffix in (".json", ".jsonl") else None
+        raise UserError(f"cannot load data from {data_path!r}: {problem or first_line(err)}") from err
     missing = [c for c in required if c not in ds.column_names]
     if missing:
         raise UserError(f"{data_path!r} has no {', '.join(missing)} column (columns: {ds.column_names})")

@@ -15,6 +15,7 @@ from typing import Any
 
 from fcmistral.errors import UserError
 from fcmistral.format.glaive import RowParseError, parse_functions
+from fcmistral.inputs import read_utf8
 from fcmistral.prompt import SYSTEM_WITH_FUNCTIONS
 
 PYTHON_TO_JSON_TYPE = {
@@ -84,10 +85,7 @@ def parse_function_text(text: str, source: str = "functions") -> list[dict[str, 
 
 
 def load_schemas(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"functions file {str(path)!r} does not exist")
-    functions = parse_function_text(path.read_text(encoding="utf-8"), str(path))
+    functions = parse_function_text(read_utf8(path, "functions file"), str(path))
     if not functions:
         raise UserError(f"{str(path)!r} declares no function")
     return functions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fcmistral.prompt import END_OF_TURN
-from fcmistral.training.modeling import load_model, load_tokenizer, tokenizer_source
+from fcmistral.training.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 
 
 def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False,
@@ -15,9 +15,7 @@ def load_for_generation(model_path: str, adapter_path: str | None = None, load_i
     tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path), padding_side="left")
     model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer, dtype=dtype)
     if adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_path)
+        model = load_adapter(model, adapter_path)
     model.eval()
     return model, tokenizer
 

@@ -167,6 +167,15 @@ class _Handler(BaseHTTPRequestHandler):
 class ChatCompletionServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, complete: Complete, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    def __init__(self, complete: Complete | None, model_name: str, host: str = "127.0.0.1", port: int = 8000) -> None:
         super().__init__((host, port), _Handler)
         self.complete, self.model_name, self.lock = complete, model_name, threading.Lock()
+
+
+def bind_server(model_name: str, host: str, port: int) -> ChatCompletionServer:
+    """The server, bound to ``host:port`` but not yet serving; its ``complete`` is set once the model
+    is loaded. A port in use or an unknown host is a one-line error."""
+    try:
+        return ChatCompletionServer(None, model_name, host, port)
+    except OSError as err:
+        raise UserError(f"cannot serve on {host}:{port}: {err.strerror or err}") from err

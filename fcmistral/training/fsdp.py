@@ -28,6 +28,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.errors import UserError
+from fcmistral.outputs import written_aside
 from fcmistral.training.modeling import load_model
 
 
@@ -196,12 +197,9 @@ def save_hf_folder(model, tokenizer, path: Path, dtype: torch.dtype, env: DistEn
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)  # collective: every rank takes part
     if env.is_main:
-        staging = path.with_name(path.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, state_dict={k: v.to(dtype) for k, v in state.items()})
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(path, ignore_errors=True)
-        staging.rename(path)
+        with written_aside(path) as staging:  # the previous best model stays whole until replaced
+            model.save_pretrained(staging, state_dict={k: v.to(dtype) for k, v in state.items()})
+            tokenizer.save_pretrained(staging)
     dist.barrier()
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from fcmistral.errors import UserError
-from fcmistral.outputs import check_output_dir
-from fcmistral.training.modeling import load_model, load_tokenizer, tokenizer_source
+from fcmistral.errors import UserError, first_line
+from fcmistral.outputs import check_output_dir, written_aside
+from fcmistral.training.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -23,7 +21,7 @@ def _base_dtype(model_path: str) -> torch.dtype:
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the model config from {model_path!r}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"cannot load the model config from {model_path!r}: {first_line(err)}") from err
     name = str(getattr(config, "dtype", None) or "float32").replace("torch.", "")
     return DTYPES.get(name, torch.float32)
 
@@ -36,17 +34,13 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
     into the NF4-dequantized weights the adapter was trained against, via transformers' public ``dequantize()`` rather than bitsandbytes internals; the 4-bit model
     is loaded with ``compute_dtype`` as in training (default: the hardware's choice).
     """
-    from peft import PeftModel
-
-    if not Path(adapter_path, "adapter_config.json").is_file():
-        raise UserError(f"{adapter_path!r} is not a LoRA adapter folder (no adapter_config.json)")
     target = _base_dtype(model_path) if dtype == "auto" else DTYPES[dtype]
     tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path))
     if into_dequantized:
         base = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer, dtype=compute_dtype).dequantize().to(torch.float32)
     else:
         base = load_model(model_path, load_in_4bit=False, tokenizer=tokenizer, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_path).merge_and_unload()  # merged in fp32, then cast
+    merged = load_adapter(base, adapter_path).merge_and_unload()  # merged in fp32, then cast
     merged = merged.to(target)
     merged.config.dtype = target
     return merged, tokenizer
@@ -58,20 +52,13 @@ def check_save_path(save_path: str, overwrite: bool) -> Path:
 
 
 def save_merged(model, tokenizer, save_path: str, overwrite: bool = False) -> Path:
-    """Write model (safetensors) and tokenizer; a failure leaves ``save_path`` as it was."""
+    """Write model (safetensors) and tokenizer; ``save_path`` is at every instant the old folder or
+    the new one, complete (see fcmistral.outputs.written_aside)."""
     out = check_save_path(save_path, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with written_aside(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         config = json.loads((staging / "config.json").read_text())
         if "quantization_config" in config:
             raise UserError("internal error: the merged config still has a quantization entry")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from fcmistral.errors import UserError
+from fcmistral.arguments import check_adapter_path
+from fcmistral.errors import UserError, first_line
 from fcmistral.hardware import compute_dtype
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def _load_error(what: str, path: str, err: Exception) -> UserError:
     hint = "" if Path(path).exists() else " (no such folder; a hub name needs network access or a local cache)"
-    return UserError(f"cannot load the {what} from {path!r}{hint}: {str(err).splitlines()[0]}")
+    return UserError(f"cannot load the {what} from {path!r}{hint}: {first_line(err)}")
 
 
 def load_tokenizer(path: str, padding_side: str = "right"):
@@ -85,6 +86,22 @@ def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None, d
     if load_in_4bit:
         keep_4bit_backward_exact(model)
     return model
+
+
+def load_adapter(model, adapter_path: str):
+    """``model`` with the LoRA adapter from ``adapter_path`` applied (for generation or merging).
+
+    Every failure of PEFT's loader is caught here, broadly on purpose: a truncated or corrupt
+    safetensors file, a config of another model, mismatched shapes all raise different library
+    errors, and each means the same thing to a user: this folder is not an adapter for this model.
+    """
+    from peft import PeftModel
+
+    check_adapter_path(adapter_path)
+    try:
+        return PeftModel.from_pretrained(model, adapter_path)
+    except Exception as err:
+        raise UserError(f"cannot load the LoRA adapter from {adapter_path!r}: {first_line(err)}") from err
 
 
 def keep_4bit_backward_exact(model: torch.nn.Module) -> int:
