@@ -20,7 +20,7 @@ from fcmistral.arguments import ModelArguments, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.demo.functions import DEMO_CALLABLES, DEMO_SCHEMAS
 from fcmistral.errors import UserError
-from fcmistral.format.schemas import load_schemas
+from fcmistral.format.schemas import load_schemas, normalize_schema
 from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
 from fcmistral.serving.callables import check_callables_cover, load_callables_module
@@ -41,6 +41,8 @@ class InferenceArguments:
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (with --do_sample)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling (with --do_sample)"})
     max_calls: int = field(default=3, metadata={"help": "function calls per user message at most"})
+    tool_time_limit: float = field(default=30.0, metadata={
+        "help": "seconds a function call may take; past it the model is told the call timed out"})
     prompt: str = field(default=None, metadata={"help": "one user message: print the transcript and exit"})
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
     serve: bool = field(default=False, metadata={"help": "serve the OpenAI-compatible API instead of chatting"})
@@ -61,8 +63,11 @@ class InferenceArguments:
 def resolve_functions(args: InferenceArguments):
     if args.tools:
         tools, module_functions = load_callables_module(args.tools)
-        functions = load_schemas(args.functions) if args.functions else module_functions
-        if not functions:
+        if args.functions:
+            functions = load_schemas(args.functions)
+        elif isinstance(module_functions, list) and module_functions:
+            functions = [normalize_schema(f) for f in module_functions]
+        else:
             raise UserError("give --functions, or define FUNCTIONS (a list of schemas) in the tools module")
         check_callables_cover(functions, tools)
         return functions, tools
@@ -101,7 +106,7 @@ def chat_loop(session: ChatSession) -> None:
 
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0],
-                                       positive=("max_new_tokens", "max_calls"))
+                                       positive=("max_new_tokens", "max_calls", "tool_time_limit"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     functions, tools = resolve_functions(args)
@@ -118,7 +123,8 @@ def main() -> None:
         server.complete = complete
         print(f"serving {server.model_name} on http://{args.host}:{server.server_port}/v1", flush=True)
         server.serve_forever()
-    session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt)
+    session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt,
+                          tool_time_limit=args.tool_time_limit)
     if args.prompt:
         turns = session.send(args.prompt)
         if args.json:

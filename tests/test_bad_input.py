@@ -28,12 +28,14 @@ def files(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, str]:
     bad_config.mkdir()
     (bad_config / "adapter_config.json").write_text("{not json")
     (root / "a_file").write_text("x")
+    (root / "bad_tools.py").write_text("FUNCTIONS = [{'name': 'f', 'parameters': 'text'}]\ndef f():\n    pass\n")
     (root / "occupied").mkdir()
     (root / "occupied" / "model.safetensors").write_text("a model the user has")
     (root / "latin1_functions.txt").write_bytes('{"name": "caf\u00e9", "parameters": {}}'.encode("latin-1"))
     (root / "latin1_predictions.jsonl").write_bytes(b'{"query_id": "1"}\n{"query_id": "caf\xe9"}\n')
     return {"TINY": str(tiny_model_dir), "CORRUPT_ADAPTER": str(corrupt), "NOT_ADAPTER": str(not_adapter),
             "BAD_CONFIG_ADAPTER": str(bad_config), "A_FILE": str(root / "a_file"), "OCCUPIED": str(root / "occupied"),
+            "BAD_TOOLS": str(root / "bad_tools.py"),
             "LATIN1_FUNCTIONS": str(root / "latin1_functions.txt"),
             "LATIN1_PREDICTIONS": str(root / "latin1_predictions.jsonl")}
 
@@ -78,6 +80,8 @@ CASES = [
     ("inference.py", "--model_path TINY --json", "--json goes with --prompt"),
     ("inference.py", "--model_path TINY --serve --prompt hi", "--serve and --prompt exclude each other"),
     ("inference.py", "--model_path TINY --functions LATIN1_FUNCTIONS", "line 1 is not UTF-8 text"),
+    ("inference.py", "--model_path TINY --tools BAD_TOOLS", "function 'f': 'parameters' must be a JSON Schema object"),
+    ("inference.py", "--model_path TINY --tool_time_limit 0", "--tool_time_limit must be above 0"),
 ]
 
 

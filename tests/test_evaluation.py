@@ -13,7 +13,7 @@ from fcmistral.errors import UserError
 from fcmistral.evaluation.items import eval_items
 from fcmistral.evaluation.scoring import judge, summarize
 from fcmistral.format.pycall import PythonCallError, parse_python_call
-from fcmistral.format.schemas import load_schemas, parse_function_text, schema_from_api_entry, validate_arguments
+from fcmistral.format.schemas import load_schemas, parse_function_text, schema_from_api_entry
 from fcmistral.prompt import FunctionCall, format_call
 from tests.conftest import REPO, SHARED_DATA, read_jsonl, run_script
 
@@ -95,14 +95,6 @@ def test_function_files_in_every_accepted_shape(tmp_path):
     assert parse_function_text(json.dumps(api) + "\n" + json.dumps(api)) == [schema, schema]  # JSONL
     with pytest.raises(UserError):
         parse_function_text('{"name": "broken", ')
-
-
-def test_argument_validation():
-    schema = load_schemas(REPO / "custom_function.txt")[0]
-    assert validate_arguments(schema, {"apiKey": "k", "ip": "1.1.1.1", "section": "geo"}) == []
-    problems = validate_arguments(schema, {"apiKey": 3, "host": "x"})
-    assert "missing required argument 'ip'" in problems and "unknown argument 'host'" in problems
-    assert "argument 'apiKey' should be of type string" in problems
 
 
 def test_eval_items_from_each_shape():

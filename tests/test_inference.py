@@ -154,6 +154,8 @@ def test_openai_client_against_the_server(server):
         (b'{"messages": [{"role": "robot", "content": "x"}]}', 400, "unsupported message role"),
         (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "streaming"),
         (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {}}]}', 400, "name"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": '
+         b'{"name": "f", "parameters": {"type": "int"}}}]}', 400, "function 'f': 'parameters' is not a valid JSON Schema"),
     ],
 )
 def test_bad_requests_get_openai_shaped_4xx(server, body, status, text):

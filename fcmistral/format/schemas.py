@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
 from fcmistral.errors import UserError
 from fcmistral.format.glaive import RowParseError, parse_functions
 from fcmistral.inputs import read_utf8
@@ -22,14 +25,6 @@ PYTHON_TO_JSON_TYPE = {
     "str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
     "number": "number", "bool": "boolean", "boolean": "boolean", "list": "array", "array": "array",
     "dict": "object", "object": "object",
-}
-JSON_TYPE_CHECK = {
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
 }
 
 
@@ -53,7 +48,8 @@ def schema_from_api_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_schema(item: Any) -> dict[str, Any]:
-    """One schema from any accepted shape (plain, OpenAI tool, Nexusflow api entry)."""
+    """One schema from any accepted shape (plain, OpenAI tool, Nexusflow api entry), checked now
+    rather than when the model first calls it: its ``parameters`` must be a valid JSON Schema."""
     if not isinstance(item, dict):
         raise UserError(f"a function definition must be a JSON object, got {type(item).__name__}")
     if item.get("type") == "function" and isinstance(item.get("function"), dict):
@@ -62,6 +58,16 @@ def normalize_schema(item: Any) -> dict[str, Any]:
         return schema_from_api_entry(item)
     if not isinstance(item.get("name"), str):
         raise UserError(f"a function definition has no 'name': {json.dumps(item)[:80]}")
+    parameters = item.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise UserError(f"function {item['name']!r}: 'parameters' must be a JSON Schema object, "
+                        f"got {type(parameters).__name__}")
+    try:
+        Draft202012Validator.check_schema(parameters)
+    except SchemaError as err:
+        where = "/".join(str(p) for p in err.path) or "parameters"
+        raise UserError(f"function {item['name']!r}: 'parameters' is not a valid JSON Schema at {where}: "
+                        f"{err.message}") from None
     return item
 
 
@@ -92,23 +98,16 @@ def load_schemas(path: str | Path) -> list[dict[str, Any]]:
 
 
 def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
-    """Problems with a call's arguments against its schema (empty when the call is fine).
+    """Problems with a call's arguments against its (already checked) schema, empty when the call
+    is fine: JSON Schema validation by ``jsonschema``.
 
-    A light check of what models get wrong (missing required, unknown names, wrong JSON types,
-    values outside an enum), not a full JSON-Schema validator.
+    One deliberate difference from plain JSON Schema: an argument the schema does not declare is
+    an error when the schema lists its properties (``additionalProperties`` defaults to false
+    here). A model inventing an argument name is the most common wrong call, and a function would
+    reject it anyway with a TypeError.
     """
-    params = schema.get("parameters") or {}
-    properties = params.get("properties") or {}
-    problems = [f"missing required argument '{name}'" for name in params.get("required") or [] if name not in arguments]
-    for name, value in arguments.items():
-        spec = properties.get(name)
-        if spec is None:
-            if properties:
-                problems.append(f"unknown argument '{name}'")
-            continue
-        check = JSON_TYPE_CHECK.get(spec.get("type"))
-        if check and not check(value):
-            problems.append(f"argument '{name}' should be of type {spec['type']}")
-        elif "enum" in spec and value not in spec["enum"]:
-            problems.append(f"argument '{name}' must be one of {spec['enum']}")
-    return problems
+    parameters = dict(schema.get("parameters") or {})
+    if parameters.get("properties") and "additionalProperties" not in parameters:
+        parameters["additionalProperties"] = False
+    errors = sorted(Draft202012Validator(parameters).iter_errors(arguments), key=lambda e: list(e.path))
+    return [f"argument '{'/'.join(map(str, e.path))}': {e.message}" if e.path else e.message for e in errors]

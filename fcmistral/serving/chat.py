@@ -7,6 +7,7 @@ serves the terminal, the HTTP server and tests that script the model's replies.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Callable, Protocol
 
 from fcmistral.format.calls import contains_call, try_parse_call
@@ -57,11 +58,53 @@ def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: b
     return new
 
 
-def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str, Callable[..., Any]]) -> str:
+class ToolTimeout(Exception):
+    """A function call ran past its time limit."""
+
+
+def call_with_time_limit(function: Callable[..., Any], arguments: dict[str, Any], seconds: float) -> Any:
+    """``function(**arguments)``, or ToolTimeout after ``seconds``.
+
+    Run in a daemon thread: Python cannot stop a thread, so a function that hangs keeps running in
+    the background, but the chat goes on and the process can still exit (a thread pool's workers
+    would block the exit).
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = function(**arguments)
+        except BaseException as err:  # handed to the caller's thread, which reports it
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name=f"tool-{getattr(function, '__name__', 'call')}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise ToolTimeout(f"no result after {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def result_json(name: str, result: Any) -> str:
+    """A function's result as FUNCTION RESPONSE JSON; a result JSON cannot carry (a circular
+    structure, NaN or Infinity, an object whose ``str()`` fails) becomes an error for the model.
+    Other objects (dates, decimals...) are sent as their ``str()``."""
+    try:
+        return json.dumps(result if isinstance(result, dict) else {"result": result}, ensure_ascii=False,
+                          allow_nan=False, default=str)
+    except Exception as err:  # ValueError, RecursionError, or whatever a user's __str__ raises
+        return json.dumps({"error": f"the result of {name} cannot be sent as JSON: {type(err).__name__}: {err}"})
+
+
+def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str, Callable[..., Any]],
+                 time_limit: float = 30.0) -> str:
     """Run a call turn's function and return the FUNCTION RESPONSE text (JSON).
 
     Only registered functions run, with the parsed arguments as keyword values; model output is
-    never evaluated as code. Every failure becomes a JSON error object for the model to read.
+    never evaluated as code. Every failure (bad call, exception, time limit, a result JSON cannot
+    hold) becomes a JSON error object for the model to read.
     """
     if turn.call is None:
         _, reason = try_parse_call(turn.content)
@@ -73,21 +116,21 @@ def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str
     if problems:
         return json.dumps({"error": "invalid arguments", "details": problems})
     try:
-        result = tools[name](**arguments)
+        result = call_with_time_limit(tools[name], arguments, time_limit)
+    except ToolTimeout as err:
+        return json.dumps({"error": f"{name} timed out: {err}"})
     except Exception as err:  # the user's function failed: the model is told, the chat goes on
         return json.dumps({"error": f"{name} failed: {type(err).__name__}: {err}"})
-    try:
-        return json.dumps(result if isinstance(result, dict) else {"result": result}, ensure_ascii=False)
-    except TypeError:
-        return json.dumps({"result": str(result)}, ensure_ascii=False)
+    return result_json(name, result)
 
 
 class ChatSession:
     """A conversation with tools: ``send`` a user message, get the new turns back."""
 
     def __init__(self, complete: Complete, functions: list[dict[str, Any]], tools: dict[str, Callable[..., Any]],
-                 max_calls: int = 3, stream: bool = False) -> None:
+                 max_calls: int = 3, stream: bool = False, tool_time_limit: float = 30.0) -> None:
         self.complete, self.tools, self.max_calls, self.stream = complete, tools, max_calls, stream
+        self.tool_time_limit = tool_time_limit
         self.schemas = {f["name"]: f for f in functions}
         self.system = build_system_prompt(functions)
         self.turns: list[Turn] = []
@@ -104,7 +147,8 @@ class ChatSession:
                 self._append(turn, on_turn)
             if step[-1].role != "function_call" or calls == self.max_calls:
                 break
-            self._append(Turn("function_response", execute_call(step[-1], self.schemas, self.tools)), on_turn)
+            self._append(Turn("function_response", execute_call(step[-1], self.schemas, self.tools,
+                                                                        self.tool_time_limit)), on_turn)
         return self.turns[start:]
 
     def _append(self, turn: Turn, on_turn: Callable[[Turn], None] | None) -> None:
