@@ -16,6 +16,7 @@ _CACHE = tempfile.mkdtemp(prefix="fcmistral-hf-")
 os.environ.setdefault("HF_HOME", _CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_CACHE, "hypothesis"))  # not ./.hypothesis
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

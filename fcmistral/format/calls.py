@@ -38,7 +38,7 @@ def _arguments_from_text(text: str) -> dict[str, Any]:
     for candidate in (stripped, stripped.replace("\\'", "'")):
         try:
             value = json.loads(candidate)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested thousands deep
             continue
         if isinstance(value, str):  # arguments given as a JSON string holding JSON
             return _arguments_from_text(value)
@@ -74,11 +74,14 @@ def parse_call(text: str) -> FunctionCall:
     payload = payload.strip()
     quoted = _QUOTED_ARGUMENTS.match(payload)
     if quoted:
-        name = json.loads(f'"{quoted["name"]}"')
+        try:
+            name = json.loads(f'"{quoted["name"]}"')
+        except json.JSONDecodeError as err:  # a broken escape such as \u12
+            raise CallParseError(f"unreadable function name: {quoted['name'][:80]!r}") from err
         return FunctionCall(name, _arguments_from_text(quoted["args"]))
     try:  # a call that is plain JSON (bare arguments object), possibly with trailing junk
         obj, _ = json.JSONDecoder().raw_decode(payload)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise CallParseError(f"unreadable call: {payload[:80]!r}") from err
     return _from_json_object(obj)
 

@@ -71,7 +71,7 @@ def _parse_functions(system: str) -> tuple[dict[str, Any], ...]:
             return tuple(functions)
         try:
             schema, pos = decoder.raw_decode(body, pos)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested thousands deep
             raise RowParseError(f"function schema is not valid JSON at char {pos}") from err
         if not isinstance(schema, dict):
             raise RowParseError("function schema is not a JSON object")

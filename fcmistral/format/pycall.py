@@ -30,6 +30,8 @@ def parse_python_call(source: str) -> FunctionCall:
         tree = ast.parse(source.strip())
     except SyntaxError as err:
         raise PythonCallError(f"not Python: {err.msg}") from err
+    except (ValueError, MemoryError, RecursionError) as err:  # null bytes; nesting the parser refuses
+        raise PythonCallError(f"not Python: {type(err).__name__}") from err
     if len(tree.body) != 1 or not isinstance(tree.body[0], (ast.Expr, ast.Assign)):
         raise PythonCallError("expected one call (optionally assigned)")
     call = tree.body[0].value
@@ -43,6 +45,6 @@ def parse_python_call(source: str) -> FunctionCall:
             raise PythonCallError("**kwargs in a reference call")
         try:
             arguments[keyword.arg] = ast.literal_eval(keyword.value)
-        except ValueError as err:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
             raise PythonCallError(f"argument '{keyword.arg}' is not a literal") from err
     return FunctionCall(_callee_name(call.func), arguments)
