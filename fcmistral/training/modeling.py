@@ -29,7 +29,10 @@ def load_tokenizer(path: str, padding_side: str = "right"):
     a tokenizer with neither gets a new ``<pad>`` (see ``ensure_embeddings_fit``).
     """
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # mistral_format=False: with mistral-common installed, transformers would otherwise probe every
+        # Mistral folder for Mistral's own tokenizer backend, which renders Mistral's chat format,
+        # not this project's glaive template.
+        tokenizer = AutoTokenizer.from_pretrained(path, mistral_format=False)
     except (OSError, ValueError) as err:
         raise _load_error("tokenizer", path, err) from err
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
