@@ -2,6 +2,8 @@
 
     python benchmarks/data_prep.py            # 112,960 synthetic glaive rows (the real dataset's size)
 
+Both use Mistral-7B-v0.1's real tokenizer (built from the mistral-common package).
+
 The original tokenized each example alone (and its system prompt again), then scanned its token ids
 in Python for the ids that start (ASS) and stop (USER, FUNCTION) supervision. Ours parses the
 rows, tokenizes batches of 1,000 in one fast-tokenizer call (each distinct system prompt once,
@@ -16,8 +18,9 @@ import argparse
 import gc
 import json
 import tempfile
+from pathlib import Path
 
-from common import mistral_sized_tokenizer, peak_rss_mib, timed
+from common import peak_rss_mib, timed
 
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.demo.sample_data import generate_rows
@@ -26,14 +29,12 @@ from fcmistral.demo.sample_data import generate_rows
 def original_method(dataset, tokenizer, max_length: int) -> list[dict]:
     """Faithful to the original's preprocessing: rows iterated one by one; the full text (with
     the EOS text appended) and the system prompt each tokenized alone into tensors, with lengths
-    counted on them; then a ``while`` scan over ``tolist()`` ids that starts supervision at the
-    first piece of ``ASSISTANT`` and stops it at ``USER`` or ``FUNCTION`` (the original hard-coded
-    Mistral's ids 4816, 11123 and 16368; here the same pieces of the benchmark tokenizer)."""
+    counted on them; then a ``while`` scan over ``tolist()`` ids that starts supervision at
+    ``ASS`` and stops it at ``USER`` or ``FUNCTION``, with the ids it hard-coded for them in
+    Mistral-7B-v0.1's vocabulary (the pieces of those words at the start of a line)."""
     import torch
 
-    ass = tokenizer.encode("ASSISTANT", add_special_tokens=False)[0]
-    user = tokenizer.encode("USER", add_special_tokens=False)[0]
-    function = tokenizer.encode("FUNCTION", add_special_tokens=False)[0]
+    ass, user, function = ORIGINAL_IDS
     sources, examples = [], []
     for row in dataset:
         sources.append(row["system"])
@@ -68,6 +69,21 @@ def original_method(dataset, tokenizer, max_length: int) -> list[dict]:
     return out
 
 
+ORIGINAL_IDS = (4816, 11123, 16368)  # "ASS", "USER", "FUNCTION" after a newline, as the original hard-coded
+
+
+def mistral_tokenizer(folder: str):
+    """Mistral-7B-v0.1's real tokenizer (fcmistral.artifacts.mistral_tokenizer), checked to hold
+    the original's hard-coded ids where it expected them."""
+    from fcmistral.artifacts.mistral_tokenizer import build_mistral_tokenizer
+    from fcmistral.training.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(build_mistral_tokenizer(Path(folder))))
+    pieces = tokenizer.convert_ids_to_tokens(list(ORIGINAL_IDS))
+    assert pieces == ["ASS", "USER", "FUNCTION"], pieces
+    return tokenizer
+
+
 def with_unique_system(row: dict, index: int) -> dict:
     """The row with a system prompt no other row has (its first description numbered)."""
     system = row["system"].replace('"description": "', f'"description": "({index}) ', 1)
@@ -92,8 +108,8 @@ def main() -> None:
     results: dict[str, float] = {}
     with timed(results, "generate"):
         rows = generate_rows(args.rows, seed=7)
-    with timed(results, "train_tokenizer"):
-        tokenizer = mistral_sized_tokenizer([r["system"] + r["chat"] for r in rows[:20_000]])
+    tokenizer_dir = tempfile.TemporaryDirectory()
+    tokenizer = mistral_tokenizer(f"{tokenizer_dir.name}/mistral")
     subset = rows[: args.compare_rows]
     ds = Dataset.from_list(subset)
     # The worst case for ours: no system prompt repeats, so none is served from the cache.
@@ -121,7 +137,7 @@ def main() -> None:
             tokenize_rows(full, tokenizer, args.max_length)
     tokens = sum(len(x["input_ids"]) for x in original) / len(original)
     report = {
-        "tokenizer_vocab": len(tokenizer),
+        "tokenizer": f"Mistral-7B-v0.1 ({len(tokenizer)} pieces)",
         "mean_tokens_per_row": round(tokens, 1),
         "compare_rows": len(subset),
         "distinct_system_prompts_in_compare_rows": len({r["system"] for r in subset}),

@@ -60,3 +60,14 @@ def tiny_tokenizer(tiny_model_dir):
     from fcmistral.training.modeling import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def mistral_tokenizer(tmp_path_factory):
+    """Mistral-7B-v0.1's real tokenizer, built from the mistral-common package (skipped without it)."""
+    pytest.importorskip("mistral_common", reason="mistral-common is not installed")
+    pytest.importorskip("sentencepiece", reason="sentencepiece is not installed")
+    from fcmistral.artifacts.mistral_tokenizer import build_mistral_tokenizer
+    from fcmistral.training.modeling import load_tokenizer
+
+    return load_tokenizer(str(build_mistral_tokenizer(tmp_path_factory.mktemp("mistral") / "tokenizer")))

@@ -13,14 +13,14 @@ from fcmistral.data.encoding import SharedPrefixEncoder
 from fcmistral.data.labels import examples_from_rows
 from fcmistral.format.glaive import parse_row
 from tests.conftest import REPO
-from tests.tokenizer_kinds import metaspace_tokenizer, mistral_legacy_tokenizer
+from tests.tokenizer_kinds import metaspace_tokenizer
 
 
-@pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace", "mistral-legacy"])
+@pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace", "mistral-real"])
 def tokenizer(request, tiny_tokenizer, sample_rows):
     texts = [r["system"] + r["chat"] for r in sample_rows[:200]]
     return {"tiny-bytelevel": lambda: tiny_tokenizer, "metaspace": lambda: metaspace_tokenizer(texts),
-            "mistral-legacy": lambda: mistral_legacy_tokenizer(texts)}[request.param]()
+            "mistral-real": lambda: request.getfixturevalue("mistral_tokenizer")}[request.param]()
 
 
 def whole_encodings(tokenizer, texts):

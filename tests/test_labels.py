@@ -51,10 +51,12 @@ def supervised_runs(example, tokenizer) -> list[str]:
     return [tokenizer.decode(run) for run in runs]
 
 
-@pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace"])
+@pytest.fixture(scope="module", params=["tiny-bytelevel", "metaspace", "mistral-real"])
 def tokenizer(request, tiny_tokenizer, sample_rows):
     if request.param == "tiny-bytelevel":
         return tiny_tokenizer
+    if request.param == "mistral-real":  # Mistral-7B-v0.1's own vocabulary
+        return request.getfixturevalue("mistral_tokenizer")
     return metaspace_tokenizer([r["system"] + r["chat"] for r in sample_rows[:200]] + [tricky_row()["chat"]])
 
 

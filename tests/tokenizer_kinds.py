@@ -1,5 +1,5 @@
-"""Tokenizers of the two families the project must serve, trained in the test on the sample data:
-byte-level BPE (the tiny model's, built by fcmistral.demo.tiny) and sentencepiece-style BPE (Mistral's)."""
+"""A sentencepiece-style tokenizer trained in the test on the sample data, beside the tiny model's
+byte-level BPE and Mistral-7B-v0.1's real tokenizer (the mistral_tokenizer fixture)."""
 
 from __future__ import annotations
 
@@ -32,15 +32,3 @@ def metaspace_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
-
-def mistral_legacy_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """The layout of Mistral-7B-v0.1's tokenizer.json: ``▁`` prepended to the whole text by the
-    normalizer and no pre-tokenizer, so BPE runs over the text as one word (the vocabulary, like
-    Mistral's, has no merge across a newline)."""
-    hf = metaspace_tokenizer(texts)
-    tok = hf.backend_tokenizer
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
