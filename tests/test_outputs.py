@@ -100,9 +100,11 @@ def test_the_new_folder_has_normal_permissions(tmp_path):
     try:
         with written_aside(tmp_path / "merged") as staging:
             write_model(staging, "new")
+            (staging / "model.safetensors").chmod(0o600)  # as transformers writes it
     finally:
         os.umask(umask)
     assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755  # not tempfile.mkdtemp's 0o700
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "merged").iterdir()} == {0o644}
 
 
 def test_a_running_writer_keeps_its_staging_folder(tmp_path):

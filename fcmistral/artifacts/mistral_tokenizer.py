@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
