@@ -46,31 +46,30 @@ def mutated_rows(draw) -> dict:
     return row
 
 
+def value_or_own_error(parse, given, value_type: type, error_type: type[Exception]) -> None:
+    """``parse(given)`` returns a ``value_type`` or raises ``error_type``; anything else fails the test."""
+    try:
+        assert isinstance(parse(given), value_type)
+    except error_type:
+        pass
+
+
 @PROPERTY
 @given(mutated_rows())
 def test_row_parser_on_mutated_real_rows(row):
-    try:
-        assert isinstance(parse_row(row), GlaiveRow)
-    except RowParseError:
-        pass
+    value_or_own_error(parse_row, row, GlaiveRow, RowParseError)
 
 
 @PROPERTY
 @given(st.fixed_dictionaries({"system": any_text, "chat": any_text}) | st.dictionaries(st.text(max_size=8), any_text))
 def test_row_parser_on_any_text(row):
-    try:
-        assert isinstance(parse_row(row), GlaiveRow)
-    except RowParseError:
-        pass
+    value_or_own_error(parse_row, row, GlaiveRow, RowParseError)
 
 
 @PROPERTY
 @given(st.one_of(any_text, any_text.map(lambda t: "<functioncall> " + t)))
 def test_call_parser_on_any_text(text):
-    try:
-        assert isinstance(parse_call(text), FunctionCall)
-    except CallParseError:
-        pass
+    value_or_own_error(parse_call, text, FunctionCall, CallParseError)
 
 
 @PROPERTY
@@ -92,7 +91,4 @@ def test_call_parser_reads_back_what_the_glaive_format_writes(name, value):
 @PROPERTY
 @given(st.one_of(any_text, any_text.map(lambda t: f"f({t})"), any_text.map(lambda t: f"api.call(x={t})")))
 def test_python_call_parser_on_any_text(source):
-    try:
-        assert isinstance(parse_python_call(source), FunctionCall)
-    except PythonCallError:
-        pass
+    value_or_own_error(parse_python_call, source, FunctionCall, PythonCallError)
