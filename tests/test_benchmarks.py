@@ -49,3 +49,14 @@ def test_dtype_benchmark_reports_each_dtype_and_thread_count():
     (threads,) = [v for k, v in report.items() if k.endswith("_by_threads")]
     assert set(threads) == {"1_threads_alone", "2_threads_alone", "1_threads_beside_busy_process",
                             "2_threads_beside_busy_process"}
+
+
+def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
+    """The SmolLM2 before/after experiment end to end on a few rows and steps (figures: README)."""
+    out = tmp_path / "real"
+    report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
+                           "--max_steps", "2", "--eval_limit", "3", "--train_rows", "40")
+    assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["zero-shot", "after QLoRA"] and all(r["held_out_items"] == 3 for r in rows)
+    assert (out / "merged" / "model.safetensors").is_file()

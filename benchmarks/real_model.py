@@ -1,0 +1,106 @@
+"""Does the pipeline teach a real pretrained LM to call functions? SmolLM2-135M-Instruct, before
+and after QLoRA on the shipped sample data, with the project's own scripts.
+
+    python benchmarks/real_model.py                         # the full experiment
+    python benchmarks/real_model.py --max_steps 2 --eval_limit 3 --train_rows 40   # a smoke run
+
+Steps, each a subprocess as a user would run it: build ``artifacts/smollm2-135m`` when missing
+(fcmistral.artifacts.smollm2); evaluate it zero-shot in the glaive format on the held-out sample
+rows (evaluate.py); QLoRA-train it with packing (train.py); merge (convert_weights.py); evaluate
+the merged model the same way. Prints a before/after table (call-name accuracy, exact argument
+match, wall times, peak memory of the steps) and writes it as JSON to ``OUTPUT_DIR/report.json``.
+BFCL rows are not part of it yet (see the BFCL issue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, log: Path) -> tuple[float, float]:
+    """Run one of the project's commands (``python ARGS`` in the repository); return (wall seconds,
+    peak memory in MiB).
+
+    The peak is read from the children's maximum resident size, which only grows: each step is
+    run in turn, so a step's figure is the largest so far (the report says so).
+    """
+    command = [sys.executable, *args]
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        result = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise SystemExit(f"error: {' '.join(command[1:3])} failed (exit {result.returncode}); end of {log}:\n{tail}")
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, float, float]:
+    limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    wall, peak = run("evaluate.py", "--model_path", str(model), "--dataset", str(args.eval_data), "--output_dir",
+                     str(out), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", "160", "--compute_dtype", args.compute_dtype,
+                     *limit, log=out.with_suffix(".log"))
+    return json.loads((out / "summary.json").read_text()), wall, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_path", type=Path, default=REPO / "artifacts" / "smollm2-135m",
+                        help="SmolLM2 folder (built when missing)")
+    parser.add_argument("--train_data", type=Path, default=REPO / "data" / "sample_train.jsonl")
+    parser.add_argument("--eval_data", type=Path, default=REPO / "data" / "sample_heldout.jsonl")
+    parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "real-model")
+    parser.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0: all)")
+    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of 1,024 tokens (120: about 1.1 epochs of the sample data)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
+    parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    args = parser.parse_args()
+
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"model": "SmolLM2-135M-Instruct", "max_steps": args.max_steps}
+    if not (args.model_path / "config.json").is_file():
+        report["build_s"], _ = run("-m", "fcmistral.artifacts.smollm2", "--output", str(args.model_path),
+                                   log=out / "build.log")
+    train_data = args.train_data
+    if args.train_rows:
+        train_data = out / "train_rows.jsonl"
+        train_data.write_text("".join(args.train_data.read_text().splitlines(keepends=True)[: args.train_rows]))
+    before, report["zero_shot_eval_s"], _ = evaluate(args.model_path, out / "zero_shot", args)
+    adapter, merged = out / "qlora", out / "merged"
+    report["train_s"], report["train_peak_mib"] = run(
+        "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
+        "--overwrite_output_dir", "--packing", "true", "--max_length", "1024", "--max_steps", str(args.max_steps),
+        "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "1", "--eval_steps", str(max(1, args.max_steps // 3)),
+        "--save_steps", str(max(1, args.max_steps // 3)), "--logging_steps", "10", "--report_to", "none",
+        "--compute_dtype", args.compute_dtype, "--test_size", "0.05", log=out / "train.log")
+    report["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
+                               str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
+    after, report["fine_tuned_eval_s"], report["peak_mib_so_far"] = evaluate(merged, out / "fine_tuned", args)
+    report["rows"] = [
+        {"model": name, "held_out_items": s["n"], "call_name_accuracy": round(s["name_accuracy"], 3),
+         "exact_argument_match": round(s["exact_match"], 3), "parse_failures": s["parse_failures"],
+         "no_call": s["no_call"]}
+        for name, s in (("zero-shot", before), ("after QLoRA", after))
+    ]
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print("| model | held-out items | call-name accuracy | exact argument match | parse failures | no call |")
+    print("|---|---|---|---|---|---|")
+    for row in report["rows"]:
+        print(f"| {row['model']} | {row['held_out_items']} | {row['call_name_accuracy']:.1%} | "
+              f"{row['exact_argument_match']:.1%} | {row['parse_failures']} | {row['no_call']} |")
+    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
