@@ -10,6 +10,7 @@ import threading
 import pytest
 import torch
 
+from fcmistral.chat_template import chat_template
 from fcmistral.demo.functions import DEMO_CALLABLES, DEMO_SCHEMAS
 from fcmistral.errors import UserError
 from fcmistral.prompt import ASSISTANT_TAG, format_call
@@ -218,6 +219,7 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0o700
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and (out / "tokenizer.json").is_file()
+    assert (out / "chat_template.jinja").read_text() == chat_template()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base = load_model(str(tiny_model_dir), into_dequantized, tiny_tokenizer, dtype=fp32).eval()
     without_adapter = logits(base, tiny_tokenizer)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_folder_is_the_gguf_model_saved_plainly(smollm2_dir):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fcmistral.artifacts.smollm2 import GGUF_FILE, gguf_folder
     from fcmistral.training.modeling import load_model, load_tokenizer
@@ -25,8 +25,10 @@ def test_the_folder_is_the_gguf_model_saved_plainly(smollm2_dir):
     assert 134_000_000 < model.num_parameters() < 135_000_000
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     reference = AutoModelForCausalLM.from_pretrained(gguf_folder(), gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    # The folder keeps SmolLM2's own ChatML template (load_tokenizer swaps in the glaive one for training).
+    chatml = AutoTokenizer.from_pretrained(smollm2_dir)
     chat = [{"role": "user", "content": "What is 2+2?"}]
-    batch = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    batch = chatml.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, reference(**batch).logits, rtol=0, atol=1e-5)
         out = model.generate(**batch, max_new_tokens=12, do_sample=False)

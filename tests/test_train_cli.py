@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fcmistral.chat_template import chat_template
 from tests.conftest import REPO
 from tests.conftest import run_script as run
 
@@ -41,6 +42,7 @@ def test_train_keeps_best_adapter_with_tokenizer_and_resumes(tiny_model_dir, sma
     assert summary["best_checkpoint"].endswith(f"checkpoint-{4 * losses.index(min(losses))}")
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
+    assert (out / "chat_template.jinja").read_text() == chat_template()  # apply_chat_template renders glaive
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
 
     # A run killed while saving checkpoint-10: its adapter is written, its trainer_state.json is not.

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
+from fcmistral.chat_template import add_chat_template
 from fcmistral.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def build_mistral_tokenizer(output: Path = DEFAULT_OUTPUT, model_file: Path | No
         tokenizer_object=build_tokenizer(model_file), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False, model_max_length=32768,
     )
+    add_chat_template(tokenizer)  # the glaive format this project teaches (Mistral-7B-v0.1 has no template)
     with written_aside(output) as staging:
         tokenizer.save_pretrained(staging)
         config_file = staging / "tokenizer_config.json"

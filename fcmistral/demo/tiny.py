@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
+from fcmistral.chat_template import add_chat_template
 from fcmistral.format.glaive import parse_row
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -68,6 +69,7 @@ def build_tiny_model(out_dir: str | Path, data_path: str | Path = DEFAULT_DATA, 
     with open(data_path, encoding="utf-8") as f:
         texts = [parse_row(json.loads(line)).text for line in f if line.strip()]
     tokenizer = train_tokenizer(texts)
+    add_chat_template(tokenizer)
     torch.manual_seed(seed)
     config = tiny_config(tokenizer)
     model = MistralForCausalLM(config)

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from fcmistral.arguments import check_adapter_path
+from fcmistral.chat_template import add_chat_template
 from fcmistral.errors import UserError, first_line
 from fcmistral.hardware import compute_dtype
 
@@ -23,6 +24,11 @@ def _load_error(what: str, path: str, err: Exception) -> UserError:
 
 def load_tokenizer(path: str, padding_side: str = "right"):
     """The tokenizer, with a pad token that is never EOS.
+
+    It carries the glaive chat template (fcmistral.chat_template), so every tokenizer a script
+    saves (train.py's adapter and checkpoints, convert_weights.py, FSDP's best/ and final/) lets
+    ``apply_chat_template`` render the training format; an instruct model's own template (SmolLM2's
+    ChatML) is replaced, since the model is being taught the glaive format.
 
     Mistral-7B-v0.1 has no pad token. Using ``</s>`` as pad would mask the EOS labels, so the
     model would never learn to stop; ``<unk>`` is used instead (no new embedding row needed). Only
@@ -41,6 +47,7 @@ def load_tokenizer(path: str, padding_side: str = "right"):
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.padding_side = padding_side
+    add_chat_template(tokenizer)  # what this project trains and serves is the glaive format
     return tokenizer
 
 

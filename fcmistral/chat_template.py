@@ -1,0 +1,73 @@
+"""The glaive format as a Jinja chat template, generated from fcmistral.prompt.
+
+Saved in every tokenizer the project writes, so that ``tokenizer.apply_chat_template(messages,
+tools=...)`` (and engines that use it) render exactly the text the model was trained on. The
+template is built here from prompt.py's constants, never written by hand, and the tests check it
+against prompt.py's rendering on every shipped sample row.
+
+Messages are OpenAI-style: ``system`` messages are ignored (the glaive system prompt is built from
+the tools, as in training); ``user``; ``assistant`` with ``content`` and/or ``tool_calls`` (each call
+is its own assistant turn, after the content's; ``arguments`` a mapping or a JSON string, used as
+given); ``tool`` (a FUNCTION RESPONSE). ``tools`` are OpenAI tool objects or plain schemas.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fcmistral.prompt import (
+    ASSISTANT_TAG,
+    END_OF_TURN,
+    FUNCTION_CALL_MARKER,
+    FUNCTION_RESPONSE_TAG,
+    SYSTEM_NO_FUNCTIONS,
+    SYSTEM_WITH_FUNCTIONS,
+    TURN_SEPARATOR,
+    USER_TAG,
+)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Jinja string expression (JSON string syntax is valid Jinja)."""
+    return json.dumps(text)
+
+
+def chat_template() -> str:
+    """The Jinja source; one line, so that no template whitespace leaks into the text."""
+    sep, end = _literal(TURN_SEPARATOR), _literal(" " + END_OF_TURN)
+    assistant, user, response = (_literal(tag + " ") for tag in (ASSISTANT_TAG, USER_TAG, FUNCTION_RESPONSE_TAG))
+    call_open = _literal(FUNCTION_CALL_MARKER + ' {"name": ')
+    return "".join([
+        # The system prompt from the tools, as fcmistral.prompt.build_system_prompt writes it.
+        "{%- set tools = tools or [] -%}",
+        "{%- if tools | length == 0 -%}{{ ", _literal(SYSTEM_NO_FUNCTIONS), " }}",
+        "{%- else -%}{{ ", _literal(SYSTEM_WITH_FUNCTIONS), " }}",
+        "{%- for tool in tools -%}",
+        "{%- set schema = tool.function if (tool.type is defined and tool.type == 'function' and tool.function is defined)"
+        " else tool -%}",
+        "{{ schema | tojson(indent=4, ensure_ascii=True) }}{{ '\\n' if tools | length == 1 else '\\n\\n' }}",
+        "{%- endfor -%}{%- endif -%}",
+        # Every turn is followed by the separator (fcmistral.prompt.render_chat).
+        "{%- for message in messages -%}",
+        "{%- if message.role == 'user' -%}{{ ", user, " + message.content + ", sep, " }}",
+        "{%- elif message.role == 'tool' -%}",
+        "{{ ", response, " }}{{ message.content if message.content is string else (message.content | tojson) }}",
+        "{{ ", sep, " }}",
+        "{%- elif message.role == 'assistant' -%}",
+        "{%- if message.content -%}{% generation %}{{ ", assistant, " + message.content + ", end, " }}"
+        "{% endgeneration %}{{ ", sep, " }}{%- endif -%}",
+        "{%- for call in message.tool_calls or [] -%}",
+        "{%- set call = call.function if call.function is defined else call -%}",
+        "{%- set arguments = call.arguments if call.arguments is string else (call.arguments | tojson) -%}",
+        "{% generation %}{{ ", assistant, " + ", call_open, " }}{{ call.name | tojson }}",
+        "{{ \", \\\"arguments\\\": '\" + arguments + \"'}\" + ", end, " }}{% endgeneration %}{{ ", sep, " }}",
+        "{%- endfor -%}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}{{ ", _literal(ASSISTANT_TAG), " }}{%- endif -%}",
+    ])
+
+
+def add_chat_template(tokenizer) -> None:
+    """Give ``tokenizer`` the glaive chat template (saved with it by ``save_pretrained``)."""
+    tokenizer.chat_template = chat_template()
