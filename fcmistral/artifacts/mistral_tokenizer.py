@@ -54,7 +54,8 @@ def sentencepiece_model_path() -> Path:
     return path
 
 
-def _pieces(model_file: Path):
+def _read_bpe_model(model_file: Path):
+    """The sentencepiece model proto, refused unless it is byte-fallback BPE (as Mistral's is)."""
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
@@ -66,7 +67,7 @@ def _pieces(model_file: Path):
 
 def build_tokenizer(model_file: Path) -> Tokenizer:
     """A ``tokenizers`` BPE that encodes exactly as sentencepiece does with ``model_file``."""
-    proto = _pieces(model_file)
+    proto = _read_bpe_model(model_file)
     vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
     # Every way to split a piece into two pieces is a merge, ranked by the merged piece's score
     # (sentencepiece applies the highest-scoring merge first); ties keep the ids' order.

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from fcmistral.arguments import check_adapter_path
 from fcmistral.chat_template import add_chat_template
 from fcmistral.errors import UserError, first_line
 from fcmistral.hardware import compute_dtype
@@ -104,10 +103,10 @@ def load_adapter(model, adapter_path: str):
     Every failure of PEFT's loader is caught here, broadly on purpose: a truncated or corrupt
     safetensors file, a config of another model, mismatched shapes all raise different library
     errors, and each means the same thing to a user: this folder is not an adapter for this model.
+    (A folder without an adapter_config.json is refused earlier, by ModelArguments.)
     """
     from peft import PeftModel
 
-    check_adapter_path(adapter_path)
     try:
         return PeftModel.from_pretrained(model, adapter_path)
     except Exception as err:
