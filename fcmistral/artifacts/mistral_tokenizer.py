@@ -30,6 +30,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pro
 
 from fcmistral.chat_template import add_chat_template
 from fcmistral.errors import UserError
+from fcmistral.outputs import check_output_dir, written_aside
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,6 @@ def build_mistral_tokenizer(output: Path = DEFAULT_OUTPUT, model_file: Path | No
     """Write the Hugging Face tokenizer folder (``AutoTokenizer`` loads it) and return its path."""
     from transformers import PreTrainedTokenizerFast
 
-    from fcmistral.outputs import written_aside
-
     model_file = model_file or sentencepiece_model_path()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=build_tokenizer(model_file), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
@@ -119,8 +118,11 @@ def build_mistral_tokenizer(output: Path = DEFAULT_OUTPUT, model_file: Path | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write (replaced if present)")
-    build_mistral_tokenizer(parser.parse_args().output)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --output folder that already holds files")
+    args = parser.parse_args()
+    check_output_dir(args.output, "--output", args.overwrite, "pass --overwrite to replace it")
+    build_mistral_tokenizer(args.output)
 
 
 if __name__ == "__main__":

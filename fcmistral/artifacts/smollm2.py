@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fcmistral.errors import UserError
+from fcmistral.outputs import check_output_dir, written_aside
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def build_smollm2(output: Path = DEFAULT_OUTPUT, dtype: str = "float32") -> Path
     """Write SmolLM2-135M-Instruct (model, tokenizer with its chat template) to ``output``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fcmistral.outputs import written_aside
-
     folder = gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -68,10 +67,12 @@ def build_smollm2(output: Path = DEFAULT_OUTPUT, dtype: str = "float32") -> Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write (replaced if present)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --output folder that already holds files")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                         help="saved dtype (float32: fast on every CPU; bfloat16: half the size)")
     args = parser.parse_args()
+    check_output_dir(args.output, "--output", args.overwrite, "pass --overwrite to replace it")
     build_smollm2(args.output, args.dtype)
 
 
