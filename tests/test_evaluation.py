@@ -27,13 +27,17 @@ from tests.conftest import REPO, SHARED_DATA, read_jsonl, run_script
          {"domain": "cloudflare.com", "x_apikey": "my_api"}),
         ("f(z= 3,  x= 4,  y= 2)", "f", {"z": 3, "x": 4, "y": 2}),
         ("g(a=True, b=None, c=[1, 'x'], d=-1.5, e=\"it's\")", "g", {"a": True, "b": None, "c": [1, "x"], "d": -1.5, "e": "it's"}),
+        # argument names that are Python keywords (real toolalpaca references)
+        ('convertCurrency(from="EUR", to="GBP", amount=5000)', "convertCurrency", {"from": "EUR", "to": "GBP", "amount": 5000}),
+        ("f(x=(1, 2), y={3, 1}, z=((0,),))", "f", {"x": [1, 2], "y": [1, 3], "z": [[0]]}),  # tuples, sets: lists
     ],
 )
 def test_python_references_parse_without_eval(source, name, arguments):
     assert parse_python_call(source) == FunctionCall(name, arguments)
 
 
-@pytest.mark.parametrize("source", ["f(1, 2)", "f(x=os.system('rm'))", "import os", "f(**kw)", "not python ("])
+@pytest.mark.parametrize("source", ["f(1, 2)", "f(x=os.system('rm'))", "import os", "f(**kw)", "not python (",
+                                    "f(x=b'bytes')", "f(if=)"])
 def test_unsafe_or_ambiguous_references_are_refused(source):
     with pytest.raises(PythonCallError):
         parse_python_call(source)
@@ -77,6 +81,35 @@ def test_scoring_with_known_answers():
     assert summary["per_function"]["add"] == {"n": 1, "exact_match": 0.0, "name_accuracy": 1.0, "called_instead": {}}
 
 
+@pytest.mark.parametrize(
+    "gold_arguments, predicted, exact, relaxed",
+    [
+        ({"raw": False}, {"raw": 0}, False, False),  # bool is not int (23 real Nexus booleans)
+        ({"raw": 0}, {"raw": False}, False, False),
+        ({"raw": True}, {"raw": True}, True, True),
+        ({"n": 3}, {"n": 3.0}, False, True),  # a float where an int is expected: BFCL's type error
+        ({"x": 3.0}, {"x": 3}, True, True),  # an int where a float is expected: BFCL promotes it
+        ({"x": 3.5}, {"x": "3.5"}, False, True),  # a numeric string: relaxed only
+        ({"xs": [1, 2]}, {"xs": [1.0, 2]}, False, True),  # nested values are strict too
+        ({"d": {"a": None}}, {"d": {"a": None}}, True, True),
+        ({"d": {"a": None}}, {"d": {"a": None, "b": 1}}, False, False),
+    ],
+)
+def test_exact_match_is_type_strict(gold_arguments, predicted, exact, relaxed):
+    verdict = judge(format_call("f", predicted), FunctionCall("f", gold_arguments))
+    assert (verdict["exact_match"], verdict["relaxed_match"]) == (exact, relaxed)
+
+
+def test_tuple_gold_matches_the_json_list_a_model_writes():
+    assert judge(format_call("f", {"x": [1, 2]}), parse_python_call("f(x=(1, 2))"))["exact_match"]
+
+
+def test_a_reply_with_more_calls_than_asked_is_not_an_exact_match():
+    two = format_call("f", {"x": 1}) + " " + format_call("g", {})
+    verdict = judge(two, FunctionCall("f", {"x": 1}))
+    assert verdict["name_match"] and not verdict["exact_match"] and len(verdict["parsed_calls"]) == 2
+
+
 def test_function_files_in_every_accepted_shape(tmp_path):
     shipped = load_schemas(REPO / "custom_function.txt")
     assert len(shipped) == 9
@@ -110,6 +143,16 @@ def test_eval_items_from_each_shape():
     assert item.gold.arguments == {"email": "a@b.c"} and '"searchCPE"' not in item.system
     raw = [{"dataset": "x", "query_dict": json.dumps({"query": "q", "reference": "unknown_fn(a=1)"})}]
     assert eval_items(raw, functions) == ([], [(0, "gold function 'unknown_fn' is not among the functions given")])
+    toolllm = [{"dataset": "toolllm", "query_dict": json.dumps(
+        {"Input": "CPEs for PHP", "Output": "searchCPE(keywordSearch='PHP')", "Category": "x"})}]
+    (item,), _ = eval_items(toolllm, functions)
+    assert (item.query, item.gold) == ("CPEs for PHP", FunctionCall("searchCPE", {"keywordSearch": "PHP"}))
+    odd = [{"dataset": "y", "query_dict": json.dumps({"question": "q", "answer": "a"})},
+           {"dataset": "z", "query_dict": json.dumps({"query": "q", "reference": "searchCPE("})}]
+    items, skipped = eval_items(odd, functions)
+    assert not items
+    assert skipped[0] == (0, "unsupported shape: query_dict holds ['answer', 'question'] (dataset y)")
+    assert skipped[1][1].startswith("unreadable reference: not Python")
     with pytest.raises(UserError, match="give --functions"):
         eval_items(io_rows, None)
 
@@ -138,7 +181,7 @@ def test_evaluate_end_to_end_with_resume_and_rescoring(tiny_model_dir, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 5 and "| queries |" in (out / "summary.md").read_text()
     first_record = json.loads(new_lines[0])
-    assert {"query_id", "query", "output", "parsed_call", "gold_call", "exact_match"} <= first_record.keys()
+    assert {"query_id", "query", "output", "parsed_calls", "gold_call", "exact_match"} <= first_record.keys()
 
     # Re-scoring needs no model; a duplicated line (a resumed run) counts once.
     with open(out / "predictions.jsonl", "a") as f:

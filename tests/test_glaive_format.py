@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fcmistral.demo.sample_data import generate_rows
-from fcmistral.format.calls import CallParseError, parse_call
+from fcmistral.format.calls import CallParseError, parse_call, parse_calls
 from fcmistral.format.glaive import RowParseError, parse_functions, parse_row
 from fcmistral.prompt import (
     SYSTEM_NO_FUNCTIONS,
@@ -93,6 +93,36 @@ def test_call_variants_of_the_real_data_parse(text, name, arguments):
 def test_unreadable_calls_raise_a_parse_error(text):
     with pytest.raises(CallParseError):
         parse_call(text)
+
+
+A_CALL = """<functioncall> {"name": "f", "arguments": '{"a": 1}'}"""
+B_CALL = """<functioncall> {"name": "g", "arguments": '{"b": "it's"}'}"""
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        (f"{A_CALL} {B_CALL}", ["f", "g"]),  # two calls in one turn
+        (f"{A_CALL} <|endoftext|>\n\n\nASSISTANT: {B_CALL} <|endoftext|>", ["f", "g"]),  # consecutive turns
+        (f"{A_CALL}\n\n\nASSISTANT: {B_CALL}", ["f", "g"]),  # consecutive turns, no end marker
+        (f"{A_CALL}\n\n\nUSER: thanks", ["f"]),  # an invented user turn ends the reply
+        (f"{A_CALL}\n\n\nFUNCTION RESPONSE: {{}}\n\n\nASSISTANT: {B_CALL}", ["f"]),  # so does an invented result
+        (f"Let me check. {A_CALL}", ["f"]),
+    ],
+)
+def test_every_call_of_a_reply_is_read(text, names):
+    calls = parse_calls(text)
+    assert [c.name for c in calls] == names
+    assert calls[0].arguments == {"a": 1}
+    if len(calls) > 1:
+        assert calls[1].arguments == {"b": "it's"}
+
+
+def test_a_turn_with_two_calls_is_not_one_call():
+    with pytest.raises(CallParseError, match="2 calls where one was expected"):
+        parse_call(f"{A_CALL} {B_CALL}")
+    with pytest.raises(CallParseError, match="not valid JSON"):  # one broken call breaks the reply
+        parse_calls(f"""{A_CALL} <functioncall> {{"name": "g", "arguments": '{{"b": '}}""")
 
 
 def test_format_call_keeps_apostrophes_and_unicode_raw():

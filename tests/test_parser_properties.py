@@ -13,7 +13,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fcmistral.format.calls import CallParseError, parse_call
+from fcmistral.format.calls import CallParseError, parse_call, parse_calls
 from fcmistral.format.glaive import GlaiveRow, RowParseError, parse_row
 from fcmistral.format.pycall import PythonCallError, parse_python_call
 from fcmistral.prompt import FunctionCall
@@ -70,6 +70,12 @@ def test_row_parser_on_any_text(row):
 @given(st.one_of(any_text, any_text.map(lambda t: "<functioncall> " + t)))
 def test_call_parser_on_any_text(text):
     value_or_own_error(parse_call, text, FunctionCall, CallParseError)
+
+
+@PROPERTY
+@given(st.lists(st.one_of(any_text, any_text.map(lambda t: "<functioncall> " + t)), max_size=3).map("".join))
+def test_calls_parser_on_any_text(text):
+    value_or_own_error(parse_calls, text, list, CallParseError)
 
 
 @PROPERTY

@@ -5,8 +5,11 @@ Shapes, told apart by their columns:
 - NexusRaven-V2 benchmark sets ``{Input, Output}``: Output is a Python call;
 - NexusRaven_API_evaluation ``standardized_queries``: ``prompt``, ``python_function_name``,
   ``python_args_dict`` (a JSON string), ``context_functions``;
-- NexusRaven_API_evaluation ``raw_queries``: ``query_dict`` = JSON ``{query, reference}``.
-The Nexusflow shapes carry no schemas: they come from ``--functions``.
+- NexusRaven_API_evaluation ``raw_queries``: ``query_dict`` = JSON ``{query, reference}``
+  (cve_cpe, emailrep, virustotal) or ``{Input, Output, ...}`` (toolllm), Output a Python call.
+The Nexusflow shapes carry no schemas: they come from ``--functions``. A row whose reference
+cannot be read is skipped as "unreadable reference"; one of a shape not listed here as
+"unsupported shape".
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from fcmistral.errors import UserError
 from fcmistral.format.glaive import RowParseError, parse_row
 from fcmistral.format.pycall import PythonCallError, parse_python_call
 from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, generation_prompt
+
+
+class UnsupportedShape(ValueError):
+    """A row whose columns or query_dict keys are none of the shapes this module reads."""
 
 
 @dataclass
@@ -70,9 +77,12 @@ def _nexus_row(row: dict[str, Any]) -> tuple[str, FunctionCall, list[str] | None
         context = row.get("context_functions")
         return row["prompt"], FunctionCall(row["python_function_name"], args), list(context) if context else None
     query = json.loads(row["query_dict"]) if isinstance(row["query_dict"], str) else row["query_dict"]
-    if not isinstance(query, dict) or "reference" not in query:
-        raise PythonCallError(f"no query/reference pair (dataset {row.get('dataset')})")
-    return query["query"], parse_python_call(query["reference"]), None
+    if isinstance(query, dict) and {"query", "reference"} <= query.keys():
+        return query["query"], parse_python_call(query["reference"]), None
+    if isinstance(query, dict) and {"Input", "Output"} <= query.keys():
+        return query["Input"], parse_python_call(query["Output"]), None
+    keys = sorted(query) if isinstance(query, dict) else type(query).__name__
+    raise UnsupportedShape(f"query_dict holds {keys} (dataset {row.get('dataset')})")
 
 
 def nexus_items(
@@ -83,7 +93,10 @@ def nexus_items(
     for index, row in enumerate(rows):
         try:
             query, gold, context = _nexus_row(row)
-        except (PythonCallError, json.JSONDecodeError, KeyError) as err:
+        except UnsupportedShape as err:
+            skipped.append((index, f"unsupported shape: {err}"))
+            continue
+        except (PythonCallError, json.JSONDecodeError, KeyError, TypeError) as err:
             skipped.append((index, f"unreadable reference: {err}"))
             continue
         in_context = [by_name[n] for n in context if n in by_name] if context else functions

@@ -2,9 +2,16 @@
 
 The headline metric is Nexusflow's: exact match of function name and argument dict, a parse
 failure counted as wrong (leaving parse failures out of the count would flatter a model that
-writes broken calls). Reported
-beside it: function-name accuracy, a relaxed argument match, parse failures, and per gold
-function which function was called instead.
+writes broken calls), and so is a reply with more than the one call asked for. Reported beside it:
+function-name accuracy (of the first call), a relaxed argument match, parse failures, and per
+gold function which function was called instead.
+
+Exact match is type-strict, as BFCL's checker is: ``False`` is not ``0`` and ``3.0`` is not the
+integer ``3``. The one allowance is BFCL's too: an integer where the gold value is a float of the
+same value (Python would promote it; a model writing ``20`` for ``20.0`` has the value right).
+Tuples and sets in Python references are read as lists (see ``format.pycall``). The relaxed
+match stays lenient: numbers and numeric strings compare as numbers, strings ignore case and
+outer spaces, a boolean matches its name as a string (but not 0 or 1).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from fcmistral.format.calls import try_parse_call
+from fcmistral.format.calls import try_parse_calls
 from fcmistral.prompt import FunctionCall
 
 NO_CALL = "<no call>"
@@ -20,9 +27,10 @@ UNPARSEABLE = "<unparseable>"
 
 
 def _relaxed(value: Any) -> Any:
-    """Numbers and numeric strings compare as numbers; strings ignore case and outer spaces."""
+    """Numbers and numeric strings compare as numbers; strings ignore case and outer spaces;
+    booleans compare as the strings "true"/"false" (never as 1/0, which Python's == would allow)."""
     if isinstance(value, bool):
-        return value
+        return str(value).lower()
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -38,27 +46,43 @@ def _relaxed(value: Any) -> Any:
     return value
 
 
+def strictly_equal(predicted: Any, gold: Any) -> bool:
+    """Equal values of the same JSON type, except an int for an equal float (see the module doc)."""
+    if isinstance(gold, bool) or isinstance(predicted, bool):
+        return type(predicted) is type(gold) and predicted == gold
+    if isinstance(gold, float) and isinstance(predicted, (int, float)):
+        return float(predicted) == gold
+    if isinstance(gold, dict):
+        return (isinstance(predicted, dict) and predicted.keys() == gold.keys()
+                and all(strictly_equal(predicted[k], gold[k]) for k in gold))
+    if isinstance(gold, list):
+        return (isinstance(predicted, list) and len(predicted) == len(gold)
+                and all(strictly_equal(p, g) for p, g in zip(predicted, gold)))
+    return type(predicted) is type(gold) and predicted == gold
+
+
 def arguments_match(predicted: dict[str, Any], gold: dict[str, Any], relaxed: bool = False) -> bool:
     if relaxed:
         return _relaxed(predicted) == _relaxed(gold)
-    return predicted == gold
+    return strictly_equal(predicted, gold)
 
 
 def judge(output: str, gold: FunctionCall) -> dict[str, Any]:
     """The verdict on one raw model output: what was called and whether it matches."""
-    call, error = try_parse_call(output)
-    if call is None:
+    calls, error = try_parse_calls(output)
+    if not calls:
         called = NO_CALL if error == "no <functioncall> marker" else UNPARSEABLE
-        return {"parsed_call": None, "called": called, "parse_error": error,
+        return {"parsed_calls": [], "called": called, "parse_error": error,
                 "name_match": False, "exact_match": False, "relaxed_match": False}
+    call, single = calls[0], len(calls) == 1
     name_ok = call.name == gold.name
     return {
-        "parsed_call": {"name": call.name, "arguments": call.arguments},
+        "parsed_calls": [{"name": c.name, "arguments": c.arguments} for c in calls],
         "called": call.name,
         "parse_error": None,
         "name_match": name_ok,
-        "exact_match": name_ok and arguments_match(call.arguments, gold.arguments),
-        "relaxed_match": name_ok and arguments_match(call.arguments, gold.arguments, relaxed=True),
+        "exact_match": single and name_ok and arguments_match(call.arguments, gold.arguments),
+        "relaxed_match": single and name_ok and arguments_match(call.arguments, gold.arguments, relaxed=True),
     }
 
 

@@ -5,6 +5,12 @@ The glaive call ``<functioncall> {"name": "f", "arguments": '{"x": "let's go"}'}
 real data adds variants: a bare object, a ``"parameters"`` key, ``\\'`` escapes, ``Infinity``,
 an extra closing brace, text before the marker. Deleting every ``'`` before ``json.loads`` (the
 obvious shortcut) corrupts values that contain apostrophes; this parser never alters a value.
+
+A reply may hold several calls (BFCL's parallel questions ask for them): ``parse_calls`` reads
+every marker, in one turn or in consecutive assistant turns, and stops where the model starts
+writing the other side of the conversation (a ``USER:`` or ``FUNCTION RESPONSE:`` line), so a
+complete call followed by an invented user turn still counts. A marker written inside an argument
+value would split that call: models do not write one, and the glaive data holds none.
 """
 
 from __future__ import annotations
@@ -13,7 +19,14 @@ import json
 import re
 from typing import Any
 
-from fcmistral.prompt import END_OF_TURN, FUNCTION_CALL_MARKER, FunctionCall
+from fcmistral.prompt import (
+    ASSISTANT_TAG,
+    END_OF_TURN,
+    FUNCTION_CALL_MARKER,
+    FUNCTION_RESPONSE_TAG,
+    USER_TAG,
+    FunctionCall,
+)
 
 
 class CallParseError(ValueError):
@@ -25,6 +38,12 @@ _QUOTED_ARGUMENTS = re.compile(
         '(?P<args>.*)'\s*\}\s*\}?\s*$""",
     re.DOTALL | re.VERBOSE,
 )
+
+
+# A line that starts another speaker's turn ends the reply; one that starts a further assistant
+# turn ends the call before it.
+_OTHER_SPEAKER = re.compile(rf"(?m)^(?:{re.escape(USER_TAG)}|{re.escape(FUNCTION_RESPONSE_TAG)})")
+_NEXT_ASSISTANT_TURN = re.compile(rf"(?m)^{re.escape(ASSISTANT_TAG)}")
 
 
 def contains_call(text: str) -> bool:
@@ -59,18 +78,11 @@ def _from_json_object(obj: Any) -> FunctionCall:
     return FunctionCall(obj["name"], args)
 
 
-def parse_call(text: str) -> FunctionCall:
-    """Parse the call in an assistant turn (text before the marker is allowed and ignored).
-
-    Raises CallParseError with a short reason when there is no marker or the call is unreadable.
-    """
-    start = text.find(FUNCTION_CALL_MARKER)
-    if start < 0:
-        raise CallParseError("no <functioncall> marker")
-    payload = text[start + len(FUNCTION_CALL_MARKER):]
-    end = payload.find(END_OF_TURN)
-    if end >= 0:
-        payload = payload[:end]
+def _parse_payload(payload: str) -> FunctionCall:
+    """One call from the text after its marker, cut at the end of its turn."""
+    for end in (payload.find(END_OF_TURN), _first_match(_NEXT_ASSISTANT_TURN, payload)):
+        if end >= 0:
+            payload = payload[:end]
     payload = payload.strip()
     quoted = _QUOTED_ARGUMENTS.match(payload)
     if quoted:
@@ -86,9 +98,44 @@ def parse_call(text: str) -> FunctionCall:
     return _from_json_object(obj)
 
 
+def _first_match(pattern: re.Pattern, text: str) -> int:
+    match = pattern.search(text)
+    return match.start() if match else -1
+
+
+def parse_calls(text: str) -> list[FunctionCall]:
+    """Every call in a reply, in order (text before a marker is allowed and ignored).
+
+    Raises CallParseError with a short reason when there is no marker or any call is unreadable:
+    a reply with one broken call among good ones is a broken reply.
+    """
+    end = _first_match(_OTHER_SPEAKER, text)
+    payloads = (text if end < 0 else text[:end]).split(FUNCTION_CALL_MARKER)[1:]
+    if not payloads:
+        raise CallParseError("no <functioncall> marker")
+    return [_parse_payload(payload) for payload in payloads]
+
+
+def parse_call(text: str) -> FunctionCall:
+    """The one call of an assistant turn; CallParseError when there is none, it is unreadable, or
+    the turn holds more than one."""
+    calls = parse_calls(text)
+    if len(calls) > 1:
+        raise CallParseError(f"{len(calls)} calls where one was expected")
+    return calls[0]
+
+
 def try_parse_call(text: str) -> tuple[FunctionCall | None, str | None]:
-    """``(call, None)`` or ``(None, reason)``: for scoring and inference, where failure is data."""
+    """``(call, None)`` or ``(None, reason)``: for inference, where failure is data."""
     try:
         return parse_call(text), None
     except CallParseError as err:
         return None, str(err)
+
+
+def try_parse_calls(text: str) -> tuple[list[FunctionCall], str | None]:
+    """``(calls, None)`` or ``([], reason)``: for scoring, where failure is data."""
+    try:
+        return parse_calls(text), None
+    except CallParseError as err:
+        return [], str(err)
