@@ -1,7 +1,8 @@
-"""Evaluate function calling call by call: exact match of function name and arguments.
+"""Evaluate function calling: call by call (exact match of name and arguments), or on BFCL.
 
     python evaluate.py --model_path MERGED --dataset Nexusflow/OTXAPIBenchmark --functions custom_function.txt
     python evaluate.py --model_path MERGED --dataset data/sample_heldout.jsonl
+    python evaluate.py --model_path MERGED --benchmark bfcl --categories simple,irrelevance
     python evaluate.py --predictions outputs/eval/predictions.jsonl   # re-score, no model
 
 Predictions are written as JSONL while they are produced, so an interrupted run continues with
@@ -21,6 +22,8 @@ from fcmistral.arguments import ModelArguments, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.loading import load_rows
 from fcmistral.errors import UserError
+from fcmistral.evaluation.bfcl_data import DEFAULT_CATEGORIES, BFCLItem, load_bfcl_items, parse_categories
+from fcmistral.evaluation.bfcl_scoring import bfcl_markdown, judge_bfcl, summarize_bfcl
 from fcmistral.evaluation.items import EvalItem, eval_items
 from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
 from fcmistral.format.schemas import load_schemas
@@ -36,6 +39,15 @@ log = logging.getLogger("evaluate")
 class EvalArguments:
     """This script's options; the model's are fcmistral.arguments.ModelArguments."""
 
+    benchmark: str = field(default="calls", metadata={
+        "help": "calls: exact match on --dataset rows; bfcl: the Berkeley Function Calling Leaderboard, scored "
+                "by BFCL's AST checker", "choices": ["calls", "bfcl"]})
+    categories: str = field(default=None, metadata={
+        "help": f"BFCL categories, comma-separated (default: {DEFAULT_CATEGORIES}); also live_parallel, "
+                "live_parallel_multiple, live_relevance"})
+    bfcl_data: str = field(default=None, metadata={
+        "help": "folder holding BFCL_v*_CATEGORY.json and possible_answer/ (default: the installed bfcl-eval, "
+                "else nvidia-bfcl)"})
     dataset: str = field(
         default="data/sample_heldout.jsonl",
         metadata={"help": "evaluation rows: hub name (Nexusflow/OTXAPIBenchmark, ...) or local .json/.jsonl/.parquet"},
@@ -51,7 +63,7 @@ class EvalArguments:
     predictions: str = field(default=None, metadata={"help": "score this predictions file; no model is loaded"})
     batch_size: int = field(default=8, metadata={"help": "prompts generated together (left padding)"})
     max_new_tokens: int = field(default=400, metadata={"help": "tokens generated per prompt at most"})
-    limit: int = field(default=None, metadata={"help": "evaluate only the first N items"})
+    limit: int = field(default=None, metadata={"help": "evaluate only the first N items (of each BFCL category)"})
     resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "write into an --output_dir that already holds files (its predictions and summary are replaced)"})
@@ -62,7 +74,9 @@ class EvalArguments:
     )
 
 
-def load_items(args: EvalArguments) -> list[EvalItem]:
+def load_items(args: EvalArguments) -> list[EvalItem] | list[BFCLItem]:
+    if args.benchmark == "bfcl":
+        return load_bfcl_items(parse_categories(args.categories or DEFAULT_CATEGORIES), args.bfcl_data, args.limit)
     rows = load_rows(args.dataset, required=(), config=args.dataset_config, split=args.split)
     functions = load_schemas(args.functions) if args.functions else None
     items, skipped = eval_items(rows, functions)
@@ -121,7 +135,8 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
     return lambda prompts: generate_batch(model, tokenizer, prompts, args.max_new_tokens)
 
 
-def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem], path: Path) -> None:
+def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem] | list[BFCLItem],
+                         path: Path) -> None:
     from fcmistral.serving.generation import length_sorted_batches
 
     done = set()
@@ -138,22 +153,32 @@ def generate_predictions(args: EvalArguments, model_args: ModelArguments, items:
             batch = [todo[i] for i in indices]
             outputs = generate([i.prompt for i in batch])
             for item, output in zip(batch, outputs):
-                record = {"query_id": item.query_id, "query": item.query, "output": output,
-                          "gold_call": {"name": item.gold.name, "arguments": item.gold.arguments}}
-                record.update(judge(output, item.gold))
+                record = {"query_id": item.query_id, **item.record_fields(), "output": output}
+                record.update(verdict(record))
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             bar.update(len(batch))
 
 
+def verdict(record: dict) -> dict:
+    """The verdict on a prediction record of either benchmark (BFCL records carry a category)."""
+    if "category" in record:
+        return judge_bfcl(record)
+    return judge(record["output"], FunctionCall(**record["gold_call"]))
+
+
 def rescore(records: list[dict]) -> list[dict]:
     """Judge again from the raw outputs, so a scoring fix applies to old prediction files."""
-    return [{**r, **judge(r["output"], FunctionCall(**r["gold_call"]))} for r in records]
+    if len({"category" in r for r in records}) > 1:
+        raise UserError("the predictions file mixes BFCL records with call-by-call records")
+    return [{**r, **verdict(r)} for r in records]
 
 
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0],
                                        positive=("batch_size", "max_new_tokens", "limit"))
+    if args.benchmark != "bfcl" and (args.categories or args.bfcl_data):
+        raise UserError("--categories and --bfcl_data choose BFCL questions: add --benchmark bfcl")
     if args.predictions:
         if model_args.model_path:
             raise UserError("--predictions scores an existing file and --model_path generates a new one: give one")
@@ -170,9 +195,10 @@ def main() -> None:
     records = rescore(read_predictions(path))
     if not records:
         raise UserError(f"{str(path)!r} holds no predictions")
-    summary = summarize(records)
+    bfcl = "category" in records[0]
+    summary = summarize_bfcl(records) if bfcl else summarize(records)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    table = summary_markdown(summary)
+    table = bfcl_markdown(summary) if bfcl else summary_markdown(summary)
     (out_dir / "summary.md").write_text(table)
     print(table)
 

@@ -40,6 +40,10 @@ class EvalItem:
     def prompt(self) -> str:
         return generation_prompt(self.system, self.turns)
 
+    def record_fields(self) -> dict[str, Any]:
+        """What a prediction record keeps besides the output: enough to score it again."""
+        return {"query": self.query, "gold_call": {"name": self.gold.name, "arguments": self.gold.arguments}}
+
 
 def glaive_items(rows: Iterable[dict[str, Any]]) -> tuple[list[EvalItem], list[tuple[int, str]]]:
     """Held-out glaive rows: the gold is the first function call, the prompt all turns before it.
