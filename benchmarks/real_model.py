@@ -2,14 +2,16 @@
 and after QLoRA on the shipped sample data, with the project's own scripts.
 
     python benchmarks/real_model.py                         # the full experiment
-    python benchmarks/real_model.py --max_steps 2 --eval_limit 3 --train_rows 40   # a smoke run
+    python benchmarks/real_model.py --bfcl_limit 0           # every BFCL simple/irrelevance question (GPU)
+    python benchmarks/real_model.py --max_steps 2 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # a smoke run
 
 Steps, each a subprocess as a user would run it: build ``artifacts/smollm2-135m`` when missing
 (fcmistral.artifacts.smollm2); evaluate it zero-shot in the glaive format on the held-out sample
-rows (evaluate.py); QLoRA-train it with packing (train.py); merge (convert_weights.py); evaluate
-the merged model the same way. Prints a before/after table (call-name accuracy, exact argument
-match, wall times, peak memory of the steps) and writes it as JSON to ``OUTPUT_DIR/report.json``.
-BFCL rows are not part of it yet (see the BFCL issue).
+rows and on BFCL ``simple`` and ``irrelevance`` (evaluate.py, ``--benchmark bfcl``; the first
+``--bfcl_limit`` questions of each on CPU); QLoRA-train it with packing (train.py); merge
+(convert_weights.py); evaluate the merged model the same way. Prints a before/after table
+(call-name accuracy, exact argument match, BFCL AST and irrelevance accuracy, wall times, peak
+memory of the steps) and writes it as JSON to ``OUTPUT_DIR/report.json``.
 """
 
 from __future__ import annotations
@@ -43,12 +45,19 @@ def run(*args: str, log: Path) -> tuple[float, float]:
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, float, float]:
+def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, dict, float, float]:
+    """Held-out sample rows, then BFCL simple and irrelevance: (summary, BFCL summary, wall s, peak MiB)."""
+    common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", "160",
+              "--compute_dtype", args.compute_dtype]
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
-    wall, peak = run("evaluate.py", "--model_path", str(model), "--dataset", str(args.eval_data), "--output_dir",
-                     str(out), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", "160", "--compute_dtype", args.compute_dtype,
-                     *limit, log=out.with_suffix(".log"))
-    return json.loads((out / "summary.json").read_text()), wall, peak
+    wall, _ = run("evaluate.py", *common, "--dataset", str(args.eval_data), "--output_dir", str(out), *limit,
+                  log=out.with_suffix(".log"))
+    bfcl_out = out.with_name(out.name + "_bfcl")
+    bfcl_limit = ["--limit", str(args.bfcl_limit)] if args.bfcl_limit else []
+    bfcl_wall, peak = run("evaluate.py", *common, "--benchmark", "bfcl", "--categories", "simple,irrelevance",
+                          "--output_dir", str(bfcl_out), *bfcl_limit, log=bfcl_out.with_suffix(".log"))
+    return (json.loads((out / "summary.json").read_text()), json.loads((bfcl_out / "summary.json").read_text()),
+            wall + bfcl_wall, peak)
 
 
 def main() -> None:
@@ -62,6 +71,8 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of 1,024 tokens (120: about 1.1 epochs of the sample data)")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
+    parser.add_argument("--bfcl_limit", type=int, default=100,
+                        help="BFCL questions per category (simple, irrelevance), the first N (0: all 400 + 240)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     args = parser.parse_args()
 
@@ -75,7 +86,7 @@ def main() -> None:
     if args.train_rows:
         train_data = out / "train_rows.jsonl"
         train_data.write_text("".join(args.train_data.read_text().splitlines(keepends=True)[: args.train_rows]))
-    before, report["zero_shot_eval_s"], _ = evaluate(args.model_path, out / "zero_shot", args)
+    before, before_bfcl, report["zero_shot_eval_s"], _ = evaluate(args.model_path, out / "zero_shot", args)
     adapter, merged = out / "qlora", out / "merged"
     report["train_s"], report["train_peak_mib"] = run(
         "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
@@ -86,19 +97,26 @@ def main() -> None:
         "--compute_dtype", args.compute_dtype, "--test_size", "0.05", log=out / "train.log")
     report["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
                                str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
-    after, report["fine_tuned_eval_s"], report["peak_mib_so_far"] = evaluate(merged, out / "fine_tuned", args)
+    after, after_bfcl, report["fine_tuned_eval_s"], report["peak_mib_so_far"] = evaluate(merged, out / "fine_tuned",
+                                                                                          args)
     report["rows"] = [
         {"model": name, "held_out_items": s["n"], "call_name_accuracy": round(s["name_accuracy"], 3),
          "exact_argument_match": round(s["exact_match"], 3), "parse_failures": s["parse_failures"],
-         "no_call": s["no_call"]}
-        for name, s in (("zero-shot", before), ("after QLoRA", after))
+         "no_call": s["no_call"], "bfcl_simple_questions": b["per_category"]["simple"]["n"],
+         "bfcl_simple_ast_accuracy": round(b["per_category"]["simple"]["accuracy"], 3),
+         "bfcl_irrelevance_questions": b["per_category"]["irrelevance"]["n"],
+         "bfcl_irrelevance_accuracy": round(b["per_category"]["irrelevance"]["accuracy"], 3)}
+        for name, s, b in (("zero-shot", before, before_bfcl), ("after QLoRA", after, after_bfcl))
     ]
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print("| model | held-out items | call-name accuracy | exact argument match | parse failures | no call |")
-    print("|---|---|---|---|---|---|")
+    print("| model | held-out items | call-name accuracy | exact argument match | parse failures | no call "
+          "| BFCL simple (AST) | BFCL irrelevance |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in report["rows"]:
         print(f"| {row['model']} | {row['held_out_items']} | {row['call_name_accuracy']:.1%} | "
-              f"{row['exact_argument_match']:.1%} | {row['parse_failures']} | {row['no_call']} |")
+              f"{row['exact_argument_match']:.1%} | {row['parse_failures']} | {row['no_call']} | "
+              f"{row['bfcl_simple_ast_accuracy']:.1%} of {row['bfcl_simple_questions']} | "
+              f"{row['bfcl_irrelevance_accuracy']:.1%} of {row['bfcl_irrelevance_questions']} |")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
 
 

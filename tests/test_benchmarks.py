@@ -3,10 +3,12 @@ asserted: speed targets are read off the scripts' output, see the README)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 
+from fcmistral.evaluation.bfcl_data import installed_data_dir
 from tests.conftest import run_script
 
 pytestmark = pytest.mark.slow
@@ -53,10 +55,13 @@ def test_dtype_benchmark_reports_each_dtype_and_thread_count():
 
 def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     """The SmolLM2 before/after experiment end to end on a few rows and steps (figures: README)."""
+    if installed_data_dir() is None or importlib.util.find_spec("bfcl") is None:
+        pytest.skip("BFCL is not installed: pip install --no-deps bfcl-eval==2026.3.23 nvidia-bfcl==26.3")
     out = tmp_path / "real"
     report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
-                           "--max_steps", "2", "--eval_limit", "3", "--train_rows", "40")
+                           "--max_steps", "2", "--eval_limit", "3", "--train_rows", "40", "--bfcl_limit", "2")
     assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["zero-shot", "after QLoRA"] and all(r["held_out_items"] == 3 for r in rows)
+    assert all(r["bfcl_simple_questions"] == r["bfcl_irrelevance_questions"] == 2 for r in rows)
     assert (out / "merged" / "model.safetensors").is_file()
