@@ -25,7 +25,7 @@ from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
 from fcmistral.serving.callables import check_callables_cover, load_callables_module
 from fcmistral.serving.chat import ChatSession
-from fcmistral.serving.server import bind_server
+from fcmistral.serving.server import bind_server, serve
 
 log = logging.getLogger("inference")
 
@@ -48,6 +48,11 @@ class InferenceArguments:
     serve: bool = field(default=False, metadata={"help": "serve the OpenAI-compatible API instead of chatting"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to serve on (loopback by default)"})
     port: int = field(default=8000, metadata={"help": "port to serve on (0: any free port)"})
+    api_key: str = field(default=None, metadata={
+        "help": "with --serve: requests must carry 'Authorization: Bearer KEY' (default: no key)"})
+    max_batch_size: int = field(default=32, metadata={"help": "with --serve: requests generated together at most"})
+    max_prompt_tokens: int = field(default=8192, metadata={"help": "with --serve: longest prompt (400 past it)"})
+    max_request_bytes: int = field(default=1 << 20, metadata={"help": "with --serve: largest body (413 past it)"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +61,8 @@ class InferenceArguments:
             raise UserError("--json goes with --prompt")
         if self.serve and self.prompt:
             raise UserError("--serve and --prompt exclude each other: serve the API, or answer one message")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UserError("--api_key must not be empty")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise UserError("sampling needs --temperature above 0 and --top_p in (0, 1]")
 
@@ -104,25 +111,38 @@ def chat_loop(session: ChatSession) -> None:
             session.send(message, on_turn=lambda t: print_turn(t) if t.role == "function_response" else None)
 
 
+def serve_api(args: InferenceArguments, model_name: str, model, tokenizer, sock) -> None:
+    from fcmistral.serving.app import Limits, create_app
+    from fcmistral.serving.engine import BatchingEngine
+
+    limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
+                    max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
+                    top_p=args.top_p if args.do_sample else 1.0)
+    app = create_app(BatchingEngine(model, tokenizer, args.max_batch_size), model_name, limits, args.api_key)
+    host, port = sock.getsockname()[:2]
+    print(f"serving {model_name} on http://{host}:{port}/v1", flush=True)
+    serve(app, sock)
+
+
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0],
-                                       positive=("max_new_tokens", "max_calls", "tool_time_limit"))
+                                       positive=("max_new_tokens", "max_calls", "tool_time_limit", "max_batch_size",
+                                                 "max_prompt_tokens", "max_request_bytes"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     functions, tools = resolve_functions(args)
     from fcmistral.serving.generation import Completer, load_for_generation
 
     # The port is taken before the model loads: a port in use is reported at once, not after minutes.
-    server = bind_server(model_args.adapter_path or model_args.model_path, args.host, args.port) if args.serve else None
+    sock = bind_server(args.host, args.port) if args.serve else None
 
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype))
+    if sock is not None:
+        serve_api(args, model_args.adapter_path or model_args.model_path, model, tokenizer, sock)
+        return
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
-    if server is not None:
-        server.complete = complete
-        print(f"serving {server.model_name} on http://{args.host}:{server.server_port}/v1", flush=True)
-        server.serve_forever()
     session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt,
                           tool_time_limit=args.tool_time_limit)
     if args.prompt:

@@ -53,6 +53,13 @@ def test_dtype_benchmark_reports_each_dtype_and_thread_count():
                             "2_threads_beside_busy_process"}
 
 
+def test_server_load_benchmark_reports_each_level():
+    report = run_benchmark("server_load.py", "--clients", "1,3", "--seconds", "2", "--max_tokens", "4")
+    assert [level["clients"] for level in report["levels"]] == [1, 3]
+    assert all(level["requests"] > 0 and level["errors"] == 0 for level in report["levels"])
+    assert report["server_rss_mib_start"] > 0 and set(report["speedup_over_one_client"]) == {"1", "3"}
+
+
 def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     """The SmolLM2 before/after experiment end to end on a few rows and steps (figures: README)."""
     if installed_data_dir() is None or importlib.util.find_spec("bfcl") is None:

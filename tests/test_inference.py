@@ -1,11 +1,10 @@
-"""The function-calling loop, the tools, the OpenAI-compatible server and the merge, on scripted
+"""The function-calling loop, the tools and the merge, on scripted
 replies (a stub only at the generation boundary) and on the real tiny model."""
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
 import torch
@@ -106,71 +105,6 @@ def test_tools_module_errors(tmp_path):
         load_callables_module(broken)
     with pytest.raises(UserError, match="no Python function for the schemas"):
         check_callables_cover(DEMO_SCHEMAS, {"calculate_tax": DEMO_CALLABLES["calculate_tax"]})
-
-
-@pytest.fixture()
-def server():
-    from fcmistral.serving.server import ChatCompletionServer
-
-    model = Scripted([])
-    srv = ChatCompletionServer(model, "tiny", "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv, model
-    srv.shutdown()
-    srv.server_close()
-
-
-def test_openai_client_against_the_server(server):
-    from openai import OpenAI
-
-    srv, model = server
-    client = OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="unused", max_retries=0)
-    assert [m.id for m in client.models.list()] == ["tiny"]
-    tools = [{"type": "function", "function": DEMO_SCHEMAS[0]}]
-    model.replies, model.continues = ["Let me check.", weather_call(location="Zürich", unit="celsius")], {0}
-    messages = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "Weather in Zürich?"}]
-    reply = client.chat.completions.create(model="tiny", messages=messages, tools=tools)
-    choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
-    call = choice.message.tool_calls[0]
-    assert call.function.name == "get_current_weather"
-    assert json.loads(call.function.arguments) == {"location": "Zürich", "unit": "celsius"}
-
-    model.replies, model.continues, model.count = ["It is 12 degrees."], set(), 0
-    messages += [choice.message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 12}'}]
-    final = client.chat.completions.create(model="tiny", messages=messages, tools=tools)
-    assert final.choices[0].message.content == "It is 12 degrees." and final.choices[0].finish_reason == "stop"
-    assert model.prompts[-2].endswith(
-        "ASSISTANT: Let me check. <|endoftext|>\n\n\nASSISTANT: " + weather_call(location="Zürich", unit="celsius")
-        + ' <|endoftext|>\n\n\nFUNCTION RESPONSE: {"temperature": 12}\n\n\nASSISTANT:')
-
-
-@pytest.mark.parametrize(
-    "body, status, text",
-    [
-        (b"{not json", 400, "not valid JSON"),
-        (b'{"messages": []}', 400, "non-empty list"),
-        (b'{"messages": [{"role": "robot", "content": "x"}]}', 400, "unsupported message role"),
-        (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', 400, "streaming"),
-        (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {}}]}', 400, "name"),
-        (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": '
-         b'{"name": "f", "parameters": {"type": "int"}}}]}', 400, "function 'f': 'parameters' is not a valid JSON Schema"),
-    ],
-)
-def test_bad_requests_get_openai_shaped_4xx(server, body, status, text):
-    import urllib.error
-    import urllib.request
-
-    srv, _ = server
-    request = urllib.request.Request(f"http://127.0.0.1:{srv.server_port}/v1/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=10)
-    assert caught.value.code == status
-    error = json.loads(caught.value.read())["error"]
-    assert text in error["message"] and error["type"] == "invalid_request_error"
 
 
 @pytest.mark.slow

@@ -41,10 +41,17 @@ def assistant_turn(text: str) -> Turn:
     return Turn("assistant", text)
 
 
+def starts_assistant_turn(peek: str) -> bool:
+    """Whether the text the model writes after a finished turn starts another assistant turn: its
+    first word is the ASSISTANT tag or, if the peek was cut short, a start of it (no other role
+    tag starts with the same letter)."""
+    word = peek.lstrip()[: len(ASSISTANT_TAG)]
+    return bool(word) and ASSISTANT_TAG.startswith(word)
+
+
 def wants_another_turn(complete: Complete, system: str, turns: list[Turn]) -> bool:
     """Whether the model follows its finished turn with another assistant turn (see prompt.py)."""
-    peek = complete(turn_continuation_prompt(system, turns), max_new_tokens=PEEK_TOKENS)
-    return peek.lstrip().startswith(ASSISTANT_TAG.rstrip(":"))
+    return starts_assistant_turn(complete(turn_continuation_prompt(system, turns), max_new_tokens=PEEK_TOKENS))
 
 
 def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: bool = False) -> list[Turn]:

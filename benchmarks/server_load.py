@@ -1,0 +1,122 @@
+"""Load on the OpenAI-compatible server: requests/s and latency at several numbers of concurrent
+clients, errors, and the server's memory as requests accumulate.
+
+    python benchmarks/server_load.py [--model_path M] [--clients 1,8,32,64] [--seconds 20]
+
+Starts ``inference.py --serve`` (the tiny model unless ``--model_path``) on a free port, then for
+each level runs that many clients (threads, each with its own official ``openai`` client, no
+retries) sending chat requests with tools for ``--seconds``. Prints per level: requests/s, p50 and
+p95 latency, errors; the speed-up of each level over one client; and the server's resident memory
+after each level (flat means no leak). Figures are measured in one run, so ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from openai import OpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = [{"role": "user", "content": "What's the weather like in Paris right now? Use celsius."}]
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024
+
+
+def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict]) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client_loop() -> None:
+        client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            try:
+                client.chat.completions.create(model="m", messages=QUESTION, tools=tools, max_tokens=max_tokens,
+                                               temperature=0)
+            except Exception as err:  # noqa: BLE001 - every failure is counted and its kind reported
+                with lock:
+                    errors.append(type(err).__name__)
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None  # noqa: E731
+    return {"clients": clients, "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 2),
+            "p50_s": pick(0.5), "p95_s": pick(0.95), "errors": len(errors), "error_kinds": sorted(set(errors))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_path", default=None, help="model folder (default: build the tiny model)")
+    parser.add_argument("--clients", default="1,8,32,64", help="concurrency levels, comma-separated")
+    parser.add_argument("--seconds", type=float, default=20, help="duration of each level")
+    parser.add_argument("--max_tokens", type=int, default=16, help="max_tokens of each request")
+    args = parser.parse_args()
+
+    from fcmistral.demo.functions import DEMO_SCHEMAS
+
+    tools = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = args.model_path
+        if model_path is None:
+            from fcmistral.demo.tiny import build_tiny_model
+
+            model_path = str(build_tiny_model(f"{tmp}/tiny"))
+        levels = [int(c) for c in args.clients.split(",")]
+        server = subprocess.Popen(
+            [sys.executable, "inference.py", "--model_path", model_path, "--serve", "--port", "0",
+             "--max_batch_size", str(max(levels)), "--max_new_tokens", str(max(args.max_tokens, 64))],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            line = ""
+            while "serving" not in line:
+                line = server.stdout.readline()
+                if not line:
+                    raise SystemExit("error: the server exited before serving")
+            base = re.search(r"(http://\S+/v1)", line)[1]
+            report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
+                            "server_rss_mib_start": round(rss_mib(server.pid), 1), "levels": []}
+            total = 0
+            for clients in levels:
+                level = run_level(base, clients, args.seconds, args.max_tokens, tools)
+                total += level["requests"]
+                level["server_rss_mib_after"] = round(rss_mib(server.pid), 1)
+                level["requests_so_far"] = total
+                report["levels"].append(level)
+                print(json.dumps(level), file=sys.stderr, flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+    one = report["levels"][0]["requests_per_s"] if levels[0] == 1 else None
+    if one:
+        report["speedup_over_one_client"] = {str(lv["clients"]): round(lv["requests_per_s"] / one, 2)
+                                             for lv in report["levels"]}
+    import torch
+
+    report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

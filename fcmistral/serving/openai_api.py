@@ -1,0 +1,173 @@
+"""OpenAI request bodies as typed models, and a chat request as the glaive prompt.
+
+The models accept what the official client and agent frameworks send: unknown fields are ignored
+(``user``, ``parallel_tool_calls``, ``logprobs``: false, ...), every field this server acts on is
+type-checked, and a wrong value is a 400 naming the field. Responses are built with the ``openai``
+package's own models (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``) in ``app.py``.
+
+The glaive format's system prompt is built from the tools, so ``system``/``developer`` messages
+are ignored (as by the chat template); ``tool`` messages become FUNCTION RESPONSE turns and an
+assistant's ``tool_calls`` become its call turns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from fcmistral.errors import UserError
+from fcmistral.format.schemas import normalize_schema
+from fcmistral.prompt import Turn, format_call
+
+
+class RequestError(Exception):
+    """A client mistake, answered with a 4xx JSON error in OpenAI's shape."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class OtherPart(_Lenient):
+    """A part this text model cannot read (refused with a clear message, not a type error)."""
+
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+Content = StrictStr | list[TextPart | OtherPart] | None
+
+
+def content_text(content: Content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if any(not isinstance(part, TextPart) for part in content):
+        raise RequestError("only text content parts are supported", param="messages")
+    return "".join(part.text for part in content)
+
+
+class FunctionCallPayload(_Lenient):
+    name: StrictStr
+    arguments: StrictStr = "{}"
+
+
+class ToolCall(_Lenient):
+    id: StrictStr | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallPayload
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Content = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+
+
+class FunctionDefinition(_Lenient):
+    name: StrictStr
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoiceFunction(_Lenient):
+    name: StrictStr
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedToolChoiceFunction
+
+
+class StreamOptions(_Lenient):
+    include_usage: StrictBool = False
+
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+class SamplingFields(_Lenient):
+    """Fields shared by both endpoints. ``temperature`` absent: the server's default (see --do_sample)."""
+
+    model: StrictStr | None = None
+    temperature: Annotated[float, Field(ge=0, le=2, strict=True)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1, strict=True)] | None = None
+    max_tokens: PositiveInt | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    seed: StrictInt | None = None
+    n: Literal[1] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value):
+        stops = [value] if isinstance(value, str) else value
+        if stops and any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        return () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatRequest(SamplingFields):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    max_completion_tokens: PositiveInt | None = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=1)]
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+def request_functions(request: ChatRequest) -> list[dict[str, Any]]:
+    """The request's tools as JSON schemas (their ``parameters`` checked as JSON Schema)."""
+    try:
+        return [normalize_schema(tool.function.model_dump(exclude_none=True)) for tool in request.tools or []]
+    except UserError as err:
+        raise RequestError(str(err), param="tools") from err
+
+
+def request_turns(request: ChatRequest) -> list[Turn]:
+    """The conversation of a chat request as glaive turns (system messages dropped)."""
+    turns: list[Turn] = []
+    for message in request.messages:
+        text = content_text(message.content)
+        if message.role == "user":
+            turns.append(Turn("user", text))
+        elif message.role == "tool":
+            turns.append(Turn("function_response", text))
+        elif message.role == "assistant":
+            if text.strip():
+                turns.append(Turn("assistant", text.strip()))
+            for call in message.tool_calls or []:
+                try:
+                    arguments = json.loads(call.function.arguments or "{}")
+                except json.JSONDecodeError as err:
+                    raise RequestError(f"tool_call arguments are not JSON: {err.msg}", param="messages") from None
+                if not isinstance(arguments, dict):
+                    raise RequestError("tool_call arguments must be a JSON object", param="messages")
+                turns.append(Turn("function_call", format_call(call.function.name, arguments)))
+    return turns

@@ -1,0 +1,389 @@
+"""The OpenAI-compatible server with the official ``openai`` client: every tool_choice, streaming
+reassembled equal to the plain reply, parameters, checked calls, batching, and each bad request's
+4xx. The model is scripted (replies written in advance, one character per token) behind the real
+batching engine, uvicorn and FastAPI app; the tiny model serves end to end in the last test."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import threading
+import time
+from typing import Callable
+
+import pytest
+import torch
+import uvicorn
+from transformers import BatchEncoding
+
+from fcmistral.demo.functions import DEMO_SCHEMAS
+from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, format_call
+from fcmistral.serving.app import Limits, create_app
+from fcmistral.serving.engine import BatchingEngine
+from fcmistral.serving.server import bind_server
+
+openai = pytest.importorskip("openai")
+
+EOS, PAD = 0, 1
+TOOLS = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
+
+
+class CharTokenizer:
+    """One token per character (code point + 2); enough of a tokenizer for the engine."""
+
+    eos_token_id, pad_token_id = EOS, PAD
+
+    def __call__(self, texts, return_tensors=None, padding=False):
+        if isinstance(texts, str):
+            return BatchEncoding({"input_ids": [ord(c) + 2 for c in texts]})
+        width = max(len(t) for t in texts)
+        ids = [[PAD] * (width - len(t)) + [ord(c) + 2 for c in t] for t in texts]
+        mask = [[0] * (width - len(t)) + [1] * len(t) for t in texts]
+        return BatchEncoding({"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)})
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i - 2) for i in ids if i > PAD)
+
+
+class ScriptedModel:
+    """``generate`` writes ``reply(prompt)`` one character per step, as the engine drives a model:
+    streamer first gets the prompt, then each step's tokens; stopping criteria end rows."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, reply: Callable[[str], str]) -> None:
+        self.reply, self.prompts, self.batches, self.seen = reply, [], [], []
+        self.lock = threading.Lock()
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, streamer, stopping_criteria, do_sample=False,
+                 temperature=1.0, top_p=1.0, **_):
+        tokenizer = CharTokenizer()
+        prompts = [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(input_ids, attention_mask)]
+        with self.lock:
+            self.prompts += prompts
+            self.batches.append(len(prompts))
+            self.seen.append({"do_sample": do_sample, "temperature": temperature, "top_p": top_p})
+        replies = [self.reply(p) for p in prompts]
+        if do_sample:  # "sampling": a seeded random suffix, so that seeds and temperature are visible
+            replies = [" " + "".join(chr(97 + int(torch.randint(26, ()))) for _ in range(3)) + r for r in replies]
+        streamer.put(input_ids)
+        ids = input_ids
+        for step in range(max_new_tokens):
+            tokens = torch.tensor([ord(r[step]) + 2 if step < len(r) else EOS for r in replies])
+            streamer.put(tokens)
+            ids = torch.cat([ids, tokens[:, None]], dim=1)
+            if bool(stopping_criteria(ids, None).all()):
+                break
+            time.sleep(0.001)
+        streamer.end()
+
+
+def weather(**arguments) -> str:
+    return format_call("get_current_weather", arguments or {"location": "Paris", "unit": "celsius"})
+
+
+def reply_after(prompt: str) -> str:
+    """The scripted model: what it writes depends on the end of the prompt (see each test)."""
+    if prompt.endswith(END_OF_TURN):  # the peek after a text turn: hand back to the user
+        return "\n\n\nASSISTANT:" if "acknowledge" in prompt else "\n\n\nUSER:"
+    last_user = prompt.rsplit("USER: ", 1)[-1]
+    forced = prompt[prompt.rindex(ASSISTANT_TAG) + len(ASSISTANT_TAG):]
+    if forced:  # tool_choice wrote the start of the call
+        whole = weather(location="Oslo", unit="celsius")
+        return whole[len(forced.lstrip()):] + " " + END_OF_TURN
+    if "FUNCTION RESPONSE:" in last_user and '"error"' in last_user:
+        return " " + weather(location="Rome", unit="celsius") + " " + END_OF_TURN  # the retry
+    if last_user.startswith("acknowledge"):  # a text turn, then (after the peek) a call turn
+        return " " + weather() + " " + END_OF_TURN if "Let me check." in last_user else " Let me check. " + END_OF_TURN
+    if last_user.startswith("call "):
+        return " " + last_user.split("\n")[0][5:] + " " + END_OF_TURN
+    return " It is 18 degrees in Paris. \n" + END_OF_TURN + "\n\n\nUSER: more"
+
+
+@pytest.fixture()
+def serve():
+    """Start the app on a free port with a scripted model; yields (client, model, base_url)."""
+    servers = []
+
+    def start(reply=reply_after, limits: Limits | None = None, api_key: str | None = None, batch: int = 32):
+        model = ScriptedModel(reply)
+        app = create_app(BatchingEngine(model, CharTokenizer(), batch), "scripted", limits or Limits(), api_key)
+        sock = bind_server("127.0.0.1", 0)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=2))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        servers.append((server, thread))
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        client = openai.OpenAI(base_url=base, api_key=api_key or "unused", max_retries=0, timeout=30)
+        return client, model, base
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def ask(client, content: str, stream: bool = False, **options):
+    return client.chat.completions.create(model="scripted", messages=[{"role": "user", "content": content}],
+                                          stream=stream, **options)
+
+
+def reassemble(chunks) -> dict:
+    """A streamed reply put back together as the client libraries of agent frameworks do."""
+    content, calls, finish, usage = "", {}, None, None
+    for chunk in chunks:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            delta = choice.delta
+            content += delta.content or ""
+            for call in delta.tool_calls or []:
+                entry = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+                if call.id:
+                    assert entry["id"] is None, "a call's id and name come once, in its first chunk"
+                    entry.update(id=call.id, name=call.function.name)
+                entry["arguments"] += call.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return {"content": content or None, "calls": [calls[i] for i in sorted(calls)], "finish": finish, "usage": usage}
+
+
+def plain(reply) -> dict:
+    message = reply.choices[0].message
+    calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
+    return {"content": message.content or None, "calls": calls, "finish": reply.choices[0].finish_reason,
+            "usage": reply.usage}
+
+
+def same(a: dict, b: dict) -> None:
+    """Equal replies apart from the calls' random ids."""
+    strip = lambda r: {**r, "calls": [{k: v for k, v in c.items() if k != "id"} for c in r["calls"]]}  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+@pytest.mark.parametrize(
+    "content, tool_choice, expected",
+    [
+        ("Weather?", "auto", {"content": "It is 18 degrees in Paris.", "calls": [], "finish": "stop"}),
+        ("call " + weather(), "auto", {"content": None, "finish": "tool_calls",
+                                       "calls": [("get_current_weather", {"location": "Paris", "unit": "celsius"})]}),
+        ("acknowledge first", "auto", {"content": "Let me check.", "finish": "tool_calls",
+                                       "calls": [("get_current_weather", {"location": "Paris", "unit": "celsius"})]}),
+        ("call " + weather(), "none", {"content": None, "calls": [], "finish": "stop"}),  # stopped at the marker
+        ("Weather?", "required", {"content": None, "finish": "tool_calls",
+                                  "calls": [("get_current_weather", {"location": "Oslo", "unit": "celsius"})]}),
+        ("Weather?", {"type": "function", "function": {"name": "get_current_weather"}},
+         {"content": None, "finish": "tool_calls",
+          "calls": [("get_current_weather", {"location": "Oslo", "unit": "celsius"})]}),
+    ],
+)
+def test_tool_choice_streamed_and_plain(serve, content, tool_choice, expected):
+    client, model, _ = serve()
+    full = plain(ask(client, content, tools=TOOLS, tool_choice=tool_choice))
+    streamed = reassemble(ask(client, content, stream=True, tools=TOOLS, tool_choice=tool_choice,
+                              stream_options={"include_usage": True}))
+    same(full, streamed)
+    assert (full["content"], full["finish"]) == (expected["content"], expected["finish"])
+    assert [(c["name"], json.loads(c["arguments"])) for c in full["calls"]] == expected["calls"]
+    assert full["usage"].completion_tokens > 0 and full["usage"].prompt_tokens > 0
+    assert full["usage"].total_tokens == full["usage"].prompt_tokens + full["usage"].completion_tokens
+    if tool_choice == "none":
+        assert "no access to external functions" in model.prompts[0]  # the no-functions system prompt
+    if tool_choice == "required":
+        assert model.prompts[0].endswith('ASSISTANT: <functioncall> {"name": "')
+    if isinstance(tool_choice, dict):
+        assert model.prompts[0].endswith('ASSISTANT: <functioncall> {"name": "get_current_weather", "arguments": \'')
+
+
+def test_text_streams_as_generated_and_markers_never_leak(serve):
+    client, _, _ = serve()
+    pieces = [c.choices[0].delta.content for c in ask(client, "Weather?", stream=True) if c.choices]
+    texts = [p for p in pieces if p]
+    assert len(texts) > 5  # deltas, not one block
+    assert "".join(texts) == "It is 18 degrees in Paris."
+    assert not any(marker in "".join(texts) for marker in ("<|endoftext|>", "USER:", "<functioncall>"))
+
+
+@pytest.mark.parametrize(
+    "bad_call, why",
+    [
+        (format_call("rm_rf", {"path": "/"}), "not offered"),
+        (weather(location="Paris", unit="kelvin"), "fails the schema (enum)"),
+        ('<functioncall> {"name": "get_current_weather", "arguments": \'{"location": NaN}\'}', "NaN"),
+        ('<functioncall> {"name": "get_current_weather", "arguments": \'{"loc', "unreadable"),
+    ],
+)
+def test_unusable_calls_are_retried_once_with_the_error(serve, bad_call, why):
+    client, model, _ = serve()
+    reply = plain(ask(client, "call " + bad_call, tools=TOOLS))
+    assert reply["finish"] == "tool_calls", why
+    assert [(c["name"], json.loads(c["arguments"])) for c in reply["calls"]] == [
+        ("get_current_weather", {"location": "Rome", "unit": "celsius"})]
+    retry_prompt = model.prompts[-1]
+    assert retry_prompt.count("FUNCTION RESPONSE: {\"error\": ") == 1
+
+
+def test_a_call_unusable_twice_comes_back_as_text(serve):
+    bad = format_call("rm_rf", {"path": "/"})
+    client, _, _ = serve(reply=lambda prompt: " " + bad + " " + END_OF_TURN)
+    for stream in (False, True):
+        answer = ask(client, "x", stream=stream, tools=TOOLS)
+        reply = reassemble(answer) if stream else plain(answer)
+        assert (reply["content"], reply["calls"], reply["finish"]) == (bad, [], "stop")
+
+
+def test_no_tools_means_no_calls(serve):
+    client, model, _ = serve()
+    reply = plain(ask(client, "call " + weather()))
+    assert reply["calls"] == [] and reply["finish"] == "stop"
+    assert "no access to external functions" in model.prompts[0]
+
+
+def test_parameters_are_honoured(serve):
+    client, model, _ = serve()
+    cut = plain(ask(client, "Weather?", max_tokens=6))
+    assert (cut["content"], cut["finish"], cut["usage"].completion_tokens) == ("It is", "length", 6)
+    cut_call = plain(ask(client, "call " + weather(), tools=TOOLS, max_completion_tokens=20))
+    assert cut_call["finish"] == "length" and cut_call["calls"] == [] and "<functioncall>" in cut_call["content"]
+    stopped = plain(ask(client, "Weather?", stop=["18"]))
+    assert (stopped["content"], stopped["finish"]) == ("It is", "stop")
+    first = plain(ask(client, "Weather?", temperature=1.5, seed=7, top_p=0.9))
+    again = plain(ask(client, "Weather?", temperature=1.5, seed=7, top_p=0.9))
+    other = [plain(ask(client, "Weather?", temperature=1.5, seed=s))["content"] for s in range(8, 12)]
+    assert first["content"] == again["content"] and any(o != first["content"] for o in other)
+    assert model.seen[-1] == {"do_sample": True, "temperature": 1.5, "top_p": 1.0}
+    greedy = plain(ask(client, "Weather?", temperature=0))
+    assert greedy["content"] == "It is 18 degrees in Paris." and model.seen[-1]["do_sample"] is False
+
+
+def test_completions_endpoint(serve):
+    client, _, _ = serve()
+    done = client.completions.create(model="scripted", prompt="USER: Weather?\n\n\nASSISTANT:", max_tokens=50)
+    assert done.choices[0].text == " It is 18 degrees in Paris. \n" and done.choices[0].finish_reason == "stop"
+    assert done.usage.completion_tokens > 0
+    streamed = client.completions.create(model="scripted", prompt="USER: Weather?\n\n\nASSISTANT:", max_tokens=8,
+                                         stream=True)
+    pieces = [c.choices[0] for c in streamed]
+    assert "".join(p.text for p in pieces) == " It is 1" and pieces[-1].finish_reason == "length"
+
+
+def test_requests_that_arrive_together_are_generated_together(serve):
+    client, model, _ = serve()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(plain(ask(client, "Weather?")))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8 and all(r["content"] == "It is 18 degrees in Paris." for r in results)
+    assert max(model.batches) > 1  # at least one batch held several requests
+    assert len(model.batches) < 8
+
+
+def raw(base: str, body: bytes | None, headers: dict | None = None, method: str = "POST",
+        path: str = "/chat/completions") -> tuple[int, dict]:
+    host, port = re.match(r"http://([^:]+):(\d+)", base).groups()
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request(method, "/v1" + path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    status, data = response.status, response.read()
+    connection.close()
+    return status, json.loads(data) if data else {}
+
+
+USER = b'{"role": "user", "content": "x"}'
+
+
+@pytest.mark.parametrize(
+    "body, status, text",
+    [
+        (b"{not json", 400, "JSON"),
+        (b"[]", 400, "object"),
+        (b'{"messages": []}', 400, "messages"),
+        (b'{"messages": [{"role": "robot", "content": "x"}]}', 400, "messages.0.role"),
+        (b'{"messages": [' + USER + b'], "temperature": "hot"}', 400, "temperature"),
+        (b'{"messages": [' + USER + b'], "temperature": 3}', 400, "temperature"),
+        (b'{"messages": [' + USER + b'], "max_tokens": 0}', 400, "max_tokens"),
+        (b'{"messages": [' + USER + b'], "max_tokens": 100000}', 400, "this server allows"),
+        (b'{"messages": [' + USER + b'], "n": 2}', 400, "n"),
+        (b'{"messages": [' + USER + b'], "stop": [""]}', 400, "stop"),
+        (b'{"messages": [{"role": "user", "content": 5}]}', 400, "messages.0.content"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}', 400, "messages.0.content"),
+        (b'{"messages": [{"role": "user", "content": "\\udc00x"}]}', 400, "surrogate"),
+        (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}', 400, "only text"),
+        (b'{"messages": [' + USER + b'], "tool_choice": "required"}', 400, "no tools"),
+        (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f", '
+         b'"parameters": {"type": "int"}}}]}', 400, "not a valid JSON Schema"),
+        (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f"}}], '
+         b'"tool_choice": {"type": "function", "function": {"name": "g"}}}', 400, "not among the tools"),
+        (b'{"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": '
+         b'{"name": "f", "arguments": "{bad"}}]}]}', 400, "not JSON"),
+        (b'{"messages": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", 400, "recursion limit"),
+    ],
+)
+def test_bad_requests_get_openai_shaped_4xx(serve, body, status, text):
+    _, _, base = serve()
+    got, payload = raw(base, body)
+    assert got == status, payload
+    assert text in payload["error"]["message"] and payload["error"]["type"] == "invalid_request_error"
+
+
+def test_limits_auth_and_routes(serve):
+    _, _, base = serve(limits=Limits(max_request_bytes=2000, max_prompt_tokens=600, max_tokens=64), api_key="s3cret")
+    key = {"Authorization": "Bearer s3cret"}
+    assert raw(base, b"{}", {})[0] == 401
+    assert raw(base, b"{}", {"Authorization": "Bearer wrong"})[1]["error"]["code"] == "invalid_api_key"
+    status, payload = raw(base, b'{"messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}', key)
+    assert status == 413 and "2000" in payload["error"]["message"]
+    status, payload = raw(base, b'{"messages": [{"role": "user", "content": "' + b"x" * 1500 + b'"}]}', key)
+    assert status == 400 and payload["error"]["code"] == "context_length_exceeded"
+    assert raw(base, None, key, method="GET", path="/nope")[0] == 404
+    assert raw(base, None, key, method="GET", path="/models")[1]["data"][0]["id"] == "scripted"
+    client = openai.OpenAI(base_url=base, api_key="s3cret", max_retries=0)
+    assert plain(ask(client, "Weather?"))["content"] == "It is 18 degrees in Paris."
+
+
+def test_broken_content_length_and_slow_bodies(serve):
+    _, _, base = serve(limits=Limits(body_timeout_s=1))
+    host, port = re.match(r"http://([^:]+):(\d+)", base).groups()
+    for header in (b"Content-Length: -1", b"Content-Length: 1e3", b"Content-Length: 1000000000000000"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n{}")
+            answer = sock.recv(200)
+        assert re.match(rb"HTTP/1.1 (400|413)", answer), (header, answer)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # promises 100 bytes, sends 2
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}")
+        assert sock.recv(200).startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.slow
+def test_tiny_model_serves_end_to_end(tiny_model_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    process = subprocess.Popen([sys.executable, "inference.py", "--model_path", str(tiny_model_dir), "--serve",
+                                "--port", "0", "--max_new_tokens", "24"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = process.stdout.readline()
+            assert line, "the server exited before serving"
+        base = re.search(r"(http://\S+/v1)", line)[1]
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120)
+        full = plain(ask(client, "What's the weather like in Paris?", tools=TOOLS, temperature=0))
+        streamed = reassemble(ask(client, "What's the weather like in Paris?", stream=True, tools=TOOLS, temperature=0,
+                                  stream_options={"include_usage": True}))
+        same(full, streamed)
+        assert full["finish"] in ("stop", "length", "tool_calls") and full["usage"].completion_tokens > 0
+        forced = plain(ask(client, "Convert 10 EUR to USD", tools=TOOLS, tool_choice="required", temperature=0))
+        assert forced["finish"] in ("tool_calls", "stop", "length")
+        if forced["finish"] == "tool_calls":
+            assert forced["calls"][0]["name"] in {t["function"]["name"] for t in TOOLS}
+    finally:
+        process.terminate()
+        process.wait(30)
