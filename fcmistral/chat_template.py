@@ -9,11 +9,21 @@ Messages are OpenAI-style: ``system`` messages are ignored (the glaive system pr
 the tools, as in training); ``user``; ``assistant`` with ``content`` and/or ``tool_calls`` (each call
 is its own assistant turn, after the content's; ``arguments`` a mapping or a JSON string, used as
 given); ``tool`` (a FUNCTION RESPONSE). ``tools`` are OpenAI tool objects or plain schemas.
+
+The same tokenizers carry a ``response_template`` (transformers' declarative reply parser, saved in
+tokenizer_config.json), so ``tokenizer.parse_response(reply, prefix=prompt)`` and its streaming
+``get_response_parser`` turn a reply back into an assistant message with ``content`` and
+``tool_calls``. It reads the call as the model writes it (``format_call``): the name from the
+call's opening, the arguments as the JSON between ``'`` and the closing ``'}`` (apostrophes inside
+values are fine; a value holding ``'}`` itself would end the call early). The project's own parser
+(``format.calls``) also reads the variants of the raw glaive data.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 from fcmistral.prompt import (
     ASSISTANT_TAG,
@@ -24,6 +34,7 @@ from fcmistral.prompt import (
     SYSTEM_WITH_FUNCTIONS,
     TURN_SEPARATOR,
     USER_TAG,
+    format_call,
 )
 
 
@@ -68,6 +79,35 @@ def chat_template() -> str:
     ])
 
 
+def _loose(literal: str) -> str:
+    """A regex for ``literal`` that allows any whitespace where it has spaces."""
+    return re.escape(literal).replace("\\ ", r"\s*")
+
+
+def response_template() -> dict[str, Any]:
+    """transformers' response_template for a reply: text content, calls as ``tool_calls``."""
+    name_mark = "NAME"  # a name json.dumps writes unchanged
+    head, tail = format_call(name_mark, {}).split(name_mark)  # '<functioncall> {"name": "' and '", ... '{}'}'
+    arguments_open, close = tail.split("{}")  # '", "arguments": \'' and "'}"
+    return {
+        "start_anchor": ASSISTANT_TAG,
+        "defaults": {"role": "assistant"},
+        "fields": {
+            "content": {"repeats": True, "join": ""},  # text around calls (stripped)
+            "tool_calls": {
+                "open_pattern": _loose(head) + r'(?P<name>[^"]*)' + _loose(arguments_open),
+                "close_pattern": _loose(close),
+                "content": "json",
+                "repeats": True,
+                "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+            },
+            "end_of_turn": {"open": END_OF_TURN, "optional": True},  # the end marker, not content
+        },
+    }
+
+
 def add_chat_template(tokenizer) -> None:
-    """Give ``tokenizer`` the glaive chat template (saved with it by ``save_pretrained``)."""
+    """Give ``tokenizer`` the glaive chat template and response template (saved with it by
+    ``save_pretrained``)."""
     tokenizer.chat_template = chat_template()
+    tokenizer.response_template = response_template()

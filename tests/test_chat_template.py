@@ -71,3 +71,55 @@ def test_generation_markers_cover_the_assistant_turns(tokenizer):
     runs += [current] if current else []
     expected = [render_turn(t) for t in row.turns if t.is_assistant]
     assert [tokenizer.decode(r) for r in runs] == expected and expected[0].endswith(END_OF_TURN)
+
+
+def expected_message(turn: Turn) -> dict:
+    if turn.role == "function_call":
+        return {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": turn.call.name, "arguments": turn.call.arguments}}]}
+    return {"role": "assistant", "content": turn.content}
+
+
+def test_every_assistant_turn_parses_back_to_its_message(tokenizer):
+    """transformers' response parser, driven by the saved response_template, reads each assistant turn of
+    the sample rows (as the model writes it: a space, the turn, the end marker) back into its message."""
+    checked = 0
+    for row in ROWS:
+        for i, turn in enumerate(row.turns):
+            if turn.is_assistant:
+                reply = " " + turn.content + " " + END_OF_TURN
+                parsed = tokenizer.parse_response(reply, prefix=generation_prompt(row.system, row.turns[:i]))
+                assert parsed == expected_message(turn), (reply, parsed)
+                checked += 1
+    assert checked > 1000
+
+
+def test_streamed_replies_parse_to_the_same_message(tokenizer):
+    """The streaming parser, fed a character at a time, closes each call as soon as it is complete and
+    ends with the same message as the whole-reply parser (text before a call included)."""
+    row = next(r for r in ROWS if any(t.role == "function_call" for t in r.turns))
+    i, turn = next((i, t) for i, t in enumerate(row.turns) if t.role == "function_call")
+    reply = " Let me check. " + turn.content + " " + END_OF_TURN
+    prefix = generation_prompt(row.system, row.turns[:i])
+    stream = tokenizer.get_response_parser(prefix=prefix)
+    calls_closed = []
+    for position, character in enumerate(reply):
+        for event in stream.feed(character):
+            if event["type"] == "region_close" and event["field"] == "tool_calls":
+                calls_closed.append((position, event["value"]))
+    message, _ = stream.finalize()
+    assert message == tokenizer.parse_response(reply, prefix=prefix)
+    assert message == {"role": "assistant", "content": "Let me check.", "tool_calls": expected_message(turn)["tool_calls"]}
+    assert [call for _, call in calls_closed] == message["tool_calls"]
+    assert calls_closed[0][0] < reply.index(END_OF_TURN)  # closed at the call's end, not at the end of the reply
+
+
+def test_response_template_is_saved_with_the_tokenizer(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.response_template == tokenizer.response_template
+    reply = ' <functioncall> {"name": "say", "arguments": \'{"text": "let\'s go"}\'} <|endoftext|>'
+    assert again.parse_response(reply, prefix="USER: hi\n\n\nASSISTANT:")["tool_calls"][0]["function"] == {
+        "name": "say", "arguments": {"text": "let's go"}}

@@ -103,17 +103,64 @@ def _first_match(pattern: re.Pattern, text: str) -> int:
     return match.start() if match else -1
 
 
+def split_reply(text: str) -> tuple[str, list[str]]:
+    """The reply's text before its first call marker, and the text after each marker; the reply
+    ends where another speaker's line starts."""
+    end = _first_match(_OTHER_SPEAKER, text)
+    before, *payloads = (text if end < 0 else text[:end]).split(FUNCTION_CALL_MARKER)
+    return before, payloads
+
+
 def parse_calls(text: str) -> list[FunctionCall]:
     """Every call in a reply, in order (text before a marker is allowed and ignored).
 
     Raises CallParseError with a short reason when there is no marker or any call is unreadable:
     a reply with one broken call among good ones is a broken reply.
     """
-    end = _first_match(_OTHER_SPEAKER, text)
-    payloads = (text if end < 0 else text[:end]).split(FUNCTION_CALL_MARKER)[1:]
+    _, payloads = split_reply(text)
     if not payloads:
         raise CallParseError("no <functioncall> marker")
     return [_parse_payload(payload) for payload in payloads]
+
+
+def partial_marker_length(text: str, markers: tuple[str, ...]) -> int:
+    """How many trailing characters of ``text`` could be the start of one of ``markers``: text a
+    stream must hold back until the next characters say whether a marker begins there."""
+    longest = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), longest, -1):
+            if text.endswith(marker[:k]):
+                longest = k
+                break
+    return longest
+
+
+class CallStream:
+    """Reads a reply as it grows: what can be shown as text (before the first call marker, holding
+    back what may become a marker), and each call as soon as it is complete (its text parses, which
+    for the glaive call is at its closing ``'}``). It reads one turn, up to the end marker, where
+    engines stop. For streaming engines (the vLLM plugin)."""
+
+    def __init__(self) -> None:
+        self.text_sent = 0
+        self.calls_sent = 0
+
+    def feed(self, text: str) -> tuple[str, list[FunctionCall]]:
+        """The new text and the newly complete calls, given the whole reply so far."""
+        end = text.find(END_OF_TURN)
+        before, payloads = split_reply(text if end < 0 else text[:end])
+        shown = len(before) if payloads else len(before) - partial_marker_length(before, (FUNCTION_CALL_MARKER,
+                                                                                          END_OF_TURN))
+        new_text = before[self.text_sent:shown] if shown > self.text_sent else ""
+        self.text_sent = max(self.text_sent, shown)
+        calls = []
+        for payload in payloads[self.calls_sent:]:
+            try:
+                calls.append(_parse_payload(payload))
+            except CallParseError:  # not complete yet (or never: then it is never sent)
+                break
+        self.calls_sent += len(calls)
+        return new_text, calls
 
 
 def parse_call(text: str) -> FunctionCall:

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ValidationError
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fcmistral.format.calls import try_parse_calls
+from fcmistral.format.calls import partial_marker_length, try_parse_calls
 from fcmistral.format.schemas import validate_arguments
 from fcmistral.prompt import (
     FUNCTION_CALL_MARKER,
@@ -55,7 +55,7 @@ from fcmistral.prompt import (
     turn_continuation_prompt,
 )
 from fcmistral.serving.chat import PEEK_TOKENS, starts_assistant_turn
-from fcmistral.serving.engine import BatchingEngine, GenerationRequest, Update, held_back
+from fcmistral.serving.engine import BatchingEngine, GenerationRequest, Update
 from fcmistral.serving.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -329,7 +329,7 @@ def create_app(engine: BatchingEngine, model_name: str, limits: Limits | None = 
                 continue
             visible = collected.lstrip()
             marker = visible.find(FUNCTION_CALL_MARKER) if job.calls_allowed else -1
-            safe = marker if marker >= 0 else len(visible) - held_back(visible, (FUNCTION_CALL_MARKER,))
+            safe = marker if marker >= 0 else len(visible) - partial_marker_length(visible, (FUNCTION_CALL_MARKER,))
             safe = len(visible[:safe].rstrip())
             if safe > sent:
                 yield chunk({"content": visible[sent:safe]})

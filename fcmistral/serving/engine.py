@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from fcmistral.format.calls import partial_marker_length
 from fcmistral.prompt import END_OF_TURN
 
 log = logging.getLogger(__name__)
@@ -73,17 +74,6 @@ class _Row:
         self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
 
 
-def held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters of ``text`` could be the start of a stop string."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest
-
-
 class _Rows(StoppingCriteria):
     """Receives each step's tokens (as the streamer) and says which rows are done (as the criterion)."""
 
@@ -126,8 +116,8 @@ class _Rows(StoppingCriteria):
         elif len(row.ids) >= row.request.max_new_tokens:
             self._finish(row, text, "length")
         else:
-            safe = len(text) - max(held_back(text, (" " + END_OF_TURN, END_OF_TURN, *row.request.stop)),
-                                   1 if text.endswith("\ufffd") else 0)  # \ufffd: a character's first bytes
+            held = partial_marker_length(text, (" " + END_OF_TURN, END_OF_TURN, *row.request.stop))
+            safe = len(text) - max(held, 1 if text.endswith("\ufffd") else 0)  # \ufffd: a character's first bytes
             if safe > row.sent:
                 row.send(Update(text[row.sent:safe]))
                 row.sent = safe
