@@ -143,11 +143,13 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     out = tmp_path / "merged"
     out.mkdir()
     (out / "config.json").write_text("{}")  # a model the user asks to replace
+    gguf = tmp_path / "merged.gguf"  # and, the first time, the GGUF export with its Ollama Modelfile
     result = run_script("convert_weights.py", "--model_path", str(tiny_model_dir), "--adapter_path", str(adapter),
                         "--save_path", str(out), "--compute_dtype", "fp32", "--overwrite",
-                        *(["--load_in_4bit"] if into_dequantized else []))
+                        *(["--load_in_4bit"] if into_dequantized else ["--gguf", str(gguf), "--gguf_type", "f32"]))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged"]  # no staging folder left
+    exported = [] if into_dequantized else ["Modelfile", "merged.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", "merged", *exported])  # no staging left
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0o700
@@ -162,6 +164,9 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     assert (expected - without_adapter).abs().max() > 0.5  # the adapter really changes the output
     # float rounding only: the merged weights are the (dequantized) base plus the adapter's product.
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    if not into_dequantized:  # the GGUF holds the merged model, read back by transformers' GGUF loader
+        from_gguf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=fp32).eval()
+        torch.testing.assert_close(logits(from_gguf, tiny_tokenizer), got, atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
