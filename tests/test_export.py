@@ -19,7 +19,7 @@ from tests.conftest import REPO, read_jsonl, run_script
 
 pytest.importorskip("gguf", reason="the gguf package is not installed")
 
-TEXTS = ["USER: What's the weather like in Zürich? ☀\n\n\nASSISTANT: <functioncall> {\"name\": \"get_current_weather\"}",
+TEXTS = ["USER: What's the weather like in Zürich? ☀\n\n\nASSISTANT: <functioncall> {\"name\": \"get_weather\"}",
          "FUNCTION RESPONSE: {\"temperature\": 18, \"unit\": \"celsius\"}", "Tab\tand é, 漢字 🙂"]
 
 
@@ -39,7 +39,8 @@ def test_gguf_reads_back_with_the_same_logits_and_tokens(tiny_model_dir, tmp_pat
     again = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     again_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
     for text in TEXTS:  # the reader adds no BOS for a byte-level vocabulary; llama.cpp follows add_bos_token
-        assert again_tokenizer(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert again_tokenizer(text, add_special_tokens=False).input_ids == ids
     ids = tokenizer(TEXTS[0], return_tensors="pt").input_ids
     reference = logits(model, ids)
     difference = (logits(again, ids) - reference).abs().max().item()
@@ -240,7 +241,8 @@ def test_modelfile_template_renders_the_glaive_format():
     """Each sample conversation renders as prompt.py renders it (then the generation prompt), except
     that schemas and call arguments are Go's compact JSON, which is what Ollama's json function writes."""
     go = GoTemplate(template())
-    rows = [parse_row(r) for name in ("sample_train.jsonl", "sample_heldout.jsonl") for r in read_jsonl(REPO / "data" / name)]
+    files = ("sample_train.jsonl", "sample_heldout.jsonl")
+    rows = [parse_row(r) for name in files for r in read_jsonl(REPO / "data" / name)]
     for row in rows:
         schemas = "".join(go_json(f) + ("\n" if len(row.functions) == 1 else "\n\n") for f in row.functions)
         system = SYSTEM_WITH_FUNCTIONS + schemas if row.functions else build_system_prompt([])
