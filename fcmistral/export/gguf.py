@@ -8,10 +8,10 @@ Both also write an Ollama ``Modelfile`` beside the file (fcmistral.export.ollama
 What llama.cpp's ``convert_hf_to_gguf.py`` does for Llama/Mistral, restricted to what this project
 writes (no llama.cpp checkout needed): the architecture ``llama`` (Mistral-7B-v0.1 is a Llama with
 grouped-query attention, as llama.cpp writes it too), tensor names from gguf's own name map, the
-q and k projections permuted to llama.cpp's rotary layout (``permute`` below), norms kept in float32, the tokenizer (a byte-level BPE as
-``gpt2`` with its merges; a sentencepiece-style BPE with byte fallback, Mistral's, as ``llama``
-with scores in merge order) and the chat template embedded. ``--outtype``: f16 (default), bf16,
-f32, or q8_0 (quantized by the gguf package itself).
+q and k projections permuted to llama.cpp's rotary layout (``permute`` below), norms kept in
+float32, the tokenizer (a byte-level BPE as ``gpt2`` with its merges; a sentencepiece-style BPE with
+byte fallback, Mistral's, as ``llama`` with scores in merge order) and the chat template embedded.
+``--outtype``: f16 (default), bf16, f32, or q8_0 (quantized by the gguf package itself).
 
 The test reads the file back with transformers' GGUF loader, an independent reader that undoes the
 permutation, and compares its logits and tokenizer with the folder's.
