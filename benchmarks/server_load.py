@@ -84,17 +84,18 @@ def main() -> None:
 
             model_path = str(build_tiny_model(f"{tmp}/tiny"))
         levels = [int(c) for c in args.clients.split(",")]
+        # The server's output goes to a file: a pipe nobody reads fills up and blocks its access log.
+        log = Path(tmp) / "server.log"
         server = subprocess.Popen(
             [sys.executable, "inference.py", "--model_path", model_path, "--serve", "--port", "0",
              "--max_batch_size", str(max(levels)), "--max_new_tokens", str(max(args.max_tokens, 64))],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
         try:
-            line = ""
-            while "serving" not in line:
-                line = server.stdout.readline()
-                if not line:
-                    raise SystemExit("error: the server exited before serving")
-            base = re.search(r"(http://\S+/v1)", line)[1]
+            while not (found := re.search(r"serving \S+ on (http://\S+/v1)", log.read_text())):
+                if server.poll() is not None:
+                    raise SystemExit(f"error: the server exited before serving:\n{log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            base = found[1]
             report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
                             "server_rss_mib_start": round(rss_mib(server.pid), 1), "levels": []}
             total = 0
