@@ -52,10 +52,14 @@ class ScriptedModel:
     streamer first gets the prompt, then each step's tokens; stopping criteria end rows."""
 
     device = torch.device("cpu")
+    config = None
 
     def __init__(self, reply: Callable[[str], str]) -> None:
         self.reply, self.prompts, self.batches, self.seen = reply, [], [], []
         self.lock = threading.Lock()
+
+    def __call__(self, **_) -> None:
+        """The forward pass the engine runs on a batch's shared prefix: nothing to compute here."""
 
     def generate(self, input_ids, attention_mask, max_new_tokens, streamer, stopping_criteria, do_sample=False,
                  temperature=1.0, top_p=1.0, **_):
@@ -387,3 +391,38 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.mark.slow
+def test_batched_rows_with_a_shared_prefix_generate_what_they_would_alone(tiny_model_dir, monkeypatch):
+    """The engine computes the tools' prompt once per batch and pads each row after it: greedy replies
+    in one batch equal the replies generated one at a time (fp32, so no rounding differs)."""
+    import asyncio
+
+    from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
+    from fcmistral.serving import engine as engine_module
+    from fcmistral.serving.engine import GenerationRequest
+    from fcmistral.serving.generation import load_for_generation
+
+    shared = []
+    measure = engine_module._shared_prefix
+    monkeypatch.setattr(engine_module, "_shared_prefix", lambda ids: shared.append(measure(ids)) or shared[-1])
+
+    model, tokenizer = load_for_generation(str(tiny_model_dir), dtype=torch.float32)
+    engine = BatchingEngine(model, tokenizer, max_batch_size=8)
+    system = build_system_prompt(DEMO_SCHEMAS)
+    questions = ["What's the weather like in Paris?", "Convert 10 EUR to USD", "hi", "Tax on 50000 at 20%?",
+                 "Weather in Oslo, in celsius please", "?", "Convert 3 GBP to JPY", "What is 2+2?"]
+    requests = [GenerationRequest(generation_prompt(system, [Turn("user", q)]), 12 + i)
+                for i, q in enumerate(questions)]
+
+    async def generate(together: bool):
+        if together:
+            return await asyncio.gather(*[engine.generate(r) for r in requests])
+        return [await engine.generate(r) for r in requests]
+
+    alone, batched = asyncio.run(generate(False)), asyncio.run(generate(True))
+    assert [(u.text, u.finish_reason, u.prompt_tokens, u.completion_tokens) for u in batched] == [
+        (u.text, u.finish_reason, u.prompt_tokens, u.completion_tokens) for u in alone]
+    assert len({u.prompt_tokens for u in alone}) > 1  # rows of different lengths: padding in between
+    assert max(shared) >= engine_module.MIN_SHARED_PREFIX  # the batch did share the tools' prompt

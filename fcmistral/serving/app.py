@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from openai.types import Completion, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ValidationError
@@ -312,7 +312,7 @@ def create_app(engine: BatchingEngine, model_name: str, limits: Limits | None = 
         completion = ChatCompletion(id=ident, object="chat.completion", created=created, model=model_name,
                                     choices=[{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
                                     usage=usage(reply))
-        return JSONResponse(json.loads(dump(completion)))
+        return Response(dump(completion), media_type="application/json")
 
     async def stream_chat(job: ChatCompletions, ident: str, created: int, include_usage: bool) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -386,6 +386,6 @@ def create_app(engine: BatchingEngine, model_name: str, limits: Limits | None = 
         choice = {"index": 0, "text": update.text, "finish_reason": update.finish_reason, "logprobs": None}
         completion = Completion(id=ident, object="text_completion", created=created, model=model_name,
                                 usage=usage(update), choices=[choice])
-        return JSONResponse(json.loads(dump(completion)))
+        return Response(dump(completion), media_type="application/json")
 
     return app

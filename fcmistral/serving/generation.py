@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fcmistral.format.calls import partial_marker_length
 from fcmistral.prompt import END_OF_TURN
 from fcmistral.training.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 
@@ -93,8 +94,7 @@ class EndMarkerStreamer:
             self._write(self._pending[:end].rstrip())
             self._done, self._pending = True, ""
             return
-        marker = " " + END_OF_TURN
-        keep = 0 if stream_end else next((k for k in range(len(marker), 0, -1) if self._pending.endswith(marker[:k])), 0)
+        keep = 0 if stream_end else partial_marker_length(self._pending, (" " + END_OF_TURN,))
         self._write(self._pending[: len(self._pending) - keep])
         self._pending = self._pending[len(self._pending) - keep:]
 
@@ -105,7 +105,8 @@ class Completer:
     def __init__(self, model, tokenizer, max_new_tokens: int = 400, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "") -> None:
         self.model, self.tokenizer, self.stream_prefix = model, tokenizer, stream_prefix
-        self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p}
+        self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                        "top_p": top_p}
 
     def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
         options = dict(self.options, max_new_tokens=max_new_tokens or self.options["max_new_tokens"])
