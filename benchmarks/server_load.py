@@ -2,12 +2,15 @@
 clients, errors, and the server's memory as requests accumulate.
 
     python benchmarks/server_load.py [--model_path M] [--clients 1,8,32,64] [--seconds 20]
+    python benchmarks/server_load.py --engine_only [--clients 1,8,32]    # the batching engine, no HTTP
 
 Starts ``inference.py --serve`` (the tiny model unless ``--model_path``) on a free port, then for
 each level runs that many clients (threads, each with its own official ``openai`` client, no
 retries) sending chat requests with tools for ``--seconds``. Prints per level: requests/s, p50 and
 p95 latency, errors; the speed-up of each level over one client; and the server's resident memory
 after each level (flat means no leak). Figures are measured in one run, so ratios are comparable.
+``--engine_only`` sends the same requests straight to the batching engine in batches of each level's
+size, in this process: what generation alone allows, without HTTP, validation or clients.
 """
 
 from __future__ import annotations
@@ -66,12 +69,36 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
             "p50_s": pick(0.5), "p95_s": pick(0.95), "errors": len(errors), "error_kinds": sorted(set(errors))}
 
 
+def engine_only(model_path: str, levels: list[int], max_tokens: int, tools: list[dict]) -> dict:
+    import asyncio
+
+    from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
+    from fcmistral.serving.engine import BatchingEngine, GenerationRequest
+    from fcmistral.serving.generation import load_for_generation
+
+    model, tokenizer = load_for_generation(model_path)
+    engine = BatchingEngine(model, tokenizer, max(levels))
+    prompt = generation_prompt(build_system_prompt([t["function"] for t in tools]),
+                               [Turn("user", QUESTION[0]["content"])])
+
+    async def batches(size: int, repeats: int) -> float:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            await asyncio.gather(*[engine.generate(GenerationRequest(prompt, max_tokens)) for _ in range(size)])
+        return (time.perf_counter() - start) / repeats
+
+    asyncio.run(batches(1, 2))  # warm-up
+    rates = {str(size): round(size / asyncio.run(batches(size, 5)), 1) for size in levels}
+    return {"model": model_path, "prompt_tokens": len(tokenizer(prompt).input_ids), "engine_requests_per_s": rates}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_path", default=None, help="model folder (default: build the tiny model)")
     parser.add_argument("--clients", default="1,8,32,64", help="concurrency levels, comma-separated")
     parser.add_argument("--seconds", type=float, default=20, help="duration of each level")
     parser.add_argument("--max_tokens", type=int, default=16, help="max_tokens of each request")
+    parser.add_argument("--engine_only", action="store_true", help="measure the batching engine alone (no HTTP)")
     args = parser.parse_args()
 
     from fcmistral.demo.functions import DEMO_SCHEMAS
@@ -84,6 +111,9 @@ def main() -> None:
 
             model_path = str(build_tiny_model(f"{tmp}/tiny"))
         levels = [int(c) for c in args.clients.split(",")]
+        if args.engine_only:
+            print(json.dumps(engine_only(model_path, levels, args.max_tokens, tools), indent=2))
+            return
         # The server's output goes to a file: a pipe nobody reads fills up and blocks its access log.
         log = Path(tmp) / "server.log"
         server = subprocess.Popen(

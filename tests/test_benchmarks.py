@@ -58,6 +58,8 @@ def test_server_load_benchmark_reports_each_level():
     assert [level["clients"] for level in report["levels"]] == [1, 3]
     assert all(level["requests"] > 0 and level["errors"] == 0 for level in report["levels"])
     assert report["server_rss_mib_start"] > 0 and set(report["speedup_over_one_client"]) == {"1", "3"}
+    engine = run_benchmark("server_load.py", "--engine_only", "--clients", "1,2", "--max_tokens", "2")
+    assert set(engine["engine_requests_per_s"]) == {"1", "2"} and engine["prompt_tokens"] > 100
 
 
 def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
