@@ -125,14 +125,15 @@ def check_calls(text: str, functions: list[dict[str, Any]]) -> tuple[list[Functi
     return calls, None
 
 
-def sampling(request: SamplingFields, limits: Limits, prompt: str, stops: tuple[str, ...] = ()) -> GenerationRequest:
+def sampling(request: SamplingFields, limits: Limits, prompt: str, prompt_ids: list[int],
+             stops: tuple[str, ...] = ()) -> GenerationRequest:
     max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens or limits.max_tokens
     if max_tokens > limits.max_tokens:
         raise RequestError(f"max_tokens {max_tokens} is more than this server allows ({limits.max_tokens})",
                            param="max_tokens")
     temperature = limits.temperature if request.temperature is None else request.temperature
     return GenerationRequest(prompt, max_tokens, temperature, request.top_p or limits.top_p,
-                             request.stops() + stops, request.seed)
+                             request.stops() + stops, request.seed, prompt_ids)
 
 
 class ChatCompletions:
@@ -153,8 +154,9 @@ class ChatCompletions:
 
     def _generation(self, turns: list[Turn]) -> GenerationRequest:
         prompt = generation_prompt(self.system, turns) + (" " + self.prefix if self.prefix else "")
-        check_prompt(prompt, self.engine, self.limits)
-        return sampling(self.request, self.limits, prompt, () if self.calls_allowed else (FUNCTION_CALL_MARKER,))
+        prompt_ids = check_prompt(prompt, self.engine, self.limits)
+        return sampling(self.request, self.limits, prompt, prompt_ids,
+                        () if self.calls_allowed else (FUNCTION_CALL_MARKER,))
 
     def _count(self, update: Update) -> None:
         if update.finish_reason == "error":
@@ -206,12 +208,14 @@ class ChatCompletions:
         return Reply(content, calls, finish, self.prompt_tokens, self.completion_tokens)
 
 
-def check_prompt(prompt: str, engine: BatchingEngine, limits: Limits) -> None:
-    """The prompt fits the limit. (Lone surrogates never get this far: the JSON parser refuses them.)"""
-    tokens = engine.count_tokens(prompt)
-    if tokens > limits.max_prompt_tokens:
-        raise RequestError(f"the prompt is {tokens} tokens; this server allows {limits.max_prompt_tokens}",
+def check_prompt(prompt: str, engine: BatchingEngine, limits: Limits) -> list[int]:
+    """The prompt's tokens, once they fit the limit. (Lone surrogates never get this far: the JSON
+    parser refuses them.)"""
+    ids = engine.encode(prompt)
+    if len(ids) > limits.max_prompt_tokens:
+        raise RequestError(f"the prompt is {len(ids)} tokens; this server allows {limits.max_prompt_tokens}",
                            param="messages", code="context_length_exceeded")
+    return ids
 
 
 def tool_call_dicts(calls: list[FunctionCall]) -> list[dict[str, Any]]:
@@ -355,8 +359,7 @@ def create_app(engine: BatchingEngine, model_name: str, limits: Limits | None = 
     async def completions(request: Request):
         completion_request = await body(request, CompletionRequest)
         prompt = completion_request.prompt_text()
-        check_prompt(prompt, engine, limits)
-        generation = sampling(completion_request, limits, prompt)
+        generation = sampling(completion_request, limits, prompt, check_prompt(prompt, engine, limits))
         ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def chunk(text: str, finish: str | None) -> str:

@@ -2,7 +2,7 @@
 
 A worker thread owns the model. It takes every waiting request that can share a ``generate``
 call (same sampling settings; a request with a seed runs alone, so its seed decides its tokens)
-and runs them as one left-padded batch. Each row stops on its own: a stopping criterion returns
+and runs them as one padded batch. Each row stops on its own: a stopping criterion returns
 one flag per row (its end marker, its ``stop`` strings, its ``max_tokens``, or its client gone),
 so short replies do not wait for long ones and one request's stop strings never cut another's.
 Text reaches the caller's event loop as it is generated, holding back what could still become a
@@ -47,6 +47,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    prompt_ids: list[int] | None = None  # the prompt's tokens when the caller has them (see BatchingEngine.encode)
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one ``generate`` call."""
@@ -146,8 +147,10 @@ class BatchingEngine:
         self._worker = threading.Thread(target=self._work, name="generation", daemon=True)
         self._worker.start()
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
+    def encode(self, text: str) -> list[int]:
+        """The prompt's tokens, as generation reads them: a caller that checks the prompt's length
+        passes them on in ``GenerationRequest.prompt_ids`` rather than have them computed again."""
+        return self.tokenizer(text).input_ids
 
     def submit(self, request: GenerationRequest) -> _Row:
         """Queue a request; its updates arrive on ``row.updates`` in the calling event loop."""
@@ -204,7 +207,8 @@ class BatchingEngine:
 
     @torch.inference_mode()
     def _generate(self, batch: list[_Row]) -> None:
-        ids = [self.tokenizer(row.request.prompt).input_ids for row in batch]
+        ids = [row.request.prompt_ids if row.request.prompt_ids is not None else self.encode(row.request.prompt)
+               for row in batch]
         for row, row_ids in zip(batch, ids):
             row.prompt_tokens = len(row_ids)
         shared = _shared_prefix(ids) if len(batch) > 1 else 0
