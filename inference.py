@@ -51,6 +51,9 @@ class InferenceArguments:
     api_key: str = field(default=None, metadata={
         "help": "with --serve: requests must carry 'Authorization: Bearer KEY' (default: no key)"})
     max_batch_size: int = field(default=32, metadata={"help": "with --serve: requests generated together at most"})
+    engine_threads: int = field(default=None, metadata={
+        "help": "with --serve: torch threads of the generation process (default: all cores but one, which the "
+                "HTTP process gets)"})
     max_prompt_tokens: int = field(default=8192, metadata={"help": "with --serve: longest prompt (400 past it)"})
     max_request_bytes: int = field(default=1 << 20, metadata={"help": "with --serve: largest body (413 past it)"})
 
@@ -111,36 +114,45 @@ def chat_loop(session: ChatSession) -> None:
             session.send(message, on_turn=lambda t: print_turn(t) if t.role == "function_response" else None)
 
 
-def serve_api(args: InferenceArguments, model_name: str, model, tokenizer, sock) -> None:
+def serve_api(model_args: ModelArguments, args: InferenceArguments, sock) -> None:
+    """The OpenAI-compatible server; the model loads in the engine's own process."""
     from fcmistral.serving.app import Limits, create_app
-    from fcmistral.serving.engine import BatchingEngine
+    from fcmistral.serving.engine_process import EngineProcess, EngineSpec
+    from fcmistral.training.modeling import load_tokenizer, tokenizer_source
 
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
                     top_p=args.top_p if args.do_sample else 1.0)
-    app = create_app(BatchingEngine(model, tokenizer, args.max_batch_size), model_name, limits, args.api_key)
+    dtype = compute_dtype(model_args.compute_dtype)
+    spec = EngineSpec(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
+                      str(dtype).removeprefix("torch.") if dtype else None, args.max_batch_size,
+                      args.engine_threads)
+    tokenizer = load_tokenizer(tokenizer_source(model_args.model_path, model_args.adapter_path), padding_side="left")
+    model_name = model_args.adapter_path or model_args.model_path
+    engine = EngineProcess(spec, tokenizer)
     host, port = sock.getsockname()[:2]
     print(f"serving {model_name} on http://{host}:{port}/v1", flush=True)
-    serve(app, sock)
+    try:
+        serve(create_app(engine, model_name, limits, args.api_key), sock)
+    finally:
+        engine.close()
 
 
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0],
                                        positive=("max_new_tokens", "max_calls", "tool_time_limit", "max_batch_size",
-                                                 "max_prompt_tokens", "max_request_bytes"))
+                                                 "engine_threads", "max_prompt_tokens", "max_request_bytes"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     functions, tools = resolve_functions(args)
     from fcmistral.serving.generation import Completer, load_for_generation
 
     # The port is taken before the model loads: a port in use is reported at once, not after minutes.
-    sock = bind_server(args.host, args.port) if args.serve else None
-
+    if args.serve:
+        serve_api(model_args, args, bind_server(args.host, args.port))
+        return
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype))
-    if sock is not None:
-        serve_api(args, model_args.adapter_path or model_args.model_path, model, tokenizer, sock)
-        return
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
     session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt,

@@ -28,27 +28,37 @@ from pathlib import Path
 from openai import OpenAI
 
 REPO = Path(__file__).resolve().parent.parent
-QUESTION = [{"role": "user", "content": "What's the weather like in Paris right now? Use celsius."}]
+CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Perth", "Dakar", "Hanoi", "Bern", "Riga", "Accra"]
+
+
+def question(number: int) -> list[dict]:
+    """The chat of request ``number`` (-1: always the same question, as an agent retrying does)."""
+    city = CITIES[number % len(CITIES)] if number >= 0 else "Paris"
+    return [{"role": "user", "content": f"What's the weather like in {city} right now? Use celsius."}]
 
 
 def rss_mib(pid: int) -> float:
+    """Resident memory of the process and its children (the server's engine process)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024 + sum(rss_mib(int(child)) for child in children)
 
 
-def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict]) -> dict:
+def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict], vary: bool) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
-    def client_loop() -> None:
+    def client_loop(first: int) -> None:
         client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+        number = first
         while time.perf_counter() < deadline:
             start = time.perf_counter()
+            number += 1
             try:
-                client.chat.completions.create(model="m", messages=QUESTION, tools=tools, max_tokens=max_tokens,
-                                               temperature=0)
+                client.chat.completions.create(model="m", messages=question(number if vary else -1), tools=tools,
+                                               max_tokens=max_tokens, temperature=0)
             except Exception as err:  # noqa: BLE001 - every failure is counted and its kind reported
                 with lock:
                     errors.append(type(err).__name__)
@@ -57,7 +67,7 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
                 latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    threads = [threading.Thread(target=client_loop, args=(7 * i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -79,7 +89,7 @@ def engine_only(model_path: str, levels: list[int], max_tokens: int, tools: list
     model, tokenizer = load_for_generation(model_path)
     engine = BatchingEngine(model, tokenizer, max(levels))
     prompt = generation_prompt(build_system_prompt([t["function"] for t in tools]),
-                               [Turn("user", QUESTION[0]["content"])])
+                               [Turn("user", question(-1)[0]["content"])])
 
     async def batches(size: int, repeats: int) -> float:
         start = time.perf_counter()
@@ -98,6 +108,9 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32,64", help="concurrency levels, comma-separated")
     parser.add_argument("--seconds", type=float, default=20, help="duration of each level")
     parser.add_argument("--max_tokens", type=int, default=16, help="max_tokens of each request")
+    parser.add_argument("--vary", action="store_true",
+                        help="each request asks about another city (default: the same question every time, whose "
+                             "prompt the server's prefix cache then holds whole)")
     parser.add_argument("--engine_only", action="store_true", help="measure the batching engine alone (no HTTP)")
     args = parser.parse_args()
 
@@ -127,10 +140,11 @@ def main() -> None:
                 time.sleep(0.2)
             base = found[1]
             report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
+                            "questions": "varied" if args.vary else "the same",
                             "server_rss_mib_start": round(rss_mib(server.pid), 1), "levels": []}
             total = 0
             for clients in levels:
-                level = run_level(base, clients, args.seconds, args.max_tokens, tools)
+                level = run_level(base, clients, args.seconds, args.max_tokens, tools, args.vary)
                 total += level["requests"]
                 level["server_rss_mib_after"] = round(rss_mib(server.pid), 1)
                 level["requests_so_far"] = total

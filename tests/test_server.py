@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -27,61 +33,54 @@ from fcmistral.serving.server import bind_server
 openai = pytest.importorskip("openai")
 
 EOS, PAD = 0, 1
+REPLY = 1024  # the scripted model writes character c as token ord(c) + 2 + REPLY; prompts are ord(c) + 2
 TOOLS = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
 
 
 class CharTokenizer:
-    """One token per character (code point + 2); enough of a tokenizer for the engine."""
+    """One token per character; enough of a tokenizer for the engine."""
 
     eos_token_id, pad_token_id = EOS, PAD
 
-    def __call__(self, texts, return_tensors=None, padding=False):
-        if isinstance(texts, str):
-            return BatchEncoding({"input_ids": [ord(c) + 2 for c in texts]})
-        width = max(len(t) for t in texts)
-        ids = [[PAD] * (width - len(t)) + [ord(c) + 2 for c in t] for t in texts]
-        mask = [[0] * (width - len(t)) + [1] * len(t) for t in texts]
-        return BatchEncoding({"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)})
+    def __call__(self, text: str) -> BatchEncoding:
+        return BatchEncoding({"input_ids": [ord(c) + 2 for c in text]})
 
     def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr(i - 2) for i in ids if i > PAD)
+        return "".join(chr((i - 2) % REPLY) for i in ids if i > PAD)
 
 
 class ScriptedModel:
-    """``generate`` writes ``reply(prompt)`` one character per step, as the engine drives a model:
-    streamer first gets the prompt, then each step's tokens; stopping criteria end rows."""
+    """A model whose forward pass writes ``reply(prompt)``, a character per step, for each row.
+
+    It keeps each row's tokens in its key/value cache (one "key" per token) and reads them back
+    through the attention mask, so the engine's cache handling (rows joining and leaving, padding,
+    the kept prompt prefix) decides what every row sees: a row whose cache got mixed up with
+    another's, or misaligned with its mask, answers wrongly. Its own tokens are told from the
+    prompt's by their range (``REPLY``). Logits favour the scripted character by 4, so greedy
+    decoding follows the script and sampling at temperature 1.5 mostly does not."""
 
     device = torch.device("cpu")
-    config = None
 
     def __init__(self, reply: Callable[[str], str]) -> None:
-        self.reply, self.prompts, self.batches, self.seen = reply, [], [], []
-        self.lock = threading.Lock()
+        self.reply, self.prompts, self.batches = reply, [], []
 
-    def __call__(self, **_) -> None:
-        """The forward pass the engine runs on a batch's shared prefix: nothing to compute here."""
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, streamer, stopping_criteria, do_sample=False,
-                 temperature=1.0, top_p=1.0, **_):
-        tokenizer = CharTokenizer()
-        prompts = [tokenizer.decode(row[mask.bool()].tolist()) for row, mask in zip(input_ids, attention_mask)]
-        with self.lock:
-            self.prompts += prompts
-            self.batches.append(len(prompts))
-            self.seen.append({"do_sample": do_sample, "temperature": temperature, "top_p": top_p})
-        replies = [self.reply(p) for p in prompts]
-        if do_sample:  # "sampling": a seeded random suffix, so that seeds and temperature are visible
-            replies = [" " + "".join(chr(97 + int(torch.randint(26, ()))) for _ in range(3)) + r for r in replies]
-        streamer.put(input_ids)
-        ids = input_ids
-        for step in range(max_new_tokens):
-            tokens = torch.tensor([ord(r[step]) + 2 if step < len(r) else EOS for r in replies])
-            streamer.put(tokens)
-            ids = torch.cat([ids, tokens[:, None]], dim=1)
-            if bool(stopping_criteria(ids, None).all()):
-                break
-            time.sleep(0.001)
-        streamer.end()
+    def __call__(self, input_ids, past_key_values, attention_mask=None, **_):
+        tokens = input_ids[:, None, :, None].double()
+        keys, _ = past_key_values.update(tokens, tokens, 0)
+        mask = attention_mask if attention_mask is not None else torch.ones(keys.shape[0], keys.shape[2])
+        assert mask.shape == (keys.shape[0], keys.shape[2]), "the mask covers the cache"
+        logits = torch.zeros(input_ids.shape[0], 1, 2 * REPLY)
+        self.batches.append([])  # each forward pass: the prompts of its rows
+        for row, (history, used) in enumerate(zip(keys[:, 0, :, 0].long().tolist(), mask.tolist())):
+            history = [token for token, real in zip(history, used) if real]
+            prompt = CharTokenizer().decode([t for t in history if t < REPLY])
+            self.batches[-1].append(prompt)
+            written = sum(t >= REPLY for t in history)
+            if written == 0 and attention_mask is not None:  # (without a mask: a shared prefix, not a prompt)
+                self.prompts.append(prompt)
+            script = self.reply(prompt)
+            logits[row, 0, ord(script[written]) + 2 + REPLY if written < len(script) else EOS] = 4.0
+        return SimpleNamespace(logits=logits)
 
 
 def weather(**arguments) -> str:
@@ -257,9 +256,11 @@ def test_parameters_are_honoured(serve):
     again = plain(ask(client, "Weather?", temperature=1.5, seed=7, top_p=0.9))
     other = [plain(ask(client, "Weather?", temperature=1.5, seed=s))["content"] for s in range(8, 12)]
     assert first["content"] == again["content"] and any(o != first["content"] for o in other)
-    assert model.seen[-1] == {"do_sample": True, "temperature": 1.5, "top_p": 1.0}
+    assert first["content"] != "It is 18 degrees in Paris."  # sampled, not greedy
+    narrow = plain(ask(client, "Weather?", temperature=1.5, top_p=0.001, seed=3))  # top-p: the likeliest only
+    assert narrow["content"] == "It is 18 degrees in Paris."
     greedy = plain(ask(client, "Weather?", temperature=0))
-    assert greedy["content"] == "It is 18 degrees in Paris." and model.seen[-1]["do_sample"] is False
+    assert greedy["content"] == "It is 18 degrees in Paris."
 
 
 def test_completions_endpoint(serve):
@@ -275,6 +276,9 @@ def test_completions_endpoint(serve):
 
 def test_requests_that_arrive_together_are_generated_together(serve):
     client, model, _ = serve()
+    assert plain(ask(client, "Weather?"))["content"] == "It is 18 degrees in Paris."
+    alone = len(model.batches)  # forward passes for one request
+    model.batches.clear()
     results = []
     threads = [threading.Thread(target=lambda: results.append(plain(ask(client, "Weather?")))) for _ in range(8)]
     for t in threads:
@@ -282,8 +286,27 @@ def test_requests_that_arrive_together_are_generated_together(serve):
     for t in threads:
         t.join()
     assert len(results) == 8 and all(r["content"] == "It is 18 degrees in Paris." for r in results)
-    assert max(model.batches) > 1  # at least one batch held several requests
-    assert len(model.batches) < 8
+    assert max(len(b) for b in model.batches) > 1  # rows were generated side by side
+    assert len(model.batches) < 8 * alone / 2  # in far fewer forward passes than one request after another
+
+
+def test_a_seeded_request_is_generated_alone(serve):
+    """Its seed alone decides its tokens: no other row shares its forward passes, even under load."""
+    client, model, _ = serve()
+    alone = plain(ask(client, "Weather? seeded", temperature=1.5, seed=5))["content"]
+    results = {}
+    asks = [("seeded", lambda: ask(client, "Weather? seeded", temperature=1.5, seed=5))]
+    asks += [(i, lambda: ask(client, "Weather?", temperature=0)) for i in range(6)]
+    threads = [threading.Thread(target=lambda k=k, f=f: results.__setitem__(k, plain(f())["content"]))
+               for k, f in asks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["seeded"] == alone and all(results[i] == "It is 18 degrees in Paris." for i in range(6))
+    with_seeded = [b for b in model.batches if any(p.endswith("seeded\n\n\nASSISTANT:") for p in b)]
+    assert with_seeded and all(len(b) == 1 for b in with_seeded)
+    assert max(len(b) for b in model.batches) > 1  # the others were batched
 
 
 def raw(base: str, body: bytes | None, headers: dict | None = None, method: str = "POST",
@@ -295,6 +318,13 @@ def raw(base: str, body: bytes | None, headers: dict | None = None, method: str 
     status, data = response.status, response.read()
     connection.close()
     return status, json.loads(data) if data else {}
+
+
+def health_status(base: str) -> int:
+    try:
+        return urllib.request.urlopen(base.removesuffix("/v1") + "/health", timeout=10).status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 USER = b'{"role": "user", "content": "x"}'
@@ -388,41 +418,70 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
         assert forced["finish"] in ("tool_calls", "stop", "length")
         if forced["finish"] == "tool_calls":
             assert forced["calls"][0]["name"] in {t["function"]["name"] for t in TOOLS}
+        # The model runs in an engine process of its own: if it dies, requests fail at once and /health says so.
+        assert health_status(base) == 200
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        engines = [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(engines) == 1
+        os.kill(engines[0], signal.SIGKILL)
+        with pytest.raises(openai.InternalServerError):
+            ask(client, "Hello", temperature=0)
+        assert health_status(base) == 503
     finally:
         process.terminate()
         process.wait(30)
 
 
 @pytest.mark.slow
-def test_batched_rows_with_a_shared_prefix_generate_what_they_would_alone(tiny_model_dir, monkeypatch):
-    """The engine computes the tools' prompt once per batch and pads each row after it: greedy replies
-    in one batch equal the replies generated one at a time (fp32, so no rounding differs)."""
+def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_dir):
+    """Rows join a running batch at different steps, of different lengths (padding), sharing the
+    tools' prompt (computed once, then kept for later requests), some with a prompt seen before
+    (only its last token left to compute): greedy replies equal transformers' ``generate`` on each
+    prompt alone (fp32, so no rounding differs)."""
     import asyncio
 
     from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
-    from fcmistral.serving import engine as engine_module
     from fcmistral.serving.engine import GenerationRequest
     from fcmistral.serving.generation import load_for_generation
 
-    shared = []
-    measure = engine_module._shared_prefix
-    monkeypatch.setattr(engine_module, "_shared_prefix", lambda ids: shared.append(measure(ids)) or shared[-1])
-
     model, tokenizer = load_for_generation(str(tiny_model_dir), dtype=torch.float32)
+    torch.manual_seed(0)  # noisier weights: the random tiny model answers most prompts alike ("???")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.02) * 2)
     engine = BatchingEngine(model, tokenizer, max_batch_size=8)
     system = build_system_prompt(DEMO_SCHEMAS)
     questions = ["What's the weather like in Paris?", "Convert 10 EUR to USD", "hi", "Tax on 50000 at 20%?",
-                 "Weather in Oslo, in celsius please", "?", "Convert 3 GBP to JPY", "What is 2+2?"]
-    requests = [GenerationRequest(generation_prompt(system, [Turn("user", q)]), 12 + i)
+                 "Weather in Oslo, in celsius please", "?", "Convert 10 EUR to USD", "What is 2+2?", "hi"]
+    requests = [GenerationRequest(generation_prompt(system, [Turn("user", q)]), 10 + 3 * i)
                 for i, q in enumerate(questions)]
+    expected = []
+    for request in requests:
+        ids = torch.tensor([tokenizer(request.prompt).input_ids])
+        out = model.generate(ids, max_new_tokens=request.max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        expected.append(out[0, ids.shape[1]:].tolist())
+    forwards = []
+    forward = model.forward
 
-    async def generate(together: bool):
-        if together:
-            return await asyncio.gather(*[engine.generate(r) for r in requests])
-        return [await engine.generate(r) for r in requests]
+    def counting(*args, **kwargs):
+        forwards.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
 
-    alone, batched = asyncio.run(generate(False)), asyncio.run(generate(True))
-    assert [(u.text, u.finish_reason, u.prompt_tokens, u.completion_tokens) for u in batched] == [
-        (u.text, u.finish_reason, u.prompt_tokens, u.completion_tokens) for u in alone]
-    assert len({u.prompt_tokens for u in alone}) > 1  # rows of different lengths: padding in between
-    assert max(shared) >= engine_module.MIN_SHARED_PREFIX  # the batch did share the tools' prompt
+    model.forward = counting
+
+    async def staggered() -> list:
+        async def one(i: int, request):
+            await asyncio.sleep(0.01 * (i % 3))  # three waves: later rows join a running batch
+            return await engine.generate(request)
+        return await asyncio.gather(*[one(i, r) for i, r in enumerate(requests)])
+
+    assert len({tuple(tokens[:10]) for tokens in expected}) >= 3  # rows mixed up would show
+    for update, tokens, request in zip(asyncio.run(staggered()), expected, requests):
+        text = tokenizer.decode(tokens, skip_special_tokens=False)
+        assert update.prompt_tokens == len(tokenizer(request.prompt).input_ids)
+        if update.finish_reason == "length":
+            assert (update.text, update.completion_tokens) == (text, len(tokens))
+        else:  # stopped at an end marker: the text before it
+            assert update.finish_reason == "stop" and text.startswith(update.text.rstrip(" ")), (update.text, text)
+    assert max(shape[0] for shape in forwards) > 1  # rows were computed side by side

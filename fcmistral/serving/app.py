@@ -55,7 +55,7 @@ from fcmistral.prompt import (
     turn_continuation_prompt,
 )
 from fcmistral.serving.chat import PEEK_TOKENS, starts_assistant_turn
-from fcmistral.serving.engine import BatchingEngine, GenerationRequest, Update
+from fcmistral.serving.engine import GenerationRequest, Streaming, Update
 from fcmistral.serving.openai_api import (
     ChatRequest,
     CompletionRequest,
@@ -139,7 +139,7 @@ def sampling(request: SamplingFields, limits: Limits, prompt: str, prompt_ids: l
 class ChatCompletions:
     """One chat request: its prompt, generation (with one retry of an unusable call), the reply."""
 
-    def __init__(self, request: ChatRequest, engine: BatchingEngine, limits: Limits) -> None:
+    def __init__(self, request: ChatRequest, engine: Streaming, limits: Limits) -> None:
         self.request, self.engine, self.limits = request, engine, limits
         self.functions = request_functions(request)
         choice = request.tool_choice
@@ -208,7 +208,7 @@ class ChatCompletions:
         return Reply(content, calls, finish, self.prompt_tokens, self.completion_tokens)
 
 
-def check_prompt(prompt: str, engine: BatchingEngine, limits: Limits) -> list[int]:
+def check_prompt(prompt: str, engine: Streaming, limits: Limits) -> list[int]:
     """The prompt's tokens, once they fit the limit. (Lone surrogates never get this far: the JSON
     parser refuses them.)"""
     ids = engine.encode(prompt)
@@ -234,7 +234,7 @@ def dump(model: BaseModel) -> str:
     return model.model_dump_json(exclude_unset=True)
 
 
-def create_app(engine: BatchingEngine, model_name: str, limits: Limits | None = None,
+def create_app(engine: Streaming, model_name: str, limits: Limits | None = None,
                api_key: str | None = None) -> FastAPI:
     limits = limits or Limits()
     app = FastAPI(title="fcmistral", docs_url=None, redoc_url=None, openapi_url=None)
@@ -297,7 +297,9 @@ def create_app(engine: BatchingEngine, model_name: str, limits: Limits | None = 
                 "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "fcmistral"}]}
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health():
+        if not engine.alive():
+            return JSONResponse({"status": "the generation engine stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.post("/v1/chat/completions")
