@@ -49,6 +49,7 @@ from fcmistral.prompt import END_OF_TURN
 
 log = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 16  # tokens: below this, computing a prefix apart costs more than it saves
+SPARE_COLUMNS = 64  # a batch's cache has room for this many more steps before it is moved
 
 
 @dataclass
@@ -89,77 +90,121 @@ class _Row:
     sampler: tuple[LogitsProcessorList, torch.Generator] | None = None  # None: greedy
 
 
-class _RoomyLayer(DynamicLayer):
-    """A cache layer that grows into spare columns: a step writes its token's keys and values in
-    place, where ``DynamicLayer`` copies the whole layer (``torch.cat``), which was a fifth of a
-    step's time with 8 rows of ~450 tokens. ``keys``/``values`` are views of the room; when they
-    are replaced by other tensors (rows joining or leaving), the next update moves them into a new
-    room. Nothing already written is ever changed, so views kept elsewhere stay valid."""
+@dataclass
+class _Group:
+    """Rows whose prompts were just computed: their cache and mask (per row [shared prefix |
+    padding | own suffix]) and each row's token to feed at the next step."""
 
-    SPARE = 64  # columns
+    rows: list[_Row]
+    cache: DynamicCache
+    mask: torch.Tensor
+    tokens: list[int]
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's keys and values for every slot of the batch, in a room with spare columns. The
+    batch uses columns [start, end): a step writes its column in place (``DynamicLayer`` copies the
+    whole layer at every step), columns no row needs any more are left behind by moving ``start``,
+    and a joining row is written into a free slot; only a wider or longer batch moves the cache."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.move(keys, values)
+
+    def move(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put ``keys``/``values`` (slots, heads, columns, dim) into a new room."""
+        shape = (*keys.shape[:2], keys.shape[2] + SPARE_COLUMNS, keys.shape[3])
+        self.room = (keys.new_empty(shape), values.new_empty(shape))
+        self.start, self.end = 0, keys.shape[2]
+        self.room[0][:, :, :self.end], self.room[1][:, :, :self.end] = keys, values
+        self.skip(0)
+
+    def skip(self, columns: int) -> None:
+        """Leave the first ``columns`` behind."""
+        self.start += columns
+        self.keys, self.values = (part[:, :, self.start:self.end] for part in self.room)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length, new = self.get_seq_length(), key_states.shape[-2]
-        room = getattr(self, "room", None)
-        if (room is None or length == 0 or room[0].data_ptr() != self.keys.data_ptr()
-                or room[0].shape[:2] != self.keys.shape[:2] or room[0].shape[2] < length + new):
-            shape = (*key_states.shape[:2], length + new + self.SPARE, key_states.shape[-1])
-            room = self.room = (key_states.new_empty(shape), value_states.new_empty(shape))
-            if length:
-                room[0][:, :, :length], room[1][:, :, :length] = self.keys, self.values
-        room[0][:, :, length:length + new], room[1][:, :, length:length + new] = key_states, value_states
-        self.keys, self.values = room[0][:, :, :length + new], room[1][:, :, :length + new]
+        new = key_states.shape[-2]
+        if self.end + new > self.room[0].shape[2]:
+            self.move(self.keys, self.values)
+        self.room[0][:, :, self.end:self.end + new] = key_states
+        self.room[1][:, :, self.end:self.end + new] = value_states
+        self.end += new
+        self.skip(0)
         return self.keys, self.values
 
-
-def _new_cache() -> DynamicCache:
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = _RoomyLayer
-    return cache
+    def place(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write one row's keys/values (heads, columns, dim) at the end of ``slot``. The columns
+        before keep an earlier row's values: finite numbers, which the row's mask hides."""
+        first = self.end - keys.shape[1]
+        self.room[0][slot, :, first:self.end], self.room[1][slot, :, first:self.end] = keys, values
 
 
 class _Batch:
-    """The rows being generated and their key/value cache: one row per request, its columns
-    [left padding | prompt | reply so far]; ``mask`` marks the real ones."""
+    """The rows being generated, one per slot (``None``: a free slot, until a joining row takes it),
+    and their cache; ``mask`` [slots, columns] marks each slot's real columns (a row's columns end
+    where the batch's do, so a shorter row is padded in front)."""
 
-    def __init__(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, tokens: list[int]) -> None:
-        self.rows, self.cache, self.mask = rows, cache, mask
-        self.tokens = torch.tensor(tokens, device=mask.device)  # each row's last token, fed at the next step
-        self.positions = mask.sum(dim=1)  # each row's next position
+    def __init__(self, group: _Group, pad: int) -> None:
+        self.pad, self.rows, self.mask = pad, list(group.rows), group.mask
+        self.cache = DynamicCache()
+        self.cache.layers = [_SlotLayer(layer.keys, layer.values) for layer in group.cache.layers]
+        self.tokens, self.positions = list(group.tokens), group.mask.sum(dim=1).tolist()
 
-    def join(self, other: _Batch) -> None:
-        """Put ``other``'s rows beside these, the shorter cache padded on the left."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        for batch in (self, other):
-            batch.pad_left(width - batch.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys, mine.values = torch.cat([mine.keys, theirs.keys]), torch.cat([mine.values, theirs.values])
-        self.mask = torch.cat([self.mask, other.mask])
-        self.tokens = torch.cat([self.tokens, other.tokens])
-        self.positions = torch.cat([self.positions, other.positions])
-        self.rows += other.rows
+    def live(self) -> list[_Row]:
+        return [row for row in self.rows if row is not None]
 
-    def pad_left(self, columns: int) -> None:
-        if columns:
-            for layer in self.cache.layers:
-                layer.keys, layer.values = (torch.nn.functional.pad(t, (0, 0, columns, 0))
-                                            for t in (layer.keys, layer.values))
-            self.mask = torch.nn.functional.pad(self.mask, (columns, 0))
+    def add(self, group: _Group) -> None:
+        """The group's unfinished rows take free slots (new slots when too few are free); the
+        batch's columns grow in front when the group's are more."""
+        joining = [i for i, row in enumerate(group.rows) if not row.finished]
+        wider = group.mask.shape[1] - self.mask.shape[1]
+        if wider > 0:
+            self._move(lambda t: torch.nn.functional.pad(t, (0, 0, wider, 0)))
+            self.mask = torch.nn.functional.pad(self.mask, (wider, 0))
+        free = [slot for slot, row in enumerate(self.rows) if row is None]
+        more = len(joining) - len(free)
+        if more > 0:
+            self._move(lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 0, 0, more)))
+            self.mask = torch.nn.functional.pad(self.mask, (0, 0, 0, more))
+            free += range(len(self.rows), len(self.rows) + more)
+            self.rows += [None] * more
+            self.tokens += [self.pad] * more
+            self.positions += [0] * more
+        width = self.mask.shape[1]
+        for slot, i in zip(free, joining):
+            for mine, theirs in zip(self.cache.layers, group.cache.layers):
+                mine.place(slot, theirs.keys[i], theirs.values[i])
+            self.mask[slot] = torch.nn.functional.pad(group.mask[i], (width - group.mask.shape[1], 0))
+            self.rows[slot], self.tokens[slot] = group.rows[i], group.tokens[i]
+            self.positions[slot] = int(group.mask[i].sum())
 
-    def keep(self, indices: list[int]) -> None:
-        """Keep only these rows, and drop the columns that are padding in all of them."""
-        if len(indices) < len(self.rows):
-            self.rows = [self.rows[i] for i in indices]
-            index = torch.tensor(indices, device=self.mask.device)
-            self.cache.batch_select_indices(index)
-            self.mask, self.tokens, self.positions = self.mask[index], self.tokens[index], self.positions[index]
-        unused = int(self.mask.any(dim=0).long().argmax())  # leading columns no row uses
+    def drop_finished(self) -> bool:
+        """Free the slots of finished rows; False when no row is left. Columns no row uses any more
+        are left behind; when most slots are free, the batch keeps only its rows (a copy)."""
+        self.rows = [None if row is None or row.finished else row for row in self.rows]
+        live = [slot for slot, row in enumerate(self.rows) if row is not None]
+        if not live:
+            return False
+        if len(self.rows) > 2 * len(live):
+            index = torch.tensor(live, device=self.mask.device)
+            self._move(lambda t: t[index])
+            self.mask = self.mask[index]
+            self.rows, self.tokens, self.positions = ([values[i] for i in live]
+                                                      for values in (self.rows, self.tokens, self.positions))
+            live = list(range(len(live)))
+        unused = int(self.mask[live].any(dim=0).long().argmax())  # leading columns no row uses
         if unused:
             for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+                layer.skip(unused)
             self.mask = self.mask[:, unused:]
+        return True
+
+    def _move(self, change) -> None:
+        for layer in self.cache.layers:
+            layer.move(change(layer.keys), change(layer.values))
 
 
 class Streaming(ABC):
@@ -239,8 +284,9 @@ class BatchingEngine(Streaming):
             while batch is None and not self._waiting:
                 self._ready.wait()
             joining: list[_Row] = []
-            room = self.max_batch_size - (len(batch.rows) if batch else 0)
-            alone = batch is not None and batch.rows[0].request.seed is not None
+            running = batch.live() if batch else []
+            room = self.max_batch_size - len(running)
+            alone = bool(running) and running[0].request.seed is not None
             while self._waiting and len(joining) < room and not alone:
                 row = self._waiting[0]
                 if row.cancelled:
@@ -264,7 +310,7 @@ class BatchingEngine(Streaming):
                         batch = self._step(batch)
             except Exception:  # noqa: BLE001 - logged, reported to every caller of the batch, then go on
                 log.exception("generation failed")
-                for row in (batch.rows if batch else []) + joining:
+                for row in (batch.live() if batch else []) + joining:
                     if not row.finished:
                         row.finished = True
                         row.send(Update("", "error"))
@@ -272,14 +318,14 @@ class BatchingEngine(Streaming):
             if self._after_step:
                 self._after_step()
 
-    @staticmethod
-    def _join(batch: _Batch | None, joining: _Batch | None) -> _Batch | None:
-        if batch is None or joining is None:
-            return batch or joining
-        batch.join(joining)
+    def _join(self, batch: _Batch | None, group: _Group) -> _Batch | None:
+        if batch is None:
+            batch = _Batch(group, self.tokenizer.pad_token_id)
+            return batch if batch.drop_finished() else None
+        batch.add(group)
         return batch
 
-    def _prefill(self, rows: list[_Row]) -> _Batch | None:
+    def _prefill(self, rows: list[_Row]) -> _Group:
         """Compute the joining rows' prompts; each row takes its first token."""
         ids = [row.request.prompt_ids if row.request.prompt_ids is not None else self.encode(row.request.prompt)
                for row in rows]
@@ -300,7 +346,7 @@ class BatchingEngine(Streaming):
         if shared and all(len(r) == shared + 1 for r in ids):
             # Only each prompt's last token is left (a prompt seen before): it is fed to the model with
             # the batch's next step, as a reply's last token is, rather than by a forward of its own.
-            return _Batch(rows, cache, torch.ones(len(rows), shared, dtype=torch.long, device=device),
+            return _Group(rows, cache, torch.ones(len(rows), shared, dtype=torch.long, device=device),
                           [r[-1] for r in ids])
         # Rows are [shared prefix | padding | own suffix]: with no shared prefix, plain left padding.
         width = max(len(row_ids) for row_ids in ids) - shared
@@ -313,15 +359,16 @@ class BatchingEngine(Streaming):
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         if len(rows) == 1:  # an unpadded prompt: the next request may start with it
             self._kept = (ids[0], [(layer.keys, layer.values) for layer in cache.layers])
-        batch = _Batch(rows, cache, mask, self._choose(rows, logits))
-        return self._advance(batch)
+        tokens = self._choose(rows, logits)
+        self._hand(rows, tokens)
+        return _Group(rows, cache, mask, tokens)
 
     def _prefix_cache(self, ids: list[list[int]], reuse: bool) -> tuple[int, DynamicCache]:
         """How many first tokens all rows share whose keys/values are computed once (0 if too few to
         be worth it), and a cache holding them for every row. They are taken from the kept prefix
         when it covers them (and ``reuse``), else computed now and kept."""
         shared = _common_prefix(ids, min(len(r) for r in ids) - 1)  # each row keeps a token of its own
-        cache = _new_cache()
+        cache = DynamicCache()
         kept_ids, kept_layers = self._kept
         reused = _common_prefix([ids[0], kept_ids], shared) if reuse else 0
         if reused >= MIN_SHARED_PREFIX:
@@ -338,36 +385,35 @@ class BatchingEngine(Streaming):
         return shared, cache
 
     def _step(self, batch: _Batch) -> _Batch | None:
-        """One token for every row of the batch."""
+        """One token for every row of the batch (free slots compute one too, which nobody reads)."""
+        device = batch.mask.device
         batch.mask = torch.nn.functional.pad(batch.mask, (0, 1), value=1)
-        logits = self.model(input_ids=batch.tokens[:, None], attention_mask=batch.mask,
-                            position_ids=batch.positions[:, None], past_key_values=batch.cache,
-                            use_cache=True).logits[:, -1]
-        batch.positions = batch.positions + 1
-        batch.tokens = torch.tensor(self._choose(batch.rows, logits), device=batch.mask.device)
-        return self._advance(batch)
+        logits = self.model(input_ids=torch.tensor(batch.tokens, device=device)[:, None], attention_mask=batch.mask,
+                            position_ids=torch.tensor(batch.positions, device=device)[:, None],
+                            past_key_values=batch.cache, use_cache=True).logits[:, -1]
+        batch.positions = [position + 1 for position in batch.positions]
+        batch.tokens = self._choose(batch.rows, logits)
+        self._hand(batch.rows, batch.tokens)
+        return batch if batch.drop_finished() else None
 
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    def _choose(self, rows: list[_Row | None], logits: torch.Tensor) -> list[int]:
         tokens = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(rows):
-            if row.sampler is not None:
+            if row is not None and row.sampler is not None:
                 warpers, generator = row.sampler
                 scores = warpers(None, logits[i : i + 1].float())
                 tokens[i] = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
         return tokens
 
-    def _advance(self, batch: _Batch) -> _Batch | None:
-        """Hand each row its new token; finished rows leave the batch (None once it is empty)."""
-        for row, token in zip(batch.rows, batch.tokens.tolist()):
+    def _hand(self, rows: list[_Row | None], tokens: list[int]) -> None:
+        """Each row takes its new token (a row whose client is gone just finishes)."""
+        for row, token in zip(rows, tokens):
+            if row is None:
+                continue
             if row.cancelled:
-                row.finished = True  # the client is gone: nothing is sent
+                row.finished = True
             else:
                 self._take(row, token)
-        staying = [i for i, row in enumerate(batch.rows) if not row.finished]
-        if not staying:
-            return None
-        batch.keep(staying)
-        return batch
 
     def _text(self, row: _Row) -> str:
         # Special tokens are kept: in some vocabularies (SmolLM2's) the end marker is one.
