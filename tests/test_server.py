@@ -433,7 +433,8 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_dir):
+@pytest.mark.parametrize("sliding_window", [None, 4096])  # the step's mask built here, or by transformers
+def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_dir, sliding_window):
     """Rows join a running batch at different steps, of different lengths (padding), sharing the
     tools' prompt (computed once, then kept for later requests), some with a prompt seen before
     (only its last token left to compute): greedy replies equal transformers' ``generate`` on each
@@ -449,7 +450,9 @@ def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_di
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.02) * 2)
+    model.config.sliding_window = sliding_window
     engine = BatchingEngine(model, tokenizer, max_batch_size=8)
+    assert engine._own_step_mask == (sliding_window is None)
     system = build_system_prompt(DEMO_SCHEMAS)
     questions = ["What's the weather like in Paris?", "Convert 10 EUR to USD", "hi", "Tax on 50000 at 20%?",
                  "Weather in Oslo, in celsius please", "?", "Convert 10 EUR to USD", "What is 2+2?", "hi"]
