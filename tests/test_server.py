@@ -433,8 +433,12 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sliding_window", [None, 4096])  # the step's mask built here, or by transformers
-def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_dir, sliding_window):
+@pytest.mark.parametrize("sliding_window, idle_slots_steps", [
+    (None, 128),  # the step's mask built by the engine
+    (4096, 0),  # built by transformers; and the batch gives up free slots at once (a copy of its cache)
+])
+def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_dir, sliding_window, idle_slots_steps,
+                                                                   monkeypatch):
     """Rows join a running batch at different steps, of different lengths (padding), sharing the
     tools' prompt (computed once, then kept for later requests), some with a prompt seen before
     (only its last token left to compute): greedy replies equal transformers' ``generate`` on each
@@ -449,7 +453,10 @@ def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_di
     torch.manual_seed(0)  # noisier weights: the random tiny model answers most prompts alike ("???")
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.02) * 2)
+            parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.02) * 4)
+    from fcmistral.serving import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IDLE_SLOTS_STEPS", idle_slots_steps)
     model.config.sliding_window = sliding_window
     engine = BatchingEngine(model, tokenizer, max_batch_size=8)
     assert engine._own_step_mask == (sliding_window is None)

@@ -51,7 +51,8 @@ from fcmistral.prompt import END_OF_TURN
 
 log = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 16  # tokens: below this, computing a prefix apart costs more than it saves
-SPARE_COLUMNS = 64  # a batch's cache has room for this many more steps before it is moved
+SPARE_COLUMNS = 128  # a batch's cache has room for this many more steps before it is moved
+IDLE_SLOTS_STEPS = 128  # steps with most slots free before the batch gives them up (a copy)
 
 
 @dataclass
@@ -154,6 +155,7 @@ class _Batch:
         self.cache = DynamicCache()
         self.cache.layers = [_SlotLayer(layer.keys, layer.values) for layer in group.cache.layers]
         self.tokens, self.positions = list(group.tokens), group.mask.sum(dim=1).tolist()
+        self.idle_steps = 0  # consecutive steps with most slots free
 
     def live(self) -> list[_Row]:
         return [row for row in self.rows if row is not None]
@@ -185,12 +187,16 @@ class _Batch:
 
     def drop_finished(self) -> bool:
         """Free the slots of finished rows; False when no row is left. Columns no row uses any more
-        are left behind; when most slots are free, the batch keeps only its rows (a copy)."""
+        are left behind. When most slots have been free for a while (not just between a reply and
+        its client's next request: rows that joined together end together), the batch keeps only
+        its rows (a copy)."""
         self.rows = [None if row is None or row.finished else row for row in self.rows]
         live = [slot for slot, row in enumerate(self.rows) if row is not None]
         if not live:
             return False
-        if len(self.rows) > 2 * len(live):
+        self.idle_steps = self.idle_steps + 1 if len(self.rows) > 2 * len(live) else 0
+        if self.idle_steps > IDLE_SLOTS_STEPS:
+            self.idle_steps = 0
             index = torch.tensor(live, device=self.mask.device)
             self._move(lambda t: t[index])
             self.mask = self.mask[index]
