@@ -118,16 +118,14 @@ def serve_api(model_args: ModelArguments, args: InferenceArguments, sock) -> Non
     """The OpenAI-compatible server; the model loads in the engine's own process."""
     from fcmistral.serving.app import Limits, create_app
     from fcmistral.serving.engine_process import EngineProcess, EngineSpec
-    from fcmistral.training.modeling import load_tokenizer, tokenizer_source
+    from fcmistral.serving.generation import load_generation_tokenizer
 
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
                     top_p=args.top_p if args.do_sample else 1.0)
-    dtype = compute_dtype(model_args.compute_dtype)
     spec = EngineSpec(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
-                      str(dtype).removeprefix("torch.") if dtype else None, args.max_batch_size,
-                      args.engine_threads)
-    tokenizer = load_tokenizer(tokenizer_source(model_args.model_path, model_args.adapter_path), padding_side="left")
+                      compute_dtype(model_args.compute_dtype), args.max_batch_size, args.engine_threads)
+    tokenizer = load_generation_tokenizer(model_args.model_path, model_args.adapter_path)
     model_name = model_args.adapter_path or model_args.model_path
     engine = EngineProcess(spec, tokenizer)
     host, port = sock.getsockname()[:2]

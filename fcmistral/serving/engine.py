@@ -41,7 +41,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import torch
 from transformers import DynamicCache, DynamicLayer, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
@@ -121,12 +121,16 @@ class _SlotLayer(DynamicLayer):
         self.room = (keys.new_empty(shape), values.new_empty(shape))
         self.start, self.end = 0, keys.shape[2]
         self.room[0][:, :, :self.end], self.room[1][:, :, :self.end] = keys, values
-        self.skip(0)
+        self._view()
+
+    def _view(self) -> None:
+        """``keys``/``values``: the columns in use, as views of the room."""
+        self.keys, self.values = (part[:, :, self.start:self.end] for part in self.room)
 
     def skip(self, columns: int) -> None:
         """Leave the first ``columns`` behind."""
         self.start += columns
-        self.keys, self.values = (part[:, :, self.start:self.end] for part in self.room)
+        self._view()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
@@ -135,7 +139,7 @@ class _SlotLayer(DynamicLayer):
         self.room[0][:, :, self.end:self.end + new] = key_states
         self.room[1][:, :, self.end:self.end + new] = value_states
         self.end += new
-        self.skip(0)
+        self._view()
         return self.keys, self.values
 
     def place(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -216,7 +220,15 @@ class _Batch:
 
 
 class Streaming(ABC):
-    """What the app calls: ``stream`` and ``generate`` over a ``start`` that queues a request."""
+    """What the app calls: ``encode``, and ``stream`` and ``generate`` over a ``start`` that queues a
+    request. Subclasses have the model's ``tokenizer``."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        """The prompt's tokens, as generation reads them: a caller that checks the prompt's length
+        passes them on in ``GenerationRequest.prompt_ids`` rather than have them computed again."""
+        return self.tokenizer(text).input_ids
 
     @abstractmethod
     def start(self, request: GenerationRequest, streamed: bool, updates: asyncio.Queue) -> Callable[[], None]:
@@ -267,11 +279,6 @@ class BatchingEngine(Streaming):
         self._kept: tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]] = ([], [])
         self._worker = threading.Thread(target=self._work, name="generation", daemon=True)
         self._worker.start()
-
-    def encode(self, text: str) -> list[int]:
-        """The prompt's tokens, as generation reads them: a caller that checks the prompt's length
-        passes them on in ``GenerationRequest.prompt_ids`` rather than have them computed again."""
-        return self.tokenizer(text).input_ids
 
     def alive(self) -> bool:
         return self._worker.is_alive()

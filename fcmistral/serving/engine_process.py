@@ -22,10 +22,13 @@ import multiprocessing
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fcmistral.errors import UserError
 from fcmistral.serving.engine import GenerationRequest, Streaming, Update
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class EngineSpec:
     model_path: str
     adapter_path: str | None = None
     load_in_4bit: bool = False
-    dtype: str | None = None  # a torch dtype's name; None: the hardware's choice
+    dtype: torch.dtype | None = None  # None: the hardware's choice
     max_batch_size: int = 32
     threads: int | None = None  # torch's threads in the engine; None: all cores but one (see _run_engine)
 
@@ -55,8 +58,7 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
         # as wide as the machine takes the core the server needs (measured on 2 cores with the tiny
         # model: 8 clients got 88 requests/s with 2 threads, 100 with 1).
         torch.set_num_threads(spec.threads or max(1, torch.get_num_threads() - 1))
-        model, tokenizer = load_for_generation(spec.model_path, spec.adapter_path, spec.load_in_4bit,
-                                               getattr(torch, spec.dtype) if spec.dtype else None)
+        model, tokenizer = load_for_generation(spec.model_path, spec.adapter_path, spec.load_in_4bit, spec.dtype)
     except Exception as err:  # noqa: BLE001 - the parent reports it as the server's one-line error
         updates.send(("failed", str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"))
         return
@@ -113,10 +115,6 @@ class EngineProcess(Streaming):
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._reader = threading.Thread(target=self._read, name="engine-updates", daemon=True)
         self._reader.start()
-
-    def encode(self, text: str) -> list[int]:
-        """The prompt's tokens (see BatchingEngine.encode)."""
-        return self.tokenizer(text).input_ids
 
     def start(self, request: GenerationRequest, streamed: bool, updates: asyncio.Queue) -> Callable[[], None]:
         key = next(self._keys)

@@ -9,11 +9,15 @@ from fcmistral.prompt import END_OF_TURN
 from fcmistral.training.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 
 
+def load_generation_tokenizer(model_path: str, adapter_path: str | None = None):
+    """The tokenizer generation uses (left padding); the adapter folder's wins when it has one."""
+    return load_tokenizer(tokenizer_source(model_path, adapter_path), padding_side="left")
+
+
 def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False,
                         dtype: torch.dtype | None = None):
-    """Model and tokenizer in eval mode, computing in ``dtype`` (default: the hardware's choice).
-    The adapter folder's tokenizer wins when it has one."""
-    tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path), padding_side="left")
+    """Model and tokenizer in eval mode, computing in ``dtype`` (default: the hardware's choice)."""
+    tokenizer = load_generation_tokenizer(model_path, adapter_path)
     model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer, dtype=dtype)
     if adapter_path:
         model = load_adapter(model, adapter_path)
