@@ -52,7 +52,7 @@ def main() -> None:
         check_gguf_output(args.gguf, args.overwrite)
     into_dequantized = model_args.load_in_4bit
     model, tokenizer = merge_adapter(model_args.model_path, model_args.adapter_path, into_dequantized, args.dtype,
-                                     compute_dtype(model_args.compute_dtype) if into_dequantized else None)
+                                     compute_dtype(model_args.compute_dtype, model_args.model_path) if into_dequantized else None)
     save_merged(model, tokenizer, args.save_path, args.overwrite)
     log.info("merged model and tokenizer saved to %s", args.save_path)
     if args.gguf:

@@ -131,7 +131,7 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
         log.info("generating with vLLM")
         return VLLMGenerator(model_args.model_path, args.max_new_tokens)
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
-                                           compute_dtype(model_args.compute_dtype))
+                                           compute_dtype(model_args.compute_dtype, model_args.model_path))
     return lambda prompts: generate_batch(model, tokenizer, prompts, args.max_new_tokens)
 
 

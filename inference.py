@@ -124,7 +124,7 @@ def serve_api(model_args: ModelArguments, args: InferenceArguments, sock) -> Non
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
                     top_p=args.top_p if args.do_sample else 1.0)
     spec = EngineSpec(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
-                      compute_dtype(model_args.compute_dtype), args.max_batch_size, args.engine_threads)
+                      compute_dtype(model_args.compute_dtype, model_args.model_path), args.max_batch_size, args.engine_threads)
     tokenizer = load_generation_tokenizer(model_args.model_path, model_args.adapter_path)
     model_name = model_args.adapter_path or model_args.model_path
     engine = EngineProcess(spec, tokenizer)
@@ -150,7 +150,7 @@ def main() -> None:
         serve_api(model_args, args, bind_server(args.host, args.port))
         return
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
-                                           compute_dtype(model_args.compute_dtype))
+                                           compute_dtype(model_args.compute_dtype, model_args.model_path))
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
     session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt,

@@ -103,7 +103,7 @@ def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArgume
     # Parsed twice: the compute dtype (from the command line or a --config file) decides the
     # default of --bf16/--fp16, which the second parse applies unless they are given.
     script = parse_arguments(types, description, TRAINING_DEFAULTS, argv, positive=POSITIVE)[0]
-    dtype = compute_dtype(script.compute_dtype)  # decided (and logged) before anything slow
+    dtype = compute_dtype(script.compute_dtype, script.model_path)  # decided (and logged) before anything slow
     cuda = torch.cuda.is_available()
     defaults = {**TRAINING_DEFAULTS, "bf16": cuda and dtype == torch.bfloat16, "fp16": cuda and dtype == torch.float16}
     script, data, training = parse_arguments(types, description, defaults, argv, positive=POSITIVE)
@@ -157,7 +157,7 @@ def main() -> None:
     # matrices were drawn, so two runs with one --seed used to start from different adapters.
     set_seed(args.seed)
     model = load_model(script.model_path, load_in_4bit=not script.no_4bit, tokenizer=tokenizer,
-                       dtype=compute_dtype(script.compute_dtype))
+                       dtype=compute_dtype(script.compute_dtype, script.model_path))
     model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
     if data.packing or data.padding_free:

@@ -59,7 +59,7 @@ class FullFinetuneArguments:
     save_steps: int = field(default=0, metadata={"help": "resumable checkpoint every N steps (0: at evaluations)"})
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
     compute_dtype: str = field(default="auto", metadata={
-        "help": "auto (bf16 where the GPU or CPU runs it natively, else fp32), bf16 (mixed precision: fp32 master "
+        "help": "auto (bf16 where the GPU or CPU runs it natively and, on a CPU, the model is wide enough, else fp32), bf16 (mixed precision: fp32 master "
                 "weights and gradient reduction) or fp32. fp16 is not offered: a full fine-tune in fp16 needs loss "
                 "scaling, which this loop does not do",
         "choices": ["auto", "bf16", "fp32"]})
@@ -76,9 +76,9 @@ class FullFinetuneArguments:
         self.model_path = check_model_path(self.model_path)
 
 
-def full_finetune_dtype(name: str) -> torch.dtype:
-    """The hardware's compute dtype, except that fp16 (an older GPU) falls back to fp32."""
-    dtype = compute_dtype(name)
+def full_finetune_dtype(name: str, model_path: str) -> torch.dtype:
+    """The hardware's compute dtype for the model, except that fp16 (an older GPU) falls back to fp32."""
+    dtype = compute_dtype(name, model_path)
     if dtype == torch.float16:
         log.info("fp16 needs loss scaling for a full fine-tune: computing in fp32 instead")
         return torch.float32
@@ -129,7 +129,7 @@ def main() -> None:
     if not env.is_main:  # one log and one progress bar per run, not per rank
         logging.getLogger().setLevel(logging.WARNING)
         datasets.disable_progress_bars()
-    dtype = full_finetune_dtype(args.compute_dtype)  # decided (and logged) before anything slow
+    dtype = full_finetune_dtype(args.compute_dtype, args.model_path)  # decided (and logged) before anything slow
     check_output_dir(args.output_dir, "--output_dir", args.overwrite_output_dir or resume,
                      RESUME_OR_OVERWRITE)
     fsdp.barrier()  # every rank has looked at the folder before rank 0 writes anything into it

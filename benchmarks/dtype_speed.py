@@ -25,7 +25,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import load_rows, tokenize_rows
-from fcmistral.hardware import choose_compute_dtype, detect_hardware
+from fcmistral.hardware import choose_compute_dtype, detect_hardware, model_hidden_size
 from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -89,8 +89,7 @@ def main() -> None:
     args = parser.parse_args()
 
     hardware = detect_hardware()
-    report: dict = {"hardware": hardware.describe(), "auto_choice": str(choose_compute_dtype(hardware)),
-                    "threads": torch.get_num_threads()}
+    report: dict = {"hardware": hardware.describe(), "threads": torch.get_num_threads()}
     for name, dtype in DTYPES.items():
         report[f"matmul_4096x256x1024_ms_{name}"] = matmul_ms(dtype, args.repeats)
         report[f"linear4bit_fwd_bwd_ms_{name}"] = linear4bit_ms(dtype, args.repeats)
@@ -100,6 +99,8 @@ def main() -> None:
             from fcmistral.demo.tiny import build_tiny_model
 
             model_path = str(build_tiny_model(f"{tmp}/tiny"))
+        hidden_size = model_hidden_size(model_path)
+        report["auto_choice"] = f"{choose_compute_dtype(hardware, hidden_size)} (model width {hidden_size})"
         tokenizer = load_tokenizer(model_path)
         ds, _, _ = tokenize_rows(load_rows(args.data_path), tokenizer, 1024)
         examples = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in ds]

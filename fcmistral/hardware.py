@@ -1,9 +1,23 @@
-"""Which compute dtype this machine runs fast, decided in one place.
+"""Which compute dtype this machine runs fast for the model at hand, decided in one place.
 
-bf16 is right on GPUs that have it and on CPUs with native bf16 instructions (AVX512-BF16 or
-AMX). On every other CPU torch emulates it: a bf16 matmul there is 50-90x slower than fp32, and
-QLoRA with bf16 compute becomes unusable (a 1,000-step demo went from minutes to hours on an
-AVX2-only EPYC). So the choice is read from the hardware, never assumed.
+The rule (``choose_compute_dtype``) reads the hardware and the model's width, never assumes:
+
+- GPU: bf16 where it has it, else fp16.
+- CPU without native bf16 (no AVX512-BF16/AMX, or torch told to dispatch below AVX512): fp32.
+  torch emulates bf16 there: a bf16 matmul is 50-90x slower than fp32, and the 1,000-step demo
+  went from minutes to hours on an AVX2-only EPYC.
+- CPU with native bf16: bf16 only for a model at least ``CPU_BF16_MIN_HIDDEN`` wide, fp32 below.
+  Why a size threshold and not a probe: bf16 wins on the matmuls only, and a narrow model's step
+  is mostly everything else (casts, NF4 dequantization, norms, attention on short rows), which
+  bf16 does not speed up; a probe of one matmul would pick bf16 wrongly, and a probe of the real
+  step costs more than the choice is worth. Figures (``benchmarks/dtype_speed.py``, 2 threads):
+  on a 2-core AMD EPYC with AVX512-BF16 (no AMX), a 4096x256x1024 matmul takes 0.12x the fp32
+  time in bf16, a NF4 ``Linear4bit`` forward+backward 0.43x, but a tiny-model (hidden 128) QLoRA
+  step 0.90x; on a 2-core Intel Xeon with AMX the whole demo took 248 s in bf16 against 206-228 s
+  in fp32, and bf16 learnt less (held-out call-name accuracy 77.8% and "below 80%" against
+  84-91% in fp32, issue 22). Models of the field (Mistral-7B: 4096, SmolLM2-135M: 576,
+  Qwen2.5-0.5B: 896) are far wider, and there the matmuls dominate. A model whose width cannot
+  be read (a hub name offline) counts as wide.
 """
 
 from __future__ import annotations
@@ -22,9 +36,11 @@ log = logging.getLogger(__name__)
 
 DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPE_CHOICES = ["auto", *DTYPE_NAMES]
+# Narrower models compute in fp32 on a CPU even where bf16 is native (the module's docstring).
+CPU_BF16_MIN_HIDDEN = 512
 COMPUTE_DTYPE_HELP = (
-    "dtype of the computation: auto (bf16 on a GPU with bf16 or a CPU with native bf16, fp16 on an older "
-    "GPU, fp32 on any other CPU), bf16, fp16 or fp32"
+    "dtype of the computation: auto (bf16 on a GPU with bf16, fp16 on an older GPU; on a CPU bf16 where it "
+    f"is native and the model is at least {CPU_BF16_MIN_HIDDEN} wide, else fp32), bf16, fp16 or fp32"
 )
 
 
@@ -65,19 +81,38 @@ def detect_hardware() -> Hardware:
     )
 
 
-def choose_compute_dtype(hardware: Hardware) -> torch.dtype:
-    """bf16 on a GPU with bf16, fp16 on an older GPU, bf16 on a CPU with native bf16, else fp32."""
+def choose_compute_dtype(hardware: Hardware, hidden_size: int | None = None) -> torch.dtype:
+    """bf16 on a GPU with bf16, fp16 on an older GPU; on a CPU, bf16 where it is native and the model
+    (``hidden_size``; None: unknown, counted as wide) is at least ``CPU_BF16_MIN_HIDDEN`` wide, else fp32."""
     if hardware.cuda:
         return torch.bfloat16 if hardware.cuda_bf16 else torch.float16
-    return torch.bfloat16 if hardware.cpu_native_bf16 else torch.float32
+    wide = hidden_size is None or hidden_size >= CPU_BF16_MIN_HIDDEN
+    return torch.bfloat16 if hardware.cpu_native_bf16 and wide else torch.float32
+
+
+def model_hidden_size(model_path: str | None) -> int | None:
+    """The width of the model at ``model_path`` (its config's ``hidden_size``), or None if unreadable."""
+    if not model_path:
+        return None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError):  # a hub name offline, a folder without config: the caller's loader says why
+        return None
+    config = getattr(config, "get_text_config", lambda: config)()
+    return getattr(config, "hidden_size", None)
 
 
 @cache
-def compute_dtype(name: str = "auto") -> torch.dtype:
-    """The compute dtype for ``--compute_dtype NAME``; logged once per process (cached)."""
+def compute_dtype(name: str = "auto", model_path: str | None = None) -> torch.dtype:
+    """The compute dtype for ``--compute_dtype NAME`` and the model at ``model_path``; logged once
+    per process and model (cached)."""
     hardware = detect_hardware()
     if name == "auto":
-        dtype, why = choose_compute_dtype(hardware), "auto"
+        hidden_size = model_hidden_size(model_path)
+        dtype = choose_compute_dtype(hardware, hidden_size)
+        why = f"auto, model width {hidden_size}" if hidden_size else "auto"
     elif name in DTYPE_NAMES:
         dtype, why = DTYPE_NAMES[name], "--compute_dtype"
     else:

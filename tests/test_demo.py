@@ -31,5 +31,7 @@ def test_run_sh_demo_learns_to_call_functions(tmp_path):
     assert float(losses[3]) < float(losses[2]) / 4
     assert int(accuracy[1]) > 0  # a random-init model never writes a parseable call to the right function
     log = "".join(path.read_text() for path in (tmp_path / "logs").glob("demo-*.log"))
-    assert re.search(r"hardware: CPU \w+, (native|no native) bf16; compute dtype \w+ \(auto\)", log)
+    # The tiny model is too narrow for bf16 to pay on any CPU (fcmistral/hardware.py).
+    assert re.search(r"hardware: CPU \w+, (native|no native) bf16; compute dtype float32 \(auto, model width 128\)", log)
+    assert "demo: passed. Next, merge the adapter" in result.stdout  # what to run next, in words
     assert (tmp_path / "demo" / "adapter_model.safetensors").is_file()

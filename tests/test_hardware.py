@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from fcmistral.errors import UserError
-from fcmistral.hardware import Hardware, choose_compute_dtype, compute_dtype, detect_hardware
+from fcmistral.hardware import (
+    CPU_BF16_MIN_HIDDEN,
+    Hardware,
+    choose_compute_dtype,
+    compute_dtype,
+    detect_hardware,
+    model_hidden_size,
+)
 from tests.conftest import REPO
 
 
@@ -27,6 +34,29 @@ from tests.conftest import REPO
 )
 def test_dtype_rule_for_every_kind_of_hardware(hardware, expected):
     assert choose_compute_dtype(hardware) == expected
+
+
+NATIVE_CPU = Hardware(cuda=False, cuda_bf16=False, cpu_capability="AVX512", cpu_native_bf16=True)
+GPU = Hardware(cuda=True, cuda_bf16=True, cpu_capability="AVX2", cpu_native_bf16=False)
+
+
+@pytest.mark.parametrize("hardware, hidden_size, expected", [
+    (NATIVE_CPU, 128, torch.float32),  # the demo's tiny model: bf16 slower and learns less (hardware.py)
+    (NATIVE_CPU, CPU_BF16_MIN_HIDDEN - 1, torch.float32),
+    (NATIVE_CPU, CPU_BF16_MIN_HIDDEN, torch.bfloat16),
+    (NATIVE_CPU, 4096, torch.bfloat16),
+    (GPU, 128, torch.bfloat16),  # the width only counts on a CPU
+])
+def test_dtype_rule_follows_the_model_width_on_a_cpu(hardware, hidden_size, expected):
+    assert choose_compute_dtype(hardware, hidden_size) == expected
+
+
+def test_auto_reads_the_width_of_the_model_folder(tiny_model_dir):
+    """The tiny model (width 128) computes in fp32 on any CPU, native bf16 or not."""
+    assert model_hidden_size(str(tiny_model_dir)) == 128
+    assert model_hidden_size("/nonexistent/model") is None
+    if not torch.cuda.is_available():
+        assert compute_dtype("auto", str(tiny_model_dir)) == torch.float32
 
 
 def test_override_and_bad_name():

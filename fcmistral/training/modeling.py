@@ -73,12 +73,12 @@ def load_model(path: str, load_in_4bit: bool, tokenizer=None, device_map=None, d
     """The causal LM from a hub name or a folder, in 4-bit NF4 or in full precision.
 
     ``dtype`` is the compute dtype: the 4-bit layers compute in it and every other weight is
-    loaded in it. It defaults to the hardware's choice (``compute_dtype("auto")``).
+    loaded in it. It defaults to the hardware's choice for this model (``compute_dtype("auto", path)``).
 
     Embeddings are resized here, before any PEFT wrap, when the tokenizer gained a token:
     resizing a wrapped model would leave the new rows outside the gradients.
     """
-    dtype = dtype or compute_dtype("auto")
+    dtype = dtype or compute_dtype("auto", path)
     kwargs = {"dtype": dtype}
     if load_in_4bit:
         kwargs["quantization_config"] = nf4_config(dtype)

@@ -1,0 +1,33 @@
+# Two commands for a newcomer, each doing the set-up it needs itself:
+#
+#   make demo    the tiny-model demo (bash run.sh in the project's environment)
+#   make test    the whole test suite
+#
+# Why make over venv + pip, not uv or poetry: pip is the tool that comes with Python, venv needs
+# nothing else, and pip takes torch from the pin in requirements.txt (the CPU build on a CPU
+# machine where a wheel lies on disk) where uv and poetry would download a CUDA build of several
+# GB. `make` re-runs the install only when a requirements file changed (the stamp below), so both
+# commands start at once when everything is in place. Users who manage their own environment (a GPU
+# cluster) keep `pip install -r requirements.txt` and `bash run.sh` (README, "Your own environment").
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed
+BIN := $(abspath $(VENV))/bin
+
+.PHONY: demo test setup
+demo: $(STAMP)
+	PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" bash run.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.10: run make PYTHON=python3.11"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+		{ echo "error: no venv module: apt-get install python3-venv"; exit 2; }
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	@touch $@
