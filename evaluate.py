@@ -118,7 +118,7 @@ def drop_torn_tail(path: Path) -> None:
 
 def make_generator(args: EvalArguments, model_args: ModelArguments):
     """A function from prompts to replies, on the backend asked for (see --backend)."""
-    from fcmistral.serving.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
+    from fcmistral.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
 
     backend = args.backend
     if backend == "auto":
@@ -137,7 +137,7 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
 
 def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem] | list[BFCLItem],
                          path: Path) -> None:
-    from fcmistral.serving.generation import length_sorted_batches
+    from fcmistral.generation import length_sorted_batches
 
     done = set()
     if args.resume and path.exists():

@@ -116,9 +116,10 @@ def chat_loop(session: ChatSession) -> None:
 
 def serve_api(model_args: ModelArguments, args: InferenceArguments, sock) -> None:
     """The OpenAI-compatible server; the model loads in the engine's own process."""
-    from fcmistral.serving.app import Limits, create_app
-    from fcmistral.serving.engine_process import EngineProcess, EngineSpec
-    from fcmistral.serving.generation import load_generation_tokenizer
+    from fcmistral.generation import load_generation_tokenizer
+    from fcmistral.serving.app import create_app
+    from fcmistral.serving.engine.process import EngineProcess, EngineSpec
+    from fcmistral.serving.limits import Limits
 
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
@@ -143,7 +144,8 @@ def main() -> None:
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     functions, tools = resolve_functions(args)
-    from fcmistral.serving.generation import Completer, load_for_generation
+    from fcmistral.generation import load_for_generation
+    from fcmistral.serving.completer import Completer
 
     # The port is taken before the model loads: a port in use is reported at once, not after minutes.
     if args.serve:

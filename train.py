@@ -2,7 +2,7 @@
 
     python train.py --model_path mistralai/Mistral-7B-v0.1 --data_path glaiveai/glaive-function-calling-v2
 
-The base model is loaded in 4-bit NF4 (``--no_4bit`` for plain LoRA), LoRA adapters go on every
+The base model is loaded in 4-bit NF4 (``--load_in_4bit false`` for plain LoRA), LoRA adapters go on every
 linear layer except the output head, and the loss covers assistant turns only (see
 fcmistral/data/labels.py). The rows are split into train/dev; the checkpoint with the lowest dev loss
 is the one saved in ``output_dir``, with the tokenizer.
@@ -28,9 +28,10 @@ from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
+from fcmistral.modeling import load_model, load_tokenizer
 from fcmistral.outputs import RESUME_OR_OVERWRITE, check_output_dir
 from fcmistral.training.checkpoints import latest_complete_checkpoint
-from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
+from fcmistral.training.lora import lora_config, wrap_lora
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
@@ -44,7 +45,8 @@ class QLoRAArguments:
     wandb``, ``--torch_compile``, ...) is parsed into ``TrainingArguments`` beside them."""
 
     model_path: str = field(default="mistralai/Mistral-7B-v0.1", metadata={"help": "base model: hub name or folder"})
-    no_4bit: bool = field(default=False, metadata={"help": "plain LoRA on a full-precision base instead of QLoRA"})
+    load_in_4bit: bool = field(default=True, metadata={
+        "help": "QLoRA: the base in 4-bit NF4 (--load_in_4bit false: plain LoRA on a full-precision base)"})
     compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
@@ -99,6 +101,9 @@ def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArgume
     # default never leaves it, so it is renamed here.
     argv = [re.sub(r"^--gradient_checkpointing\b", "--activation_checkpointing", a)
             for a in (sys.argv[1:] if argv is None else argv)]
+    if "--no_4bit" in argv:  # this script's old spelling, kept as a hidden alias
+        log.warning("--no_4bit is now --load_in_4bit false (the name every script uses)")
+        argv = [x for a in argv for x in (("--load_in_4bit", "false") if a == "--no_4bit" else (a,))]
     types, description = (QLoRAArguments, DataArguments, TrainingArguments), __doc__.split("\n\n")[0]
     # Parsed twice: the compute dtype (from the command line or a --config file) decides the
     # default of --bf16/--fp16, which the second parse applies unless they are given.
@@ -156,7 +161,7 @@ def main() -> None:
     # Seeded before the model exists: the Trainer seeds only in its own __init__, after LoRA's A
     # matrices were drawn, so two runs with one --seed used to start from different adapters.
     set_seed(args.seed)
-    model = load_model(script.model_path, load_in_4bit=not script.no_4bit, tokenizer=tokenizer,
+    model = load_model(script.model_path, load_in_4bit=script.load_in_4bit, tokenizer=tokenizer,
                        dtype=compute_dtype(script.compute_dtype, script.model_path))
     model.config.use_cache = False  # training: a KV cache is useless, and it defeats packing
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8)
@@ -167,7 +172,7 @@ def main() -> None:
                  model.config._attn_implementation)
     model = wrap_lora(
         model, lora_config(script.lora_r, script.lora_alpha, script.lora_dropout),
-        quantized=not script.no_4bit, gradient_checkpointing=bool(args.activation_checkpointing),
+        quantized=script.load_in_4bit, gradient_checkpointing=bool(args.activation_checkpointing),
     )
     trainer = Trainer(
         model=model,

@@ -29,9 +29,9 @@ from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
+from fcmistral.modeling import load_tokenizer
 from fcmistral.outputs import RESUME_OR_OVERWRITE, check_output_dir
 from fcmistral.training import fsdp
-from fcmistral.training.modeling import load_tokenizer
 
 log = logging.getLogger("fsdp")
 

@@ -76,7 +76,7 @@ def mistral_tokenizer(folder: str):
     """Mistral-7B-v0.1's real tokenizer (fcmistral.artifacts.mistral_tokenizer), checked to hold
     the original's hard-coded ids where it expected them."""
     from fcmistral.artifacts.mistral_tokenizer import build_mistral_tokenizer
-    from fcmistral.training.modeling import load_tokenizer
+    from fcmistral.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(build_mistral_tokenizer(Path(folder))))
     pieces = tokenizer.convert_ids_to_tokens(list(ORIGINAL_IDS))

@@ -26,7 +26,8 @@ from transformers import DataCollatorForSeq2Seq
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import load_rows, tokenize_rows
 from fcmistral.hardware import choose_compute_dtype, detect_hardware, model_hidden_size
-from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
+from fcmistral.modeling import load_model, load_tokenizer
+from fcmistral.training.lora import lora_config, wrap_lora
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -43,8 +43,8 @@ def worker(mode: str, model_path: str, out_dir: str) -> None:
     ranks share one stdout, where their lines could interleave)."""
     import torch
 
+    from fcmistral.modeling import load_model, load_tokenizer
     from fcmistral.training import fsdp
-    from fcmistral.training.modeling import load_model, load_tokenizer
 
     env = fsdp.init_distributed()
     tokenizer = load_tokenizer(model_path)

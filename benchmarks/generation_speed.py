@@ -18,7 +18,7 @@ from common import peak_rss_mib
 
 from fcmistral.data.loading import load_rows
 from fcmistral.evaluation.items import eval_items
-from fcmistral.serving.generation import generate_batch, length_sorted_batches, load_for_generation
+from fcmistral.generation import generate_batch, length_sorted_batches, load_for_generation
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from common import peak_rss_mib
 from transformers import AutoModelForCausalLM, MistralConfig
 
 from fcmistral.data.packing import PackedCollator, packed_attention
-from fcmistral.training.modeling import keep_4bit_backward_exact, lora_config, wrap_lora
+from fcmistral.modeling import keep_4bit_backward_exact
+from fcmistral.training.lora import lora_config, wrap_lora
 
 MISTRAL_7B = dict(  # mistralai/Mistral-7B-v0.1's config.json
     vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

@@ -23,7 +23,8 @@ from transformers import DataCollatorForSeq2Seq
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import load_rows, tokenize_rows
 from fcmistral.data.packing import PackedCollator, pack_examples, packed_attention
-from fcmistral.training.modeling import load_model, load_tokenizer, lora_config, wrap_lora
+from fcmistral.modeling import load_model, load_tokenizer
+from fcmistral.training.lora import lora_config, wrap_lora
 
 
 def batches_for(mode: str, examples: list[dict], batch_size: int, max_length: int, tokenizer):
@@ -50,7 +51,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=96, help="examples each mode trains on")
     parser.add_argument("--batch_size", type=int, default=8, help="examples per padded batch")
     parser.add_argument("--max_length", type=int, default=2048, help="tokens per packed row")
-    parser.add_argument("--no_4bit", action="store_true", help="plain LoRA instead of QLoRA")
+    parser.add_argument("--load_in_4bit", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="QLoRA on a 4-bit base (false: plain LoRA)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,9 +66,9 @@ def main() -> None:
         examples = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in ds]
         random.Random(0).shuffle(examples)
         examples = examples[: args.examples]
-        model = load_model(model_path, load_in_4bit=not args.no_4bit, tokenizer=tokenizer)
+        model = load_model(model_path, load_in_4bit=args.load_in_4bit, tokenizer=tokenizer)
         model.config.use_cache = False
-        model = wrap_lora(model, lora_config(), quantized=not args.no_4bit, gradient_checkpointing=False)
+        model = wrap_lora(model, lora_config(), quantized=args.load_in_4bit, gradient_checkpointing=False)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         model.train()
         report = {"examples": len(examples), "mean_tokens": sum(len(e["input_ids"]) for e in examples) / len(examples)}

@@ -82,9 +82,9 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
 def engine_only(model_path: str, levels: list[int], max_tokens: int, tools: list[dict]) -> dict:
     import asyncio
 
+    from fcmistral.generation import load_for_generation
     from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
     from fcmistral.serving.engine import BatchingEngine, GenerationRequest
-    from fcmistral.serving.generation import load_for_generation
 
     model, tokenizer = load_for_generation(model_path)
     engine = BatchingEngine(model, tokenizer, max(levels))

@@ -57,7 +57,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from fcmistral.training.modeling import load_tokenizer
+    from fcmistral.modeling import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
@@ -68,7 +68,7 @@ def mistral_tokenizer(tmp_path_factory):
     pytest.importorskip("mistral_common", reason="mistral-common is not installed")
     pytest.importorskip("sentencepiece", reason="sentencepiece is not installed")
     from fcmistral.artifacts.mistral_tokenizer import build_mistral_tokenizer
-    from fcmistral.training.modeling import load_tokenizer
+    from fcmistral.modeling import load_tokenizer
 
     return load_tokenizer(str(build_mistral_tokenizer(tmp_path_factory.mktemp("mistral") / "tokenizer")))
 

@@ -46,6 +46,15 @@ def test_train_py_takes_every_trainer_option_and_the_demo_config():
         train.parse_all(["--max_length", "8"])
 
 
+def test_train_py_says_load_in_4bit_as_every_script_does_and_keeps_the_old_spelling():
+    import train
+
+    assert train.parse_all([])[0].load_in_4bit  # QLoRA by default
+    assert not train.parse_all(["--load_in_4bit", "false"])[0].load_in_4bit
+    assert not train.parse_all(["--no_4bit"])[0].load_in_4bit  # the hidden alias (it warns)
+    assert "load_in_4bit" in {f.name for f in dataclasses.fields(ModelArguments)}
+
+
 def test_the_training_scripts_name_the_same_concepts_alike():
     import importlib.util
 

@@ -13,7 +13,8 @@ from tests.conftest import run_script
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, str]:
     """Placeholder name -> path of a broken (or busy) thing to hand a script."""
-    from fcmistral.training.modeling import load_model, lora_config, wrap_lora
+    from fcmistral.modeling import load_model
+    from fcmistral.training.lora import lora_config, wrap_lora
 
     root = tmp_path_factory.mktemp("bad")
     corrupt = root / "corrupt_adapter"

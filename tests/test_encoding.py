@@ -64,7 +64,7 @@ def test_a_new_process_hits_the_tokenized_data_cache(tiny_model_dir, tmp_path):
     """The encoder is part of the map's fingerprint: it must hash the same in every process, or the
     cache keyed on data, tokenizer and settings would never be hit by a second run."""
     code = ("import sys; from fcmistral.data.loading import load_rows, tokenize_rows; "
-            "from fcmistral.training.modeling import load_tokenizer; "
+            "from fcmistral.modeling import load_tokenizer; "
             "kept, _, _ = tokenize_rows(load_rows('data/sample_heldout.jsonl'), load_tokenizer(sys.argv[1]), 4096); "
             "print(kept._fingerprint, kept.cache_files[0]['filename'])")
     env = {**os.environ, "HF_HOME": str(tmp_path)}

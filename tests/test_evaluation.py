@@ -223,7 +223,7 @@ def test_vllm_backend_wiring(monkeypatch, tmp_path):
             return [out for _ in prompts]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    monkeypatch.setattr("fcmistral.serving.generation.vllm_usable", lambda: True)
+    monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: True)
     args = evaluate_script.EvalArguments(max_new_tokens=400)
     generate = evaluate_script.make_generator(args, ModelArguments(model_path="merged"))  # auto: vLLM, no adapter
     assert generate(["p1", "p2"]) == [" <functioncall> {}", " <functioncall> {}"]  # cut at the end marker
@@ -235,7 +235,7 @@ def test_vllm_backend_wiring(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="merged model"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"),
                                        ModelArguments(model_path="b", adapter_path=str(adapter)))
-    monkeypatch.setattr("fcmistral.serving.generation.vllm_usable", lambda: False)
+    monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: False)
     with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"), ModelArguments(model_path="m"))
 

@@ -80,7 +80,7 @@ def test_a_cpu_told_to_behave_as_avx2_has_no_native_bf16():
 def test_4bit_model_computes_in_the_dtype_asked(dtype, tiny_model_dir, tiny_tokenizer):
     import bitsandbytes as bnb
 
-    from fcmistral.training.modeling import load_model
+    from fcmistral.modeling import load_model
 
     model = load_model(str(tiny_model_dir), load_in_4bit=True, tokenizer=tiny_tokenizer, dtype=dtype)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

@@ -130,7 +130,8 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from fcmistral.training.modeling import load_model, lora_config, wrap_lora
+    from fcmistral.modeling import load_model
+    from fcmistral.training.lora import lora_config, wrap_lora
 
     torch.manual_seed(0)
     fp32 = torch.float32  # every side computes in fp32, whatever this CPU's default dtype is

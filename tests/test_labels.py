@@ -107,7 +107,7 @@ def test_real_row_labels(real_row, tiny_tokenizer):
 
 
 def test_pad_token_is_never_eos(tiny_tokenizer, tmp_path):
-    from fcmistral.training.modeling import load_tokenizer
+    from fcmistral.modeling import load_tokenizer
 
     assert tiny_tokenizer.pad_token_id != tiny_tokenizer.eos_token_id
     # A Mistral-like tokenizer with no pad token gets <unk> as pad, not </s>.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fcmistral.training.modeling import keep_4bit_backward_exact, load_model, lora_config, wrap_lora
+from fcmistral.modeling import keep_4bit_backward_exact, load_model
+from fcmistral.training.lora import lora_config, wrap_lora
 
 
 def lora_gradients(model, batch) -> dict[str, torch.Tensor]:

@@ -26,8 +26,9 @@ from transformers import BatchEncoding
 
 from fcmistral.demo.functions import DEMO_SCHEMAS
 from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, format_call
-from fcmistral.serving.app import Limits, create_app
+from fcmistral.serving.app import create_app
 from fcmistral.serving.engine import BatchingEngine
+from fcmistral.serving.limits import Limits
 from fcmistral.serving.server import bind_server
 
 openai = pytest.importorskip("openai")
@@ -445,18 +446,18 @@ def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_di
     prompt alone (fp32, so no rounding differs)."""
     import asyncio
 
+    from fcmistral.generation import load_for_generation
     from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
     from fcmistral.serving.engine import GenerationRequest
-    from fcmistral.serving.generation import load_for_generation
 
     model, tokenizer = load_for_generation(str(tiny_model_dir), dtype=torch.float32)
     torch.manual_seed(0)  # noisier weights: the random tiny model answers most prompts alike ("???")
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * parameter.std().clamp(min=0.02) * 4)
-    from fcmistral.serving import engine as engine_module
+    from fcmistral.serving.engine import slots
 
-    monkeypatch.setattr(engine_module, "IDLE_SLOTS_STEPS", idle_slots_steps)
+    monkeypatch.setattr(slots, "IDLE_SLOTS_STEPS", idle_slots_steps)
     model.config.sliding_window = sliding_window
     engine = BatchingEngine(model, tokenizer, max_batch_size=8)
     assert engine._own_step_mask == (sliding_window is None)

@@ -16,7 +16,7 @@ def test_the_folder_is_the_gguf_model_saved_plainly(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fcmistral.artifacts.smollm2 import GGUF_FILE, gguf_folder
-    from fcmistral.training.modeling import load_model, load_tokenizer
+    from fcmistral.modeling import load_model, load_tokenizer
 
     config = json.loads((smollm2_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["tie_word_embeddings"] is True

@@ -178,7 +178,7 @@ def test_train_padding_free_and_packed(mode, logged, tiny_model_dir, small_data,
 def test_help_lists_every_option_with_its_default():
     result = run("train.py", "--help")
     assert result.returncode == 0
-    for option in ("--model_path", "--data_path", "--max_length", "--test_size", "--lora_r", "--no_4bit",
+    for option in ("--model_path", "--data_path", "--max_length", "--test_size", "--lora_r", "--load_in_4bit",
                    "--resume_from_checkpoint", "--eval_steps", "--learning_rate"):
         assert option in result.stdout
     text = " ".join(result.stdout.split())

@@ -1,7 +1,8 @@
-"""The function-calling loop: the model writes, calls are parsed, checked and run, results go back.
+"""The terminal chat's function-calling loop: the model writes (the turn policy of ``turns.py``),
+calls are checked and run, their results go back to it.
 
 The model is reached only through a ``Complete`` callable (prompt in, text out), so the same loop
-serves the terminal, the HTTP server and tests that script the model's replies.
+serves the terminal, ``--prompt`` and tests that script the model's replies.
 """
 
 from __future__ import annotations
@@ -10,18 +11,10 @@ import json
 import threading
 from typing import Any, Callable, Protocol
 
-from fcmistral.format.calls import contains_call, try_parse_call
-from fcmistral.format.schemas import validate_arguments
-from fcmistral.prompt import (
-    ASSISTANT_TAG,
-    Turn,
-    build_system_prompt,
-    generation_prompt,
-    turn_continuation_prompt,
-)
-
-PEEK_TOKENS = 8  # enough for "\n\n\nASSISTANT" in any tokenizer (7 tokens in Mistral's)
-MAX_ASSISTANT_TURNS = 3  # assistant turns in a row before the conversation goes back to the user
+from fcmistral.format.calls import try_parse_call
+from fcmistral.format.checks import call_problem
+from fcmistral.prompt import Turn, build_system_prompt
+from fcmistral.serving.turns import CHAT_POLICY, Ask, assistant_turns, run_turns
 
 
 class Complete(Protocol):
@@ -29,40 +22,13 @@ class Complete(Protocol):
         """The model's continuation of ``prompt``, cut before ``<|endoftext|>``."""
 
 
-def assistant_turn(text: str) -> Turn:
-    """A reply as a turn; a reply with a call marker is a function call even if unreadable.
-
-    The reply starts with the space after ``ASSISTANT:``; the turn's content does not.
-    """
-    text = text.strip()
-    if contains_call(text):
-        call, _ = try_parse_call(text)
-        return Turn("function_call", text, call)
-    return Turn("assistant", text)
-
-
-def starts_assistant_turn(peek: str) -> bool:
-    """Whether the text the model writes after a finished turn starts another assistant turn: its
-    first word is the ASSISTANT tag or, if the peek was cut short, a start of it (no other role
-    tag starts with the same letter)."""
-    word = peek.lstrip()[: len(ASSISTANT_TAG)]
-    return bool(word) and ASSISTANT_TAG.startswith(word)
-
-
-def wants_another_turn(complete: Complete, system: str, turns: list[Turn]) -> bool:
-    """Whether the model follows its finished turn with another assistant turn (see prompt.py)."""
-    return starts_assistant_turn(complete(turn_continuation_prompt(system, turns), max_new_tokens=PEEK_TOKENS))
-
-
 def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: bool = False) -> list[Turn]:
-    """The assistant's turns until it calls a function or hands the conversation back."""
-    new: list[Turn] = []
-    for _ in range(MAX_ASSISTANT_TURNS):
-        turn = assistant_turn(complete(generation_prompt(system, turns + new), stream=stream))
-        new.append(turn)
-        if turn.role == "function_call" or not wants_another_turn(complete, system, turns + new):
-            break
-    return new
+    """The assistant's turns until it calls a function or hands the conversation back (the turn
+    policy of ``turns.py``; peeks are never streamed)."""
+    def answer(ask: Ask) -> tuple[str, str]:
+        return complete(ask.prompt, max_new_tokens=ask.max_new_tokens, stream=stream and not ask.peek), "stop"
+
+    return run_turns(assistant_turns(system, turns, CHAT_POLICY), answer).turns
 
 
 class ToolTimeout(Exception):
@@ -117,11 +83,9 @@ def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str
         _, reason = try_parse_call(turn.content)
         return json.dumps({"error": f"the function call could not be parsed: {reason}"})
     name, arguments = turn.call.name, turn.call.arguments
-    if name not in schemas or name not in tools:
-        return json.dumps({"error": f"unknown function '{name}'", "available": sorted(set(schemas) & set(tools))})
-    problems = validate_arguments(schemas[name], arguments)
-    if problems:
-        return json.dumps({"error": "invalid arguments", "details": problems})
+    problem = call_problem(turn.call, {n: schema for n, schema in schemas.items() if n in tools})
+    if problem:
+        return json.dumps({"error": problem}, ensure_ascii=False)
     try:
         result = call_with_time_limit(tools[name], arguments, time_limit)
     except ToolTimeout as err:

@@ -28,8 +28,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.errors import UserError
+from fcmistral.modeling import load_model
 from fcmistral.outputs import written_aside
-from fcmistral.training.modeling import load_model
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from fcmistral.errors import UserError, first_line
+from fcmistral.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 from fcmistral.outputs import check_output_dir, written_aside
-from fcmistral.training.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -1,9 +1,10 @@
-"""OpenAI request bodies as typed models, and a chat request as the glaive prompt.
+"""The API's protocol: OpenAI request bodies as typed models, a chat request as the glaive prompt,
+and the pieces of a response (usage, tool calls, JSON).
 
 The models accept what the official client and agent frameworks send: unknown fields are ignored
 (``user``, ``parallel_tool_calls``, ``logprobs``: false, ...), every field this server acts on is
 type-checked, and a wrong value is a 400 naming the field. Responses are built with the ``openai``
-package's own models (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``) in ``app.py``.
+package's own models (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``).
 
 The glaive format's system prompt is built from the tools, so ``system``/``developer`` messages
 are ignored (as by the chat template); ``tool`` messages become FUNCTION RESPONSE turns and an
@@ -13,14 +14,16 @@ assistant's ``tool_calls`` become its call turns.
 from __future__ import annotations
 
 import json
+import uuid
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+from openai.types import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from fcmistral.errors import UserError
 from fcmistral.format.schemas import normalize_schema
-from fcmistral.prompt import Turn, format_call
+from fcmistral.prompt import FunctionCall, Turn, format_call
 
 
 class RequestError(Exception):
@@ -180,3 +183,22 @@ def request_turns(request: ChatRequest) -> list[Turn]:
                     raise RequestError("tool_call arguments must be a JSON object", param="messages")
                 turns.append(Turn("function_call", format_call(call.function.name, arguments)))
     return turns
+
+
+def tool_call_dicts(calls: list[FunctionCall]) -> list[dict[str, Any]]:
+    """Calls as OpenAI tool calls, each with a new id (``index`` is for streamed chunks)."""
+    return [{"index": i, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
+            for i, c in enumerate(calls)]
+
+
+def usage(reply, prompt_tokens: int | None = None) -> CompletionUsage:
+    """OpenAI's usage of a reply (anything with ``prompt_tokens`` and ``completion_tokens``)."""
+    p = reply.prompt_tokens if prompt_tokens is None else prompt_tokens
+    return CompletionUsage(prompt_tokens=p, completion_tokens=reply.completion_tokens,
+                           total_tokens=p + reply.completion_tokens)
+
+
+def dump(model: BaseModel) -> str:
+    """A response model as JSON, without the fields left unset."""
+    return model.model_dump_json(exclude_unset=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from fcmistral.errors import UserError
-from fcmistral.serving.engine import GenerationRequest, Streaming, Update
+from fcmistral.serving.engine import EngineClient, GenerationRequest, Update
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +51,8 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
     try:
         import torch
 
+        from fcmistral.generation import load_for_generation
         from fcmistral.serving.engine import BatchingEngine
-        from fcmistral.serving.generation import load_for_generation
 
         # One core is left to the HTTP process: torch's threads wait for work by spinning, so a pool
         # as wide as the machine takes the core the server needs (measured on 2 cores with the tiny
@@ -91,7 +91,7 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
             row.cancelled = True
 
 
-class EngineProcess(Streaming):
+class EngineProcess(EngineClient):
     """The app's engine when the model runs in another process (see the module docstring)."""
 
     def __init__(self, spec: EngineSpec, tokenizer) -> None:

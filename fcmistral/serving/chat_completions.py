@@ -1,0 +1,189 @@
+"""``/v1/chat/completions``: one chat request, its full and its streamed reply side by side.
+
+Semantics, where the glaive format decides them:
+- ``tool_choice`` ``"required"`` writes the start of a call (``<functioncall> {"name": "``) into
+  the prompt and a named function writes the call up to its arguments: the model continues from
+  there, so the call is certain, not hoped for. ``"none"`` (and a request without tools) uses the
+  no-functions system prompt and stops at a call marker, so the reply is text.
+- Every call is checked before it is returned: its function must be among this request's tools,
+  its arguments must be valid JSON (no NaN) and pass the tool's JSON schema. A reply whose call
+  fails is answered once more, with the failure given to the model as a FUNCTION RESPONSE (as a
+  tool would report it); if the second reply fails too, its text is returned as ``content`` with
+  ``finish_reason`` ``"stop"`` and no ``tool_calls``. A call cut by ``max_tokens`` is returned as
+  text with ``finish_reason`` ``"length"``.
+- A text reply after which the model starts another assistant turn (it writes ``ASSISTANT:`` next,
+  glaive's "let me check, then call") is followed by that turn, as in the terminal chat: the
+  response holds both (the text as ``content``, the call as ``tool_calls``).
+- Streaming: text deltas as they are generated (what could still become the call marker or the end
+  marker is held back, so neither leaks). A call is streamed once it is complete and checked, as
+  OpenAI streams one: a first chunk with ``index``, ``id``, ``type`` and the name, then chunks
+  appending ``arguments`` fragments.
+- ``temperature`` 0 is greedy; absent, the server's default (greedy unless started with
+  ``--do_sample``). ``seed`` makes a sampled reply repeatable. ``usage`` counts both replies when a
+  call was retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from fcmistral.format.calls import partial_marker_length
+from fcmistral.prompt import (
+    FUNCTION_CALL_MARKER,
+    FunctionCall,
+    build_system_prompt,
+    format_call,
+)
+from fcmistral.serving.engine import EngineClient, GenerationRequest, Update
+from fcmistral.serving.limits import Limits, check_prompt, sampling
+from fcmistral.serving.protocol import (
+    ChatRequest,
+    RequestError,
+    dump,
+    request_functions,
+    request_turns,
+    tool_call_dicts,
+    usage,
+)
+from fcmistral.serving.turns import SERVER_POLICY, Ask, Outcome, assistant_turns
+
+log = logging.getLogger(__name__)
+ARGUMENT_FRAGMENTS = 4  # chunks a streamed call's arguments are split into
+
+
+@dataclass
+class Reply:
+    """A checked reply: text content, calls (only valid ones), finish reason, token counts."""
+
+    content: str | None
+    calls: list[FunctionCall]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def forced_prefix(tool_choice: Any, names: list[str]) -> str:
+    """The start of the reply that ``tool_choice`` writes for the model (derived from format_call)."""
+    if tool_choice == "required":
+        text = format_call("", {})
+        return text[: text.index('""') + 1]
+    if tool_choice is not None and not isinstance(tool_choice, str):
+        name = tool_choice.function.name
+        if name not in names:
+            raise RequestError(f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
+        text = format_call(name, {})
+        return text[: text.rindex("'{}'") + 1]
+    return ""
+
+
+class ChatCompletions:
+    """One chat request: its prompt, generation (with one retry of an unusable call), and its reply,
+    whole (``full``) or streamed (``stream``)."""
+
+    def __init__(self, request: ChatRequest, engine: EngineClient, limits: Limits, model_name: str) -> None:
+        self.request, self.engine, self.limits, self.model_name = request, engine, limits, model_name
+        self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.functions = request_functions(request)
+        self.schemas = {f["name"]: f for f in self.functions}
+        choice = request.tool_choice
+        if not self.functions and choice not in (None, "none", "auto"):
+            raise RequestError("tool_choice asks for a call but the request has no tools", param="tool_choice")
+        self.calls_allowed = bool(self.functions) and choice != "none"
+        self.prefix = forced_prefix(choice, [f["name"] for f in self.functions]) if self.calls_allowed else ""
+        self.turns = request_turns(request)
+        self.system = build_system_prompt(self.functions if self.calls_allowed else [])
+        self.prompt_tokens = self.completion_tokens = 0
+        # The turn policy (turns.py) decides every generation; its first is this request's own.
+        self._policy = assistant_turns(self.system, self.turns, SERVER_POLICY, self.schemas, self.calls_allowed,
+                                       self.prefix)
+        self.generation = self._request(next(self._policy))
+
+    def _request(self, ask: Ask) -> GenerationRequest:
+        """The engine's request for one of the policy's asks (a peek: a few greedy tokens)."""
+        if ask.peek:
+            return GenerationRequest(ask.prompt, ask.max_new_tokens)
+        prompt_ids = check_prompt(ask.prompt, self.engine, self.limits)
+        return sampling(self.request, self.limits, ask.prompt, prompt_ids,
+                        () if self.calls_allowed else (FUNCTION_CALL_MARKER,))
+
+    def _count(self, update: Update) -> tuple[str, str]:
+        if update.finish_reason == "error":
+            raise RuntimeError("generation failed")
+        self.prompt_tokens += update.prompt_tokens
+        self.completion_tokens += update.completion_tokens
+        return update.text, update.finish_reason
+
+    async def finish(self, text: str, last: Update) -> Reply:
+        """The checked reply, from the text of the first generation (already done, streamed or
+        not): the policy asks for what else it needs (a retry, a peek, a second turn)."""
+        reply = (text, self._count(last)[1])  # the first generation's text, streamed or not
+        try:
+            while True:
+                ask = self._policy.send(reply)
+                reply = self._count(await self.engine.generate(self._request(ask)))
+        except StopIteration as done:
+            outcome: Outcome = done.value
+        parts = [t.content if t.role == "assistant" else t.content[: t.content.find(FUNCTION_CALL_MARKER)].strip()
+                 for t in outcome.turns]
+        return self._reply("\n\n".join(p for p in parts if p) or None, outcome.calls, outcome.finish_reason)
+
+    def _reply(self, content: str | None, calls: list[FunctionCall], finish: str) -> Reply:
+        return Reply(content, calls, finish, self.prompt_tokens, self.completion_tokens)
+
+    async def full(self) -> ChatCompletion:
+        """The whole reply (the engine wakes this request once, when it is done)."""
+        update = await self.engine.generate(self.generation)
+        reply = await self.finish(update.text, update)
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.calls:
+            message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in tool_call_dicts(reply.calls)]
+        return ChatCompletion(id=self.ident, object="chat.completion", created=self.created, model=self.model_name,
+                              choices=[{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+                              usage=usage(reply))
+
+    async def stream(self) -> AsyncIterator[str]:
+        """The reply as server-sent events: text deltas as they come, each call once complete and
+        checked (its name, then fragments of its arguments), the finish reason, usage if asked."""
+        options = self.request.stream_options
+        yield self._chunk({"role": "assistant", "content": ""})
+        # Sent: the first `sent` characters of the reply without its leading spaces, never trailing spaces
+        # nor what may be the start of a call marker, so that the chunks add up to the non-streamed content.
+        collected, sent, last = "", 0, None
+        async for update in self.engine.stream(self.generation):
+            collected, last = collected + update.text, update
+            if self.prefix or update.finish_reason:  # a forced call is not text; the end is sent checked
+                continue
+            visible = collected.lstrip()
+            marker = visible.find(FUNCTION_CALL_MARKER) if self.calls_allowed else -1
+            safe = marker if marker >= 0 else len(visible) - partial_marker_length(visible, (FUNCTION_CALL_MARKER,))
+            safe = len(visible[:safe].rstrip())
+            if safe > sent:
+                yield self._chunk({"content": visible[sent:safe]})
+                sent = safe
+        reply = await self.finish(collected, last)
+        rest = (reply.content or "")[sent:]
+        if rest:
+            yield self._chunk({"content": rest})
+        for call in tool_call_dicts(reply.calls):
+            arguments = call["function"]["arguments"]
+            yield self._chunk({"tool_calls": [{**call, "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            step = max(1, -(-len(arguments) // ARGUMENT_FRAGMENTS))
+            for start in range(0, len(arguments), step):
+                piece = arguments[start:start + step]
+                yield self._chunk({"tool_calls": [{"index": call["index"], "function": {"arguments": piece}}]})
+        yield self._chunk({}, reply.finish_reason)
+        if options and options.include_usage:
+            yield dump(ChatCompletionChunk(id=self.ident, object="chat.completion.chunk", created=self.created,
+                                           model=self.model_name, choices=[], usage=usage(reply)))
+        yield "[DONE]"
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        return dump(ChatCompletionChunk(id=self.ident, object="chat.completion.chunk", created=self.created,
+                                        model=self.model_name, choices=[{"index": 0, "delta": delta,
+                                                                         "finish_reason": finish}]))

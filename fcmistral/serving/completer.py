@@ -1,0 +1,62 @@
+"""The terminal chat's completions: a Hugging Face model's reply, printed as it is generated."""
+
+from __future__ import annotations
+
+from fcmistral.format.calls import partial_marker_length
+from fcmistral.generation import generate_batch
+from fcmistral.prompt import END_OF_TURN
+
+
+class EndMarkerStreamer:
+    """Prints generated text as it comes, stopping at `` <|endoftext|>`` (never printed).
+
+    Text that could be the start of the marker is held back until it is known not to be.
+    """
+
+    def __init__(self, tokenizer, write=None) -> None:
+        from transformers import TextStreamer
+
+        self._inner = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._inner.on_finalized_text = self._on_text
+        self._write = write or (lambda text: print(text, end="", flush=True))
+        self._pending, self._done = "", False
+
+    def put(self, value) -> None:
+        self._inner.put(value)
+
+    def end(self) -> None:
+        self._inner.end()
+
+    def _on_text(self, text: str, stream_end: bool = False) -> None:
+        if self._done:
+            return
+        self._pending += text
+        end = self._pending.find(END_OF_TURN)
+        if end >= 0:
+            self._write(self._pending[:end].rstrip())
+            self._done, self._pending = True, ""
+            return
+        keep = 0 if stream_end else partial_marker_length(self._pending, (" " + END_OF_TURN,))
+        self._write(self._pending[: len(self._pending) - keep])
+        self._pending = self._pending[len(self._pending) - keep:]
+
+
+class Completer:
+    """``Complete`` (see fcmistral.serving.chat) over a Hugging Face model."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 400, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "") -> None:
+        self.model, self.tokenizer, self.stream_prefix = model, tokenizer, stream_prefix
+        self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                        "top_p": top_p}
+
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
+        options = dict(self.options, max_new_tokens=max_new_tokens or self.options["max_new_tokens"])
+        streamer = None
+        if stream:  # the prefix (the role tag the prompt ends with) goes before the streamed reply
+            print(self.stream_prefix, end="", flush=True)
+            streamer = EndMarkerStreamer(self.tokenizer)
+        (reply,) = generate_batch(self.model, self.tokenizer, [prompt], streamer=streamer, **options)
+        if stream:
+            print(flush=True)
+        return reply

@@ -1,0 +1,43 @@
+"""What one request may ask for (the server's options), and a request turned into the engine's
+``GenerationRequest`` within those limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fcmistral.serving.engine import EngineClient, GenerationRequest
+from fcmistral.serving.protocol import RequestError, SamplingFields
+
+
+@dataclass
+class Limits:
+    """What one request may ask for (the server's options)."""
+
+    max_request_bytes: int = 1 << 20
+    max_prompt_tokens: int = 8192
+    max_tokens: int = 400  # the default reply length, and the most a request may ask for
+    body_timeout_s: float = 30.0
+    temperature: float = 0.0  # used when a request gives none
+    top_p: float = 1.0
+
+
+def sampling(request: SamplingFields, limits: Limits, prompt: str, prompt_ids: list[int],
+             stops: tuple[str, ...] = ()) -> GenerationRequest:
+    """The engine's request: the reply's length within the limit, the server's defaults where the client gave none."""
+    max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens or limits.max_tokens
+    if max_tokens > limits.max_tokens:
+        raise RequestError(f"max_tokens {max_tokens} is more than this server allows ({limits.max_tokens})",
+                           param="max_tokens")
+    temperature = limits.temperature if request.temperature is None else request.temperature
+    return GenerationRequest(prompt, max_tokens, temperature, request.top_p or limits.top_p,
+                             request.stops() + stops, request.seed, prompt_ids)
+
+
+def check_prompt(prompt: str, engine: EngineClient, limits: Limits) -> list[int]:
+    """The prompt's tokens, once they fit the limit. (Lone surrogates never get this far: the JSON
+    parser refuses them.)"""
+    ids = engine.encode(prompt)
+    if len(ids) > limits.max_prompt_tokens:
+        raise RequestError(f"the prompt is {len(ids)} tokens; this server allows {limits.max_prompt_tokens}",
+                           param="messages", code="context_length_exceeded")
+    return ids

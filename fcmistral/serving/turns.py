@@ -1,0 +1,148 @@
+"""The turn policy, free of I/O: what the assistant's side of a conversation asks the model for, and
+when it stops. The terminal chat, ``--prompt`` and the server all run it; each answers its asks its
+own way (a blocking call, the batching engine), so the rules live once, here.
+
+The rules, where the glaive format decides them:
+- The assistant may write several turns in a row (glaive's "Sure, let me check." then the call):
+  after a text turn, the model is asked for a few tokens past it (a *peek*), and another assistant
+  turn follows when it writes the ``ASSISTANT`` tag next; at most ``max_assistant_turns`` in a row.
+- A turn holding the call marker is a call turn; one cut short by the length limit is text.
+- Where the caller checks calls here (``schemas`` given: the server, which must never return an
+  unusable call), a call that cannot be read or fails its schema is shown its error as a FUNCTION
+  RESPONSE and the model is asked again, up to ``call_retries`` times; then the reply is text. The
+  terminal chat checks calls when it runs them (``format.checks`` there too), and the model reads
+  the error in the conversation.
+- A reply forced to start with a call (``prefix``, from ``tool_choice``), or one that may not call, is
+  one turn: no peek.
+
+``assistant_turns`` is a generator: it yields an ``Ask`` and is sent back ``(text, finish_reason)``;
+its return value is the ``Outcome``. ``run_turns`` drives it with a blocking function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator, Mapping
+
+from fcmistral.format.calls import try_parse_call
+from fcmistral.format.checks import check_calls
+from fcmistral.prompt import (
+    ASSISTANT_TAG,
+    FUNCTION_CALL_MARKER,
+    FunctionCall,
+    Turn,
+    generation_prompt,
+    turn_continuation_prompt,
+)
+
+log = logging.getLogger(__name__)
+PEEK_TOKENS = 8  # enough for "\n\n\nASSISTANT" in any tokenizer (7 tokens in Mistral's)
+
+
+@dataclass(frozen=True)
+class TurnPolicy:
+    """How many assistant turns in a row, and how many times an unusable call is asked again."""
+
+    max_assistant_turns: int = 3
+    call_retries: int = 0
+
+
+CHAT_POLICY = TurnPolicy(max_assistant_turns=3, call_retries=0)  # calls are checked when they run
+SERVER_POLICY = TurnPolicy(max_assistant_turns=2, call_retries=1)  # text then a call; one retry
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A generation the policy needs: continue ``prompt``, for at most ``max_new_tokens`` (None:
+    the caller's own limit). ``peek``: only the role tag after a finished turn is wanted."""
+
+    prompt: str
+    max_new_tokens: int | None = None
+    peek: bool = False
+
+
+@dataclass
+class Outcome:
+    """The assistant's new turns (text turns, then a call turn if it called), the checked calls
+    (when ``schemas`` were given) and why the reply ended: "stop", "length" or "tool_calls"."""
+
+    turns: list[Turn]
+    finish_reason: str
+    calls: list[FunctionCall] = field(default_factory=list)
+
+
+Reply = tuple[str, str]  # (text, finish reason) of one generation
+
+
+def starts_assistant_turn(peek: str) -> bool:
+    """Whether the text the model writes after a finished turn starts another assistant turn: its
+    first word is the ASSISTANT tag or, if the peek was cut short, a start of it (no other role
+    tag starts with the same letter)."""
+    word = peek.lstrip()[: len(ASSISTANT_TAG)]
+    return bool(word) and ASSISTANT_TAG.startswith(word)
+
+
+def assistant_turns(system: str, turns: list[Turn], policy: TurnPolicy = CHAT_POLICY,
+                    schemas: Mapping[str, dict[str, Any]] | None = None, calls_allowed: bool = True,
+                    prefix: str = "") -> Generator[Ask, Reply, Outcome]:
+    """The assistant's turns after ``turns`` (see the module docstring)."""
+    new: list[Turn] = []
+    calls: list[FunctionCall] = []
+    finish = "stop"
+    for count in range(1, policy.max_assistant_turns + 1):
+        context = turns + new
+        text, finish = yield Ask(_prompt(system, context, prefix))
+        turn, calls, finish = yield from _checked(system, context, prefix + text, finish, policy, schemas,
+                                                  calls_allowed, prefix)
+        new.append(turn)
+        if turn.role == "function_call" or finish != "stop" or prefix or not calls_allowed or not turn.content:
+            break
+        if count == policy.max_assistant_turns:
+            break
+        peek, _ = yield Ask(turn_continuation_prompt(system, turns + new), PEEK_TOKENS, peek=True)
+        if not starts_assistant_turn(peek):
+            break
+    return Outcome(new, "tool_calls" if new[-1].role == "function_call" else finish, calls)
+
+
+def _prompt(system: str, turns: list[Turn], prefix: str) -> str:
+    return generation_prompt(system, turns) + (" " + prefix if prefix else "")
+
+
+def _checked(system: str, context: list[Turn], text: str, finish: str, policy: TurnPolicy,
+             schemas: Mapping[str, dict[str, Any]] | None, calls_allowed: bool,
+             prefix: str) -> Generator[Ask, Reply, tuple[Turn, list[FunctionCall], str]]:
+    """One turn as text or a call; with ``schemas``, an unusable call is asked again, then text."""
+    text = text.strip()
+    marker = text.find(FUNCTION_CALL_MARKER) if calls_allowed else -1
+    if marker < 0 or finish == "length":  # text, or a call cut short: text
+        return Turn("assistant", text), [], finish
+    if schemas is None:  # checked where it runs
+        return Turn("function_call", text, try_parse_call(text)[0]), [], "tool_calls"
+    calls, problem = check_calls(text, schemas)
+    retries = policy.call_retries
+    while problem and retries:
+        retries -= 1
+        log.info("a reply's call is unusable, asking once more: %s", problem)
+        told = [*context, Turn("function_call", text[marker:]),
+                Turn("function_response", json.dumps({"error": problem}))]
+        retry, retry_finish = yield Ask(_prompt(system, told, prefix))
+        if retry_finish == "length":  # the retry's call cut short: the first reply stands, as text
+            break
+        calls, problem = check_calls(prefix + retry, schemas)
+    if problem:
+        log.info("the call stays unusable, returned as text: %s", problem)
+        return Turn("assistant", text), [], "stop"
+    return Turn("function_call", text), calls, "tool_calls"
+
+
+def run_turns(policy: Generator[Ask, Reply, Outcome], answer: Callable[[Ask], Reply]) -> Outcome:
+    """Drive ``policy`` with a blocking ``answer``."""
+    try:
+        ask = next(policy)
+        while True:
+            ask = policy.send(answer(ask))
+    except StopIteration as done:
+        return done.value
