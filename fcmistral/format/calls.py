@@ -78,7 +78,7 @@ def _from_json_object(obj: Any) -> FunctionCall:
     return FunctionCall(obj["name"], args)
 
 
-def _parse_payload(payload: str) -> FunctionCall:
+def parse_payload(payload: str) -> FunctionCall:
     """One call from the text after its marker, cut at the end of its turn."""
     for end in (payload.find(END_OF_TURN), _first_match(_NEXT_ASSISTANT_TURN, payload)):
         if end >= 0:
@@ -120,47 +120,7 @@ def parse_calls(text: str) -> list[FunctionCall]:
     _, payloads = split_reply(text)
     if not payloads:
         raise CallParseError("no <functioncall> marker")
-    return [_parse_payload(payload) for payload in payloads]
-
-
-def partial_marker_length(text: str, markers: tuple[str, ...]) -> int:
-    """How many trailing characters of ``text`` could be the start of one of ``markers``: text a
-    stream must hold back until the next characters say whether a marker begins there."""
-    longest = 0
-    for marker in markers:
-        for k in range(min(len(marker) - 1, len(text)), longest, -1):
-            if text.endswith(marker[:k]):
-                longest = k
-                break
-    return longest
-
-
-class CallStream:
-    """Reads a reply as it grows: what can be shown as text (before the first call marker, holding
-    back what may become a marker), and each call as soon as it is complete (its text parses, which
-    for the glaive call is at its closing ``'}``). It reads one turn, up to the end marker, where
-    engines stop. For streaming engines (the vLLM plugin)."""
-
-    def __init__(self) -> None:
-        self.text_sent = 0
-        self.calls_sent = 0
-
-    def feed(self, text: str) -> tuple[str, list[FunctionCall]]:
-        """The new text and the newly complete calls, given the whole reply so far."""
-        end = text.find(END_OF_TURN)
-        before, payloads = split_reply(text if end < 0 else text[:end])
-        shown = len(before) if payloads else len(before) - partial_marker_length(before, (FUNCTION_CALL_MARKER,
-                                                                                          END_OF_TURN))
-        new_text = before[self.text_sent:shown] if shown > self.text_sent else ""
-        self.text_sent = max(self.text_sent, shown)
-        calls = []
-        for payload in payloads[self.calls_sent:]:
-            try:
-                calls.append(_parse_payload(payload))
-            except CallParseError:  # not complete yet (or never: then it is never sent)
-                break
-        self.calls_sent += len(calls)
-        return new_text, calls
+    return [parse_payload(payload) for payload in payloads]
 
 
 def parse_call(text: str) -> FunctionCall:

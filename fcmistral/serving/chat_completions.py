@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from fcmistral.format.calls import partial_marker_length
+from fcmistral.format.streams import ReplyStream
 from fcmistral.prompt import (
     FUNCTION_CALL_MARKER,
     FunctionCall,
@@ -152,22 +152,18 @@ class ChatCompletions:
         checked (its name, then fragments of its arguments), the finish reason, usage if asked."""
         options = self.request.stream_options
         yield self._chunk({"role": "assistant", "content": ""})
-        # Sent: the first `sent` characters of the reply without its leading spaces, never trailing spaces
-        # nor what may be the start of a call marker, so that the chunks add up to the non-streamed content.
-        collected, sent, last = "", 0, None
+        # Text before a call marker, without the reply's leading and trailing spaces, so that the chunks
+        # add up to the non-streamed content (a reply that may not call was stopped at the marker).
+        text, collected, last = ReplyStream((FUNCTION_CALL_MARKER,), strip=True), "", None
         async for update in self.engine.stream(self.generation):
             collected, last = collected + update.text, update
             if self.prefix or update.finish_reason:  # a forced call is not text; the end is sent checked
                 continue
-            visible = collected.lstrip()
-            marker = visible.find(FUNCTION_CALL_MARKER) if self.calls_allowed else -1
-            safe = marker if marker >= 0 else len(visible) - partial_marker_length(visible, (FUNCTION_CALL_MARKER,))
-            safe = len(visible[:safe].rstrip())
-            if safe > sent:
-                yield self._chunk({"content": visible[sent:safe]})
-                sent = safe
+            new = text.feed(collected)
+            if new:
+                yield self._chunk({"content": new})
         reply = await self.finish(collected, last)
-        rest = (reply.content or "")[sent:]
+        rest = (reply.content or "")[text.released:]
         if rest:
             yield self._chunk({"content": rest})
         for call in tool_call_dicts(reply.calls):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from fcmistral.format.calls import partial_marker_length
+from fcmistral.format.streams import ReplyStream
 from fcmistral.generation import generate_batch
 from fcmistral.prompt import END_OF_TURN
 
 
 class EndMarkerStreamer:
-    """Prints generated text as it comes, stopping at `` <|endoftext|>`` (never printed).
-
-    Text that could be the start of the marker is held back until it is known not to be.
-    """
+    """Prints generated text as it comes, stopping at `` <|endoftext|>`` (never printed; text that
+    could be its start is held back until it is known not to be: ``ReplyStream``)."""
 
     def __init__(self, tokenizer, write=None) -> None:
         from transformers import TextStreamer
@@ -19,7 +17,7 @@ class EndMarkerStreamer:
         self._inner = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self._inner.on_finalized_text = self._on_text
         self._write = write or (lambda text: print(text, end="", flush=True))
-        self._pending, self._done = "", False
+        self._text, self._reply = "", ReplyStream((" " + END_OF_TURN, END_OF_TURN))
 
     def put(self, value) -> None:
         self._inner.put(value)
@@ -28,17 +26,9 @@ class EndMarkerStreamer:
         self._inner.end()
 
     def _on_text(self, text: str, stream_end: bool = False) -> None:
-        if self._done:
-            return
-        self._pending += text
-        end = self._pending.find(END_OF_TURN)
-        if end >= 0:
-            self._write(self._pending[:end].rstrip())
-            self._done, self._pending = True, ""
-            return
-        keep = 0 if stream_end else partial_marker_length(self._pending, (" " + END_OF_TURN,))
-        self._write(self._pending[: len(self._pending) - keep])
-        self._pending = self._pending[len(self._pending) - keep:]
+        if self._reply.ended is None:
+            self._text += text
+            self._write(self._reply.feed(self._text, final=stream_end))
 
 
 class Completer:

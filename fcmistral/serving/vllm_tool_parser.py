@@ -34,7 +34,8 @@ from vllm.entrypoints.openai.engine.protocol import (
 )
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
 
-from fcmistral.format.calls import CallStream, split_reply, try_parse_calls
+from fcmistral.format.calls import split_reply, try_parse_calls
+from fcmistral.format.streams import CallStream
 from fcmistral.prompt import END_OF_TURN
 
 PARSER_NAME = "glaive"

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from fcmistral.format.calls import partial_marker_length
+from fcmistral.format.streams import ReplyStream
 from fcmistral.prompt import END_OF_TURN
 from fcmistral.serving.engine.client import GenerationRequest, Update
 
@@ -20,12 +20,17 @@ class Row:
     request: GenerationRequest
     send: Callable[[Update], None]  # hands an update to the caller (called in the generation thread)
     ids: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of the reply already sent
+    reply: ReplyStream = field(init=False)  # what of the reply may be released (stops held back)
+    unsent: str = ""  # released text not sent yet (a row that is not streamed sends it all at the end)
     finished: bool = False
     cancelled: bool = False
     prompt_tokens: int = 0
     streamed: bool = True  # send text as it comes (else only the last update)
     sampler: tuple[LogitsProcessorList, torch.Generator] | None = None  # None: greedy
+
+    def __post_init__(self) -> None:
+        # " " + the end marker first: the space before the end marker belongs to the marker.
+        self.reply = ReplyStream((" " + END_OF_TURN, END_OF_TURN, *self.request.stop))
 
 
 def sampler(request: GenerationRequest, device) -> tuple[LogitsProcessorList, torch.Generator] | None:
@@ -58,22 +63,18 @@ def take(row: Row, token: int, tokenizer) -> None:
     """The row takes its new token: it finishes on EOS, the end marker, a stop string or its
     ``max_new_tokens``; otherwise the text that can no longer become a stop is sent (when streamed)."""
     if token == tokenizer.eos_token_id:
-        _finish(row, _text(row, tokenizer), "stop", tokenizer)
+        _finish(row, row.reply.feed(_text(row, tokenizer), final=True), "stop")
         return
     row.ids.append(token)
-    text = _text(row, tokenizer)
-    stops = (END_OF_TURN, *row.request.stop)
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    if found:
-        _finish(row, text[: min(found)], "stop", tokenizer)
-    elif len(row.ids) >= row.request.max_new_tokens:
-        _finish(row, text, "length", tokenizer)
-    else:
-        held = partial_marker_length(text, (" " + END_OF_TURN, END_OF_TURN, *row.request.stop))
-        safe = len(text) - max(held, 1 if text.endswith("\ufffd") else 0)  # \ufffd: a character's first bytes
-        if safe > row.sent and row.streamed:
-            row.send(Update(text[row.sent:safe]))
-            row.sent = safe
+    length = len(row.ids) >= row.request.max_new_tokens
+    new = row.reply.feed(_text(row, tokenizer), final=length)
+    if row.reply.ended is not None or length:
+        _finish(row, new, "stop" if row.reply.ended is not None else "length")
+    elif new:
+        row.unsent += new
+        if row.streamed:
+            row.send(Update(row.unsent))
+            row.unsent = ""
 
 
 def _text(row: Row, tokenizer) -> str:
@@ -81,9 +82,7 @@ def _text(row: Row, tokenizer) -> str:
     return tokenizer.decode(row.ids, skip_special_tokens=False)
 
 
-def _finish(row: Row, text: str, reason: str, tokenizer) -> None:
-    if reason == "stop" and text.endswith(" ") and _text(row, tokenizer)[len(text):].startswith(END_OF_TURN):
-        text = text[:-1]  # the space before the end marker belongs to the marker
+def _finish(row: Row, new: str, reason: str) -> None:
     row.finished = True
     if not row.cancelled:
-        row.send(Update(text[row.sent:], reason, row.prompt_tokens, len(row.ids)))
+        row.send(Update(row.unsent + new, reason, row.prompt_tokens, len(row.ids)))

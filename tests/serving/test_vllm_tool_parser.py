@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from fcmistral.format.calls import CallStream, parse_calls, partial_marker_length, split_reply
+from fcmistral.format.calls import parse_calls, split_reply
+from fcmistral.format.streams import CallStream, partial_marker_length
 from fcmistral.prompt import END_OF_TURN, FUNCTION_CALL_MARKER, format_call
 
 PLUGIN = Path(__file__).resolve().parent.parent / "fcmistral" / "serving" / "vllm_tool_parser.py"
