@@ -11,6 +11,7 @@ model would degrade it, so the default merges into the full-precision base;
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from fcmistral.arguments import ModelArguments, parse_arguments
@@ -31,8 +32,8 @@ class ConvertArguments:
 
     save_path: str = field(default=None, metadata={"help": "folder for the merged model"})
     dtype: str = field(
-        default="auto", metadata={"help": "saved dtype: auto (the base's), bfloat16, float16 or float32",
-                                  "choices": ["auto", "bfloat16", "float16", "float32"]}
+        default="auto", metadata={"help": "saved dtype: auto (the base's), bf16, fp16 or fp32",
+                                  "choices": ["auto", "bf16", "fp16", "fp32"]}
     )
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --save_path (and --gguf file)"})
     gguf: str = field(default=None, metadata={"help": "also write the merged model as this GGUF file (llama.cpp, "
@@ -41,6 +42,10 @@ class ConvertArguments:
 
 
 def main() -> None:
+    old = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}  # the old spellings, kept hidden
+    if any(a == "--dtype" and b in old for a, b in zip(sys.argv, sys.argv[1:])):
+        log.warning("--dtype takes bf16, fp16 or fp32, as --compute_dtype does (bfloat16 etc. are old names)")
+        sys.argv = [old.get(b, b) if a == "--dtype" else b for a, b in zip(["", *sys.argv], sys.argv)]
     model_args, args = parse_arguments((ModelArguments, ConvertArguments), __doc__.split("\n\n")[0])
     missing = [f"--{name}" for name, value in (("model_path", model_args.model_path),
                                                ("adapter_path", model_args.adapter_path),

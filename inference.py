@@ -5,7 +5,7 @@
     python inference.py --model_path outputs/merged --serve --port 8000   # OpenAI-compatible API
 
 Functions come from ``--functions FILE`` (custom_function.txt style, a JSON list or an OpenAI
-tools list) and run from ``--tools my_tools.py`` (its functions, by name); without either, a small
+tools list) and run from ``--callables my_tools.py`` (its functions, by name); without either, a small
 built-in demo set (get_current_weather, calculate_tax, convert_currency) is used.
 """
 
@@ -35,7 +35,7 @@ class InferenceArguments:
     """This script's options; the model's are fcmistral.arguments.ModelArguments."""
 
     functions: str = field(default=None, metadata={"help": "function schemas file (default: the demo set, or the tools module's FUNCTIONS)"})
-    tools: str = field(default=None, metadata={"help": "Python file whose functions implement the schemas"})
+    callables: str = field(default=None, metadata={"help": "Python file whose functions implement the schemas"})
     max_new_tokens: int = field(default=400, metadata={"help": "tokens per assistant turn at most"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (with --do_sample)"})
@@ -71,18 +71,18 @@ class InferenceArguments:
 
 
 def resolve_functions(args: InferenceArguments):
-    if args.tools:
-        tools, module_functions = load_callables_module(args.tools)
+    if args.callables:
+        callables, module_functions = load_callables_module(args.callables)
         if args.functions:
             functions = load_schemas(args.functions)
         elif isinstance(module_functions, list) and module_functions:
             functions = [normalize_schema(f) for f in module_functions]
         else:
-            raise UserError("give --functions, or define FUNCTIONS (a list of schemas) in the tools module")
-        check_callables_cover(functions, tools)
-        return functions, tools
+            raise UserError("give --functions, or define FUNCTIONS (a list of schemas) in the --callables module")
+        check_callables_cover(functions, callables)
+        return functions, callables
     functions = load_schemas(args.functions) if args.functions else DEMO_SCHEMAS
-    check_callables_cover(functions, DEMO_CALLABLES)  # without --tools only the demo functions can run
+    check_callables_cover(functions, DEMO_CALLABLES)  # without --callables only the demo functions can run
     return functions, DEMO_CALLABLES
 
 
@@ -138,12 +138,15 @@ def serve_api(model_args: ModelArguments, args: InferenceArguments, sock) -> Non
 
 
 def main() -> None:
+    if "--tools" in sys.argv:  # the old name of --callables ("tools" are schemas in the API), kept hidden
+        log.warning("--tools is now --callables (tools are the schemas; callables the Python functions)")
+        sys.argv = ["--callables" if a == "--tools" else a for a in sys.argv]
     model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0],
                                        positive=("max_new_tokens", "max_calls", "tool_time_limit", "max_batch_size",
                                                  "engine_threads", "max_prompt_tokens", "max_request_bytes"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
-    functions, tools = resolve_functions(args)
+    functions, callables = resolve_functions(args)
     from fcmistral.generation import load_for_generation
     from fcmistral.serving.completer import Completer
 
@@ -155,7 +158,7 @@ def main() -> None:
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG)
-    session = ChatSession(complete, functions, tools, args.max_calls, stream=not args.prompt,
+    session = ChatSession(complete, functions, callables, args.max_calls, stream=not args.prompt,
                           tool_time_limit=args.tool_time_limit)
     if args.prompt:
         turns = session.send(args.prompt)

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fcmistral.arguments import DataArguments, check_model_path, parse_arguments
+from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
-from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP, compute_dtype
+from fcmistral.hardware import compute_dtype
 from fcmistral.modeling import load_model, load_tokenizer
 from fcmistral.outputs import RESUME_OR_OVERWRITE, check_output_dir
 from fcmistral.training.checkpoints import latest_complete_checkpoint
@@ -47,7 +47,7 @@ class QLoRAArguments:
     model_path: str = field(default="mistralai/Mistral-7B-v0.1", metadata={"help": "base model: hub name or folder"})
     load_in_4bit: bool = field(default=True, metadata={
         "help": "QLoRA: the base in 4-bit NF4 (--load_in_4bit false: plain LoRA on a full-precision base)"})
-    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
+    compute_dtype: str = compute_dtype_field()
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from fcmistral.arguments import DataArguments, check_model_path, parse_arguments
+from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
@@ -58,11 +58,10 @@ class FullFinetuneArguments:
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: 3 times per epoch)"})
     save_steps: int = field(default=0, metadata={"help": "resumable checkpoint every N steps (0: at evaluations)"})
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
-    compute_dtype: str = field(default="auto", metadata={
-        "help": "auto (bf16 where the GPU or CPU runs it natively and, on a CPU, the model is wide enough, else fp32), bf16 (mixed precision: fp32 master "
-                "weights and gradient reduction) or fp32. fp16 is not offered: a full fine-tune in fp16 needs loss "
-                "scaling, which this loop does not do",
-        "choices": ["auto", "bf16", "fp32"]})
+    compute_dtype: str = compute_dtype_field(["auto", "bf16", "fp32"], help=(
+        "auto (bf16 where the GPU or CPU runs it natively and, on a CPU, the model is wide enough, else fp32), "
+        "bf16 (mixed precision: fp32 master weights and gradient reduction) or fp32. fp16 is not offered: a full "
+        "fine-tune in fp16 needs loss scaling, which this loop does not do"))
     activation_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that already holds files (its best/, final/ and checkpoint are replaced)"})

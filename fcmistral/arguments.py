@@ -59,6 +59,11 @@ def check_adapter_path(path: str | None, option: str = "--adapter_path") -> str 
     return str(folder)
 
 
+def compute_dtype_field(choices: list[str] = COMPUTE_DTYPE_CHOICES, help: str = COMPUTE_DTYPE_HELP):
+    """The ``--compute_dtype`` option, declared once for every script (FSDP/train.py narrows its choices)."""
+    return field(default="auto", metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class ModelArguments:
     """Which model to load for generation or merging, and how (inference.py, evaluate.py,
@@ -67,7 +72,7 @@ class ModelArguments:
     model_path: str = field(default=None, metadata={"help": "merged model folder or hub name (or the base, with --adapter_path)"})
     adapter_path: str = field(default=None, metadata={"help": "LoRA adapter folder written by train.py, applied on --model_path"})
     load_in_4bit: bool = field(default=False, metadata={"help": "load the base model in 4-bit NF4, as QLoRA trained it"})
-    compute_dtype: str = field(default="auto", metadata={"help": COMPUTE_DTYPE_HELP, "choices": COMPUTE_DTYPE_CHOICES})
+    compute_dtype: str = compute_dtype_field()
 
     def __post_init__(self) -> None:
         self.model_path = check_model_path(self.model_path)

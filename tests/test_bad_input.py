@@ -83,7 +83,7 @@ CASES = [
     ("inference.py", "--model_path TINY --functions LATIN1_FUNCTIONS", "line 1 is not UTF-8 text"),
     ("fcmistral/artifacts/mistral_tokenizer.py", "--output OCCUPIED", "already holds files: pass --overwrite"),
     ("fcmistral/artifacts/smollm2.py", "--output OCCUPIED", "already holds files: pass --overwrite"),
-    ("inference.py", "--model_path TINY --tools BAD_TOOLS", "function 'f': 'parameters' must be a JSON Schema object"),
+    ("inference.py", "--model_path TINY --callables BAD_TOOLS", "function 'f': 'parameters' must be a JSON Schema object"),
     ("inference.py", "--model_path TINY --tool_time_limit 0", "--tool_time_limit must be above 0"),
 ]
 

@@ -147,6 +147,8 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     gguf = tmp_path / "merged.gguf"  # and, the first time, the GGUF export with its Ollama Modelfile
     result = run_script("convert_weights.py", "--model_path", str(tiny_model_dir), "--adapter_path", str(adapter),
                         "--save_path", str(out), "--compute_dtype", "fp32", "--overwrite",
+                        # --dtype in the project's spelling, and once in its old one (a hidden alias)
+                        "--dtype", "float32" if into_dequantized else "fp32",
                         *(["--load_in_4bit"] if into_dequantized else ["--gguf", str(gguf), "--gguf_type", "f32"]))
     assert result.returncode == 0, result.stderr[-2000:]
     exported = [] if into_dequantized else ["Modelfile", "merged.gguf"]
@@ -156,6 +158,7 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
     assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # a normal folder, not mkdtemp's 0o700
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and (out / "tokenizer.json").is_file()
+    assert config["dtype"] == "float32"
     assert (out / "chat_template.jinja").read_text() == chat_template()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base = load_model(str(tiny_model_dir), into_dequantized, tiny_tokenizer, dtype=fp32).eval()

@@ -17,18 +17,18 @@ def load_callables_module(path: str | Path) -> tuple[dict[str, Callable[..., Any
     """The public functions defined in a user's module, and its ``FUNCTIONS`` schemas if it has one."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"tools module {str(path)!r} does not exist")
+        raise UserError(f"--callables module {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"fcmistral_user_tools_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as err:
         raise UserError(f"cannot import {str(path)!r}: {type(err).__name__}: {err}") from err
-    tools = {
+    callables = {
         name: obj for name, obj in vars(module).items()
         if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("_")
     }
-    return tools, getattr(module, "FUNCTIONS", None)
+    return callables, getattr(module, "FUNCTIONS", None)
 
 
 def check_callables_cover(functions: list[dict[str, Any]], callables: dict[str, Callable[..., Any]]) -> None:

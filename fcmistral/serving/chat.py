@@ -71,7 +71,7 @@ def result_json(name: str, result: Any) -> str:
         return json.dumps({"error": f"the result of {name} cannot be sent as JSON: {type(err).__name__}: {err}"})
 
 
-def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str, Callable[..., Any]],
+def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], callables: dict[str, Callable[..., Any]],
                  time_limit: float = 30.0) -> str:
     """Run a call turn's function and return the FUNCTION RESPONSE text (JSON).
 
@@ -83,11 +83,11 @@ def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str
         _, reason = try_parse_call(turn.content)
         return json.dumps({"error": f"the function call could not be parsed: {reason}"})
     name, arguments = turn.call.name, turn.call.arguments
-    problem = call_problem(turn.call, {n: schema for n, schema in schemas.items() if n in tools})
+    problem = call_problem(turn.call, {n: schema for n, schema in schemas.items() if n in callables})
     if problem:
         return json.dumps({"error": problem}, ensure_ascii=False)
     try:
-        result = call_with_time_limit(tools[name], arguments, time_limit)
+        result = call_with_time_limit(callables[name], arguments, time_limit)
     except ToolTimeout as err:
         return json.dumps({"error": f"{name} timed out: {err}"})
     except Exception as err:  # the user's function failed: the model is told, the chat goes on
@@ -96,11 +96,11 @@ def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], tools: dict[str
 
 
 class ChatSession:
-    """A conversation with tools: ``send`` a user message, get the new turns back."""
+    """A conversation with functions to call: ``send`` a user message, get the new turns back."""
 
-    def __init__(self, complete: Complete, functions: list[dict[str, Any]], tools: dict[str, Callable[..., Any]],
+    def __init__(self, complete: Complete, functions: list[dict[str, Any]], callables: dict[str, Callable[..., Any]],
                  max_calls: int = 3, stream: bool = False, tool_time_limit: float = 30.0) -> None:
-        self.complete, self.tools, self.max_calls, self.stream = complete, tools, max_calls, stream
+        self.complete, self.callables, self.max_calls, self.stream = complete, callables, max_calls, stream
         self.tool_time_limit = tool_time_limit
         self.schemas = {f["name"]: f for f in functions}
         self.system = build_system_prompt(functions)
@@ -118,7 +118,7 @@ class ChatSession:
                 self._append(turn, on_turn)
             if step[-1].role != "function_call" or calls == self.max_calls:
                 break
-            self._append(Turn("function_response", execute_call(step[-1], self.schemas, self.tools,
+            self._append(Turn("function_response", execute_call(step[-1], self.schemas, self.callables,
                                                                         self.tool_time_limit)), on_turn)
         return self.turns[start:]
 

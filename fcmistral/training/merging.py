@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from fcmistral.errors import UserError, first_line
+from fcmistral.hardware import DTYPE_NAMES
 from fcmistral.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
 from fcmistral.outputs import check_output_dir, written_aside
 
@@ -34,7 +35,7 @@ def merge_adapter(model_path: str, adapter_path: str, into_dequantized: bool = F
     into the NF4-dequantized weights the adapter was trained against, via transformers' public ``dequantize()`` rather than bitsandbytes internals; the 4-bit model
     is loaded with ``compute_dtype`` as in training (default: the hardware's choice).
     """
-    target = _base_dtype(model_path) if dtype == "auto" else DTYPES[dtype]
+    target = _base_dtype(model_path) if dtype == "auto" else DTYPE_NAMES[dtype]
     tokenizer = load_tokenizer(tokenizer_source(model_path, adapter_path))
     if into_dequantized:
         base = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer, dtype=compute_dtype).dequantize().to(torch.float32)
