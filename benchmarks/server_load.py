@@ -112,6 +112,8 @@ def main() -> None:
                         help="each request asks about another city (default: the same question every time, whose "
                              "prompt the server's prefix cache then holds whole)")
     parser.add_argument("--engine_only", action="store_true", help="measure the batching engine alone (no HTTP)")
+    parser.add_argument("--compute_dtype", default="auto", help="the server's --compute_dtype (auto: the hardware's "
+                                                                  "choice for the model)")
     args = parser.parse_args()
 
     from fcmistral.demo.functions import DEMO_SCHEMAS
@@ -131,7 +133,8 @@ def main() -> None:
         log = Path(tmp) / "server.log"
         server = subprocess.Popen(
             [sys.executable, "inference.py", "--model_path", model_path, "--serve", "--port", "0",
-             "--max_batch_size", str(max(levels)), "--max_new_tokens", str(max(args.max_tokens, 64))],
+             "--max_batch_size", str(max(levels)), "--max_new_tokens", str(max(args.max_tokens, 64)),
+             "--compute_dtype", args.compute_dtype],
             cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
         try:
             while not (found := re.search(r"serving \S+ on (http://\S+/v1)", log.read_text())):

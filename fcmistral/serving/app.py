@@ -21,7 +21,7 @@ from fcmistral.serving.chat_completions import ChatCompletions
 from fcmistral.serving.completions import Completions
 from fcmistral.serving.engine import EngineClient
 from fcmistral.serving.limits import Limits
-from fcmistral.serving.protocol import ChatRequest, CompletionRequest, RequestError, dump
+from fcmistral.serving.protocol import ChatRequest, CompletionRequest, RequestError, dump, request_functions
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         chat_request = await body(request, ChatRequest)
-        handler = ChatCompletions(chat_request, engine, limits, model_name)
+        # Checking the tools' schemas is bounded but not free: done in a thread, not on the event loop.
+        functions = await asyncio.to_thread(request_functions, chat_request)
+        handler = ChatCompletions(chat_request, engine, limits, model_name, functions)
         if chat_request.stream:
             return EventSourceResponse(handler.stream(), ping=15)
         return Response(dump(await handler.full()), media_type="application/json")

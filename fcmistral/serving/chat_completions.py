@@ -46,7 +46,6 @@ from fcmistral.serving.protocol import (
     ChatRequest,
     RequestError,
     dump,
-    request_functions,
     request_turns,
     tool_call_dicts,
     usage,
@@ -86,10 +85,13 @@ class ChatCompletions:
     """One chat request: its prompt, generation (with one retry of an unusable call), and its reply,
     whole (``full``) or streamed (``stream``)."""
 
-    def __init__(self, request: ChatRequest, engine: EngineClient, limits: Limits, model_name: str) -> None:
+    def __init__(self, request: ChatRequest, engine: EngineClient, limits: Limits, model_name: str,
+                 functions: list[dict[str, Any]]) -> None:
+        """``functions``: the request's tools checked (``protocol.request_functions``, which the route
+        runs off the event loop)."""
         self.request, self.engine, self.limits, self.model_name = request, engine, limits, model_name
         self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        self.functions = request_functions(request)
+        self.functions = functions
         self.schemas = {f["name"]: f for f in self.functions}
         choice = request.tool_choice
         if not self.functions and choice not in (None, "none", "auto"):

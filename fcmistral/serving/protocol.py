@@ -146,10 +146,11 @@ class CompletionRequest(SamplingFields):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def _checked_schema(function_json: str) -> dict[str, Any]:
     """normalize_schema, cached: agents send the same tools with every request, and checking a schema
-    against the JSON Schema meta-schema costs more than the rest of a request's parsing."""
+    against the JSON Schema meta-schema costs more than the rest of a request's parsing. Bounded:
+    256 schemas of at most MAX_SCHEMA_BYTES each (a failed check is not cached)."""
     return normalize_schema(json.loads(function_json))
 
 

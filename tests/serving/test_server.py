@@ -353,6 +353,11 @@ USER = b'{"role": "user", "content": "x"}'
          b'"parameters": {"type": "int"}}}]}', 400, "not a valid JSON Schema"),
         (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f"}}], '
          b'"tool_choice": {"type": "function", "function": {"name": "g"}}}', 400, "not among the tools"),
+        # Schemas are data: never fetched, bounded (fcmistral/format/schemas.py; tests/format/test_schemas.py)
+        (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f", '
+         b'"parameters": {"$ref": "http://169.254.169.254/latest/meta-data/iam"}}}]}', 400, "never fetched"),
+        (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f", '
+         b'"parameters": {"$ref": "#"}}}]}', 400, "refers to itself"),
         (b'{"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": '
          b'{"name": "f", "arguments": "{bad"}}]}]}', 400, "not JSON"),
         (b'{"messages": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", 400, "recursion limit"),
@@ -431,3 +436,53 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def completion(base: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{base}/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def concurrently(calls: list[Callable[[], tuple[int, dict]]]) -> list[tuple[int, dict]]:
+    results: list = [None] * len(calls)
+    threads = [threading.Thread(target=lambda i=i, c=c: results.__setitem__(i, c())) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_a_tiny_temperature_is_greedy_and_harms_no_request_beside_it(serve):
+    """temperature 1e-300 used to give NaN probabilities, and the sampler's error failed every row of
+    its batch (8 greedy requests got 500 beside it)."""
+    _, _, base = serve()
+    greedy = {"prompt": "USER: Weather?\n\n\nASSISTANT:", "max_tokens": 8, "temperature": 0}
+    results = concurrently([lambda: completion(base, greedy)] * 8
+                           + [lambda: completion(base, {**greedy, "temperature": 1e-300})])
+    assert [status for status, _ in results] == [200] * 9
+    assert len({body["choices"][0]["text"] for _, body in results}) == 1  # the tiny temperature is greedy
+
+
+def test_a_row_whose_sampling_fails_fails_alone(serve, monkeypatch):
+    from fcmistral.serving.engine import rows, scheduler
+
+    def broken_for_top_p_half(request, device):
+        if request.top_p == 0.5:
+            def boom(input_ids, scores):
+                raise RuntimeError("a sampler failing")
+            return [boom], torch.Generator()
+        return rows.sampler(request, device)
+
+    monkeypatch.setattr(scheduler, "sampler", broken_for_top_p_half)
+    _, _, base = serve()
+    body = {"prompt": "USER: Weather?\n\n\nASSISTANT:", "max_tokens": 8, "temperature": 0}
+    results = concurrently([lambda: completion(base, body)] * 6
+                           + [lambda: completion(base, {**body, "temperature": 1.0, "top_p": 0.5})])
+    assert [status for status, _ in results] == [200] * 6 + [500]
+    assert results[-1][1]["error"]["type"] == "server_error"

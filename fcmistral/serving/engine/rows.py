@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,6 +12,11 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogit
 from fcmistral.format.streams import ReplyStream
 from fcmistral.prompt import END_OF_TURN
 from fcmistral.serving.engine.client import GenerationRequest, Update
+
+log = logging.getLogger(__name__)
+# Below this, logits divided by the temperature overflow float32 (1e-300 gave NaN probabilities, and
+# torch.multinomial raised for the whole batch); sampling there is greedy decoding in all but name.
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass
@@ -35,7 +41,7 @@ class Row:
 
 def sampler(request: GenerationRequest, device) -> tuple[LogitsProcessorList, torch.Generator] | None:
     """The row's logits warpers and random generator (seeded when the request has a seed); None: greedy."""
-    if request.temperature <= 0:
+    if request.temperature < MIN_TEMPERATURE:  # the limit of sampling as the temperature falls: greedy
         return None
     generator = torch.Generator(device)
     if request.seed is not None:
@@ -49,14 +55,26 @@ def sampler(request: GenerationRequest, device) -> tuple[LogitsProcessorList, to
 
 
 def choose(rows: list[Row | None], logits: torch.Tensor) -> list[int]:
-    """Each row's next token: greedy, or sampled with the row's own settings and generator."""
+    """Each row's next token: greedy, or sampled with the row's own settings and generator. A row
+    whose sampling fails ends with an error alone; the others go on."""
     tokens = logits.argmax(dim=-1).tolist()
     for i, row in enumerate(rows):
-        if row is not None and row.sampler is not None:
+        if row is not None and row.sampler is not None and not row.finished:
             warpers, generator = row.sampler
-            scores = warpers(None, logits[i : i + 1].float())
-            tokens[i] = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+            try:
+                scores = warpers(None, logits[i : i + 1].float())
+                tokens[i] = int(torch.multinomial(scores.softmax(dim=-1), 1, generator=generator))
+            except Exception:  # noqa: BLE001 - logged; only this row's request fails
+                log.exception("sampling failed for one row; its request ends with an error")
+                fail(row)
     return tokens
+
+
+def fail(row: Row) -> None:
+    """End ``row`` with an error update (its request gets a 500; the batch goes on)."""
+    if not row.finished:
+        row.finished = True
+        row.send(Update("", "error"))
 
 
 def take(row: Row, token: int, tokenizer) -> None:

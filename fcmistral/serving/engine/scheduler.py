@@ -45,7 +45,7 @@ import torch
 
 from fcmistral.serving.engine.client import EngineClient, GenerationRequest, Update
 from fcmistral.serving.engine.prefix_cache import PrefixCache
-from fcmistral.serving.engine.rows import Row, choose, sampler, take
+from fcmistral.serving.engine.rows import Row, choose, fail, sampler, take
 from fcmistral.serving.engine.slots import Batch, Group
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,7 @@ class BatchingEngine(EngineClient):
             except Exception:  # noqa: BLE001 - logged, reported to every caller of the batch, then go on
                 log.exception("generation failed")
                 for row in (batch.live() if batch else []) + joining:
-                    if not row.finished:
-                        row.finished = True
-                        row.send(Update("", "error"))
+                    fail(row)
                 batch = None
             if self._after_step:
                 self._after_step()
@@ -180,7 +178,7 @@ class BatchingEngine(EngineClient):
     def _hand(self, rows: list[Row | None], tokens: list[int]) -> None:
         """Each row takes its new token (a row whose client is gone just finishes)."""
         for row, token in zip(rows, tokens):
-            if row is None:
+            if row is None or row.finished:  # (a row whose sampling failed has ended already)
                 continue
             if row.cancelled:
                 row.finished = True
