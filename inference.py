@@ -2,7 +2,8 @@
 
     python inference.py --model_path outputs/merged                       # interactive chat
     python inference.py --model_path outputs/merged --prompt "Weather in Paris?" [--json]
-    python inference.py --model_path outputs/merged --serve --port 8000   # OpenAI-compatible API
+
+The OpenAI-compatible server is serve.py (``--serve`` here is an alias that says so).
 
 Functions come from ``--functions FILE`` (custom_function.txt style, a JSON list or an OpenAI
 tools list) and run from ``--callables my_tools.py`` (its functions, by name); without either, a small
@@ -25,7 +26,7 @@ from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import ASSISTANT_TAG, TAG_OF_ROLE, Turn
 from fcmistral.serving.callables import check_callables_cover, load_callables_module
 from fcmistral.serving.chat import ChatSession
-from fcmistral.serving.server import bind_server, serve
+from fcmistral.serving.server import serve_command
 
 log = logging.getLogger("inference")
 
@@ -45,27 +46,9 @@ class InferenceArguments:
         "help": "seconds a function call may take; past it the model is told the call timed out"})
     prompt: str = field(default=None, metadata={"help": "one user message: print the transcript and exit"})
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
-    serve: bool = field(default=False, metadata={"help": "serve the OpenAI-compatible API instead of chatting"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to serve on (loopback by default)"})
-    port: int = field(default=8000, metadata={"help": "port to serve on (0: any free port)"})
-    api_key: str = field(default=None, metadata={
-        "help": "with --serve: requests must carry 'Authorization: Bearer KEY' (default: no key)"})
-    max_batch_size: int = field(default=32, metadata={"help": "with --serve: requests generated together at most"})
-    engine_threads: int = field(default=None, metadata={
-        "help": "with --serve: torch threads of the generation process (default: all cores but one, which the "
-                "HTTP process gets)"})
-    max_prompt_tokens: int = field(default=8192, metadata={"help": "with --serve: longest prompt (400 past it)"})
-    max_request_bytes: int = field(default=1 << 20, metadata={"help": "with --serve: largest body (413 past it)"})
-
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UserError(f"--port {self.port}: a port is a number from 0 to 65535")
         if self.json and not self.prompt:
             raise UserError("--json goes with --prompt")
-        if self.serve and self.prompt:
-            raise UserError("--serve and --prompt exclude each other: serve the API, or answer one message")
-        if self.api_key is not None and not self.api_key.strip():
-            raise UserError("--api_key must not be empty")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise UserError("sampling needs --temperature above 0 and --top_p in (0, 1]")
 
@@ -114,46 +97,22 @@ def chat_loop(session: ChatSession) -> None:
             session.send(message, on_turn=lambda t: print_turn(t) if t.role == "function_response" else None)
 
 
-def serve_api(model_args: ModelArguments, args: InferenceArguments, sock) -> None:
-    """The OpenAI-compatible server; the model loads in the engine's own process."""
-    from fcmistral.generation import load_generation_tokenizer
-    from fcmistral.serving.app import create_app
-    from fcmistral.serving.engine.process import EngineProcess, EngineSpec
-    from fcmistral.serving.limits import Limits
-
-    limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
-                    max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
-                    top_p=args.top_p if args.do_sample else 1.0)
-    spec = EngineSpec(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
-                      compute_dtype(model_args.compute_dtype, model_args.model_path), args.max_batch_size, args.engine_threads)
-    tokenizer = load_generation_tokenizer(model_args.model_path, model_args.adapter_path)
-    model_name = model_args.adapter_path or model_args.model_path
-    engine = EngineProcess(spec, tokenizer)
-    host, port = sock.getsockname()[:2]
-    print(f"serving {model_name} on http://{host}:{port}/v1", flush=True)
-    try:
-        serve(create_app(engine, model_name, limits, args.api_key), sock)
-    finally:
-        engine.close()
-
-
 def main() -> None:
+    if "--serve" in sys.argv:  # the server's old home, kept as an alias
+        log.warning("the server is serve.py now, with the same options: python serve.py --model_path ...")
+        serve_command([a for a in sys.argv[1:] if a != "--serve"], "The OpenAI-compatible API (serve.py).")
+        return
     if "--tools" in sys.argv:  # the old name of --callables ("tools" are schemas in the API), kept hidden
         log.warning("--tools is now --callables (tools are the schemas; callables the Python functions)")
         sys.argv = ["--callables" if a == "--tools" else a for a in sys.argv]
     model_args, args = parse_arguments((ModelArguments, InferenceArguments), __doc__.split("\n\n")[0],
-                                       positive=("max_new_tokens", "max_calls", "tool_time_limit", "max_batch_size",
-                                                 "engine_threads", "max_prompt_tokens", "max_request_bytes"))
+                                       positive=("max_new_tokens", "max_calls", "tool_time_limit"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     functions, callables = resolve_functions(args)
     from fcmistral.generation import load_for_generation
     from fcmistral.serving.completer import Completer
 
-    # The port is taken before the model loads: a port in use is reported at once, not after minutes.
-    if args.serve:
-        serve_api(model_args, args, bind_server(args.host, args.port))
-        return
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,

@@ -4,7 +4,7 @@ clients, errors, and the server's memory as requests accumulate.
     python benchmarks/server_load.py [--model_path M] [--clients 1,8,32,64] [--seconds 20]
     python benchmarks/server_load.py --engine_only [--clients 1,8,32]    # the batching engine, no HTTP
 
-Starts ``inference.py --serve`` (the tiny model unless ``--model_path``) on a free port, then for
+Starts ``serve.py`` (the tiny model unless ``--model_path``) on a free port, then for
 each level runs that many clients (threads, each with its own official ``openai`` client, no
 retries) sending chat requests with tools for ``--seconds``. Prints per level: requests/s, p50 and
 p95 latency, errors; the speed-up of each level over one client; and the server's resident memory
@@ -132,7 +132,7 @@ def main() -> None:
         # The server's output goes to a file: a pipe nobody reads fills up and blocks its access log.
         log = Path(tmp) / "server.log"
         server = subprocess.Popen(
-            [sys.executable, "inference.py", "--model_path", model_path, "--serve", "--port", "0",
+            [sys.executable, "serve.py", "--model_path", model_path, "--port", "0",
              "--max_batch_size", str(max(levels)), "--max_new_tokens", str(max(args.max_tokens, 64)),
              "--compute_dtype", args.compute_dtype],
             cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)

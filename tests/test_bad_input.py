@@ -1,4 +1,4 @@
-"""Bad input to convert_weights.py, evaluate.py and inference.py: one `error:` line, exit 2, no
+"""Bad input to convert_weights.py, evaluate.py, inference.py and serve.py: one `error:` line, exit 2, no
 traceback, and nothing written. (train.py's list is in test_train_cli.py.)"""
 
 from __future__ import annotations
@@ -73,13 +73,15 @@ CASES = [
      "line 1 is not UTF-8 text (byte 0xe9"),
     ("evaluate.py", "--model_path ~/no-such-model-here --output_dir OUT", "no such folder"),
     ("inference.py", "--model_path TINY --adapter_path NOT_ADAPTER", "is not a LoRA adapter folder"),
-    ("inference.py", "--model_path TINY --serve --port -1", "--port -1: a port is a number from 0 to 65535"),
-    ("inference.py", "--model_path TINY --serve --port 99999", "--port 99999: a port is a number"),
+    ("serve.py", "--model_path TINY --port -1", "--port -1: a port is a number from 0 to 65535"),
+    ("inference.py", "--model_path TINY --serve --port 99999", "--port 99999: a port is a number"),  # the alias
     # Checked before the model loads: the model named here does not exist, yet the error is the port's.
-    ("inference.py", "--model_path not-here/offline-hub-model --serve --port BUSY_PORT", "cannot serve on"),
+    ("serve.py", "--model_path not-here/offline-hub-model --port BUSY_PORT", "cannot serve on"),
+    ("serve.py", "--port 8000", "give --model_path"),
+    ("serve.py", "--model_path TINY --max_batch_size 0", "--max_batch_size must be above 0"),
     ("inference.py", "--model_path TINY --max_new_tokens 0", "--max_new_tokens must be above 0"),
     ("inference.py", "--model_path TINY --json", "--json goes with --prompt"),
-    ("inference.py", "--model_path TINY --serve --prompt hi", "--serve and --prompt exclude each other"),
+    ("inference.py", "--model_path TINY --serve --prompt hi", "unrecognized arguments: --prompt hi"),
     ("inference.py", "--model_path TINY --functions LATIN1_FUNCTIONS", "line 1 is not UTF-8 text"),
     ("fcmistral/artifacts/mistral_tokenizer.py", "--output OCCUPIED", "already holds files: pass --overwrite"),
     ("fcmistral/artifacts/smollm2.py", "--output OCCUPIED", "already holds files: pass --overwrite"),

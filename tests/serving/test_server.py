@@ -405,7 +405,7 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
 
     from tests.conftest import REPO
 
-    process = subprocess.Popen([sys.executable, "inference.py", "--model_path", str(tiny_model_dir), "--serve",
+    process = subprocess.Popen([sys.executable, "serve.py", "--model_path", str(tiny_model_dir),
                                 "--port", "0", "--max_new_tokens", "24"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
