@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -15,8 +14,9 @@ from pydantic import BaseModel
 from fcmistral.format.calls import parse_calls, split_reply
 from fcmistral.format.streams import CallStream, partial_marker_length
 from fcmistral.prompt import END_OF_TURN, FUNCTION_CALL_MARKER, format_call
+from tests.conftest import REPO
 
-PLUGIN = Path(__file__).resolve().parent.parent / "fcmistral" / "serving" / "vllm_tool_parser.py"
+PLUGIN = REPO / "fcmistral" / "serving" / "vllm_tool_parser.py"
 WEATHER = format_call("get_current_weather", {"location": "Paris", "note": "it's {'quoted'}"})
 TAX = format_call("calculate_tax", {"income": 50000})
 REPLIES = [
