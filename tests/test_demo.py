@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-STEPS = 300
+STEPS = 200
 
 
 @pytest.mark.slow
