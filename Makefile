@@ -7,7 +7,8 @@
 # nothing else, and pip takes torch from the pin in requirements.txt (the CPU build on a CPU
 # machine where a wheel lies on disk) where uv and poetry would download a CUDA build of several
 # GB. `make` re-runs the install only when a requirements file changed (the stamp below), so both
-# commands start at once when everything is in place. Users who manage their own environment (a GPU
+# commands start at once when everything is in place. A .venv it did not make (yours) is never
+# installed into. Users who manage their own environment (a GPU
 # cluster) keep `pip install -r requirements.txt` and `bash run.sh` (README, "Your own environment").
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +30,9 @@ setup: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 		{ echo "error: $(PYTHON) is older than Python 3.10: run make PYTHON=python3.11"; exit 2; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	@if [ -e $(VENV) ] && [ ! -e $(VENV)/.made-by-make ]; then \
+		echo "error: $(VENV) exists and was not made here: it is left alone (make VENV=.venv-fcmistral ...)"; exit 2; fi
+	@test -x $(BIN)/python || { $(PYTHON) -m venv $(VENV) && touch $(VENV)/.made-by-make; } || \
 		{ echo "error: no venv module: apt-get install python3-venv"; exit 2; }
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt

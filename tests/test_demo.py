@@ -1,6 +1,6 @@
 """The README's promise: `bash run.sh` on a CPU machine trains the tiny model until it calls the
-right function on held-out prompts. The demo's own bar (>= 80% after 1,000 steps) is measured by
-running it (README); here it trains fewer steps and asserts that the model learns."""
+right function on held-out prompts. The demo's own bar (>= 80% after its 600 steps) is measured by
+running it (docs/training.md); here it trains fewer steps and asserts that the model learns."""
 
 from __future__ import annotations
 
