@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import logging
 import os
 import shutil
@@ -61,7 +62,7 @@ def _exchange(a: Path, b: Path) -> bool:
 def _leftovers(path: Path, kind: str) -> list[Path]:
     """``.NAME.KIND-PID`` folders beside ``path`` whose process is gone."""
     found = []
-    for candidate in path.parent.glob(f".{path.name}.{kind}-*"):
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.{kind}-*"):
         pid = candidate.name.rsplit("-", 1)[1]
         if pid.isdigit() and not _alive(int(pid)):
             found.append(candidate)
@@ -82,7 +83,7 @@ def recover_interrupted_write(path: str | Path) -> None:
     """Undo what a killed ``written_aside`` left beside ``path``: a half-written staging folder is
     removed; an old folder renamed aside goes back if nothing took its place, else it is removed
     (its replacement is complete, as the user asked)."""
-    path = Path(path).absolute()
+    path = Path(os.path.realpath(path))
     for staging in _leftovers(path, "staging"):
         log.warning("removing %s, left by a killed run", staging)
         shutil.rmtree(staging)
@@ -112,9 +113,10 @@ def written_aside(path: str | Path) -> Iterator[Path]:
     At every instant ``path`` is either the old folder or the new one, complete, even if the
     process is killed (see ``recover_interrupted_write``); on an error the old one stays and the
     staging folder is removed. The folder and its files get the permissions of a normal ``mkdir``
-    and ``open``.
+    and ``open``. A ``path`` that is a symbolic link (the demo's ``outputs/demo-qlora``) stays one:
+    the folder it points to is what is replaced.
     """
-    path = Path(path).absolute()
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_write(path)
     staging = path.with_name(f".{path.name}.staging-{os.getpid()}")

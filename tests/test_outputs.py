@@ -115,3 +115,31 @@ def test_a_running_writer_keeps_its_staging_folder(tmp_path):
     (tmp_path / f".merged.staging-{os.getpid()}" / "part").write_text("x")
     recover_interrupted_write(out)
     assert [p.name for p in tmp_path.iterdir()] == [f".merged.staging-{os.getpid()}"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_a_symlinked_output_folder_keeps_its_link_and_gets_the_new_files(exchange, tmp_path, monkeypatch):
+    """The demo's outputs/demo-qlora is a link to a run's folder: writing it twice must replace the
+    folder it points to, keep the link, and leave nothing behind."""
+    if not exchange:
+        monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
+    target, link = tmp_path / "runs" / "first", tmp_path / "outputs" / "demo"
+    target.mkdir(parents=True)
+    link.parent.mkdir()
+    link.symlink_to(target, target_is_directory=True)
+    for version in ("one", "two"):
+        with written_aside(link) as staging:
+            write_model(staging, version)
+        assert link.is_symlink() and link.resolve() == target
+        assert complete_version(target) == version
+    assert sorted(p.name for p in link.parent.iterdir()) == ["demo"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["first"]
+
+
+def test_cleanup_matches_the_output_name_literally(tmp_path):
+    """An output named run[1] must not treat .run1.old-PID (another output's leftover) as its own."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = tmp_path / f".run1.old-{int(dead.stdout)}"
+    other.mkdir()
+    recover_interrupted_write(tmp_path / "run[1]")
+    assert other.is_dir() and not (tmp_path / "run[1]").exists()

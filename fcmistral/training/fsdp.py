@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import warnings
@@ -204,7 +205,11 @@ def save_hf_folder(model, tokenizer, path: Path, dtype: torch.dtype, env: DistEn
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    # numpy's state as plain lists and numbers: the file is read back with torch.load(weights_only=True),
+    # which unpickles tensors and containers only (a checkpoint folder from elsewhere runs no code).
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [name, keys.tolist(), position, has_gauss, cached]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -213,15 +218,25 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete sharded checkpoint under ``root`` (None when there is none)."""
+    """The newest complete sharded checkpoint under ``root`` (None when there is none). The pointer
+    names a ``step-N`` folder of ``root`` itself; anything else (a path elsewhere, ``..``) is refused."""
     pointer = root / "latest.json"
-    return root / json.loads(pointer.read_text())["path"] if pointer.is_file() else None
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["path"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{pointer} is not a checkpoint pointer ({err}): remove it or the output folder") from None
+    if not isinstance(name, str) or not re.fullmatch(r"step-\d+", name) or not (root / name).is_dir():
+        raise UserError(f"{pointer} names {name!r}, which is not a step-N folder beside it")
+    return root / name
 
 
 def save_checkpoint(root: Path, model, optimizer, trainer_state: dict[str, Any], env: DistEnv) -> None:
@@ -253,6 +268,6 @@ def load_checkpoint(path: Path, model, optimizer, env: DistEnv) -> dict[str, Any
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer_state = torch.load(path / f"trainer_state_rank{env.rank}.pt", weights_only=False)
+    trainer_state = torch.load(path / f"trainer_state_rank{env.rank}.pt", weights_only=True)
     _set_rng_state(trainer_state.pop("rng"))
     return trainer_state

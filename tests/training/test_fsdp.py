@@ -163,3 +163,34 @@ def test_packed_training_learns_with_varlen_attention(tiny_model_dir, data, tmp_
     losses = [r["loss"] for r in rows if "loss" in r]
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert len(losses) == 12 and evals[-1] < evals[0] and sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_saved_trainer_state_loads_without_unpickling_code(tmp_path):
+    """The resume reads each rank's state with torch.load(weights_only=True): what save_checkpoint
+    writes (RNG states included) must load that way, and put the generators back."""
+    import random
+
+    import numpy as np
+
+    from fcmistral.training import fsdp
+
+    torch.save({"step": 3, "rng": fsdp._rng_state()}, tmp_path / "state.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    fsdp._set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+@pytest.mark.parametrize("pointer", ['{"path": "../elsewhere"}', '{"path": "/etc"}', '{"path": 3}', "not json"])
+def test_a_checkpoint_pointer_outside_its_folder_is_refused(tmp_path, pointer):
+    from fcmistral.errors import UserError
+    from fcmistral.training.fsdp import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (root / "latest.json").write_text(pointer)
+    with pytest.raises(UserError, match="latest.json"):
+        latest_checkpoint(root)
+    (root / "step-4").mkdir()
+    (root / "latest.json").write_text('{"step": 4, "path": "step-4"}')
+    assert latest_checkpoint(root) == root / "step-4"
