@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fcmistral.modeling import load_adapter, load_model, load_tokenizer, tokenizer_source
+from fcmistral.modeling import load_adapter, load_model, load_tokenizer, text_encoder, tokenizer_source
 from fcmistral.prompt import END_OF_TURN
 
 
@@ -52,7 +52,10 @@ def generate_batch(
     Generation stops on ``<|endoftext|>`` (plain text in Mistral's vocabulary, hence a stop
     string) or on ``</s>``.
     """
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    ids = [encoding.ids for encoding in text_encoder(tokenizer).encode_batch(prompts)]
+    width = max(len(row) for row in ids)  # left padding: every row's reply starts at the same column
+    enc = {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in ids], device=model.device),
+           "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=model.device)}
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     out = model.generate(
         **enc,

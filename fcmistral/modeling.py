@@ -4,16 +4,20 @@ Below training, serving and evaluation, which all load models the same way."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from fcmistral.chat_template import add_chat_template
 from fcmistral.errors import UserError, first_line
 from fcmistral.hardware import compute_dtype
+from fcmistral.prompt import END_OF_TURN
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,29 @@ def load_tokenizer(path: str, padding_side: str = "right"):
     tokenizer.padding_side = padding_side
     add_chat_template(tokenizer)  # what this project trains and serves is the glaive format
     return tokenizer
+
+
+@lru_cache(maxsize=8)  # per tokenizer object: building one parses the whole vocabulary
+def text_encoder(tokenizer) -> Tokenizer:
+    """A private copy of ``tokenizer``'s Rust tokenizer that reads every special token's *text* as
+    text: a literal ``</s>`` or ``<s>`` in a reply (an HTML strikethrough) must not train, or end, a
+    sequence. The real BOS is still added by id (the post-processor) and the EOS by id where a
+    caller appends it. Only the format's own end marker stays one token where the vocabulary has
+    it as a special one (SmolLM2's ``<|endoftext|>``), as the model is trained to write it.
+
+    Every path that turns our text into ids uses it: training (``data.encoding``), the terminal
+    chat and evaluation (``generation.generate_batch``) and the server (``EngineClient.encode``).
+    A copy also keeps padding and truncation off whatever a transformers call left switched on.
+    """
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    for added in data.get("added_tokens", []):
+        if added["content"] == END_OF_TURN:
+            added["special"] = False  # still matched whole, but not split by encode_special_tokens
+    backend = Tokenizer.from_str(json.dumps(data))
+    backend.no_padding()
+    backend.no_truncation()
+    backend.encode_special_tokens = True
+    return backend
 
 
 def tokenizer_source(model_path: str, adapter_path: str | None) -> str:

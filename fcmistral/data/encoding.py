@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
+from fcmistral.modeling import text_encoder
 
 MAX_TAIL_CHARS = 64
 _UNSEEN = object()
@@ -84,12 +84,10 @@ class SharedPrefixEncoder:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        # A private copy of the Rust tokenizer: a transformers call with padding or truncation
-        # leaves them switched on in the shared one, and encode_batch would then pad every text
-        # to the batch's longest (found when the benchmark ran a padding baseline first).
-        self._backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self._backend.no_padding()
-        self._backend.no_truncation()
+        # A private copy of the Rust tokenizer (special tokens' text read as text; see text_encoder):
+        # a transformers call with padding or truncation leaves them switched on in the shared one,
+        # and encode_batch would then pad every text to the batch's longest.
+        self._backend = text_encoder(tokenizer)
         self._heads: dict[str, list[int] | None] = {}  # checked prefixes' ids; None: tokenize whole
         self.stats: Counter = Counter()
 

@@ -34,3 +34,15 @@ def test_the_folder_is_the_gguf_model_saved_plainly(smollm2_dir):
         out = model.generate(**batch, max_new_tokens=12, do_sample=False)
     reply = tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "4" in reply, reply  # a pretrained instruct model, not random weights
+
+
+def test_the_end_marker_stays_one_token_where_the_vocabulary_has_it(smollm2_dir):
+    """SmolLM2 has ``<|endoftext|>`` as a special token: text_encoder reads other special tokens'
+    text as text, but the format's end marker stays the one token the model learns to write."""
+    from fcmistral.modeling import load_tokenizer, text_encoder
+    from fcmistral.prompt import END_OF_TURN
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    marker = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    ids = text_encoder(tokenizer).encode(f"hi {END_OF_TURN} <|im_end|>", add_special_tokens=False).ids
+    assert ids.count(marker) == 1 and tokenizer.convert_tokens_to_ids("<|im_end|>") not in ids

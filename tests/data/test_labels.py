@@ -28,6 +28,11 @@ def tricky_row() -> dict:
     return {"system": build_system_prompt([SCHEMA]), "chat": render_chat(turns)}
 
 
+def special_text_row() -> dict:
+    turns = [Turn("user", "Price? </s>"), Turn("assistant", "It was <s>$5</s> $4. </s> <s> <unk>")]
+    return {"system": build_system_prompt([SCHEMA]), "chat": render_chat(turns)}
+
+
 def expected_runs() -> list[str]:
     """What the loss must cover, written out by hand from the rule in fcmistral/labels.py."""
     return [
@@ -57,7 +62,8 @@ def tokenizer(request, tiny_tokenizer, sample_rows):
         return tiny_tokenizer
     if request.param == "mistral-real":  # Mistral-7B-v0.1's own vocabulary
         return request.getfixturevalue("mistral_tokenizer")
-    return metaspace_tokenizer([r["system"] + r["chat"] for r in sample_rows[:200]] + [tricky_row()["chat"]])
+    return metaspace_tokenizer([r["system"] + r["chat"] for r in sample_rows[:200]]
+                               + [tricky_row()["chat"], special_text_row()["chat"]])
 
 
 def test_loss_covers_exactly_the_assistant_turns_and_following_tags(tokenizer):
@@ -115,3 +121,13 @@ def test_pad_token_is_never_eos(tiny_tokenizer, tmp_path):
     tok.save_pretrained(tmp_path)
     loaded = load_tokenizer(str(tmp_path))
     assert loaded.pad_token == "<unk>" and loaded.pad_token_id != loaded.eos_token_id
+
+
+def test_special_tokens_written_in_text_are_text(tokenizer):
+    """An HTML strikethrough in a reply (``<s>old</s>``) must not train a BOS or an end of sequence
+    mid-turn: the only BOS is the first token and the only EOS the last, and the text comes back whole."""
+    row = special_text_row()
+    (example,) = examples_from_rows([parse_row(row)], tokenizer, max_length=4096)
+    specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
+    assert [i for i, t in enumerate(example.input_ids) if t in specials] == [0, len(example.input_ids) - 1]
+    assert tokenizer.decode(example.input_ids, skip_special_tokens=True) == row["system"] + row["chat"]

@@ -39,12 +39,16 @@ TOOLS = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
 
 
 class CharTokenizer:
-    """One token per character; enough of a tokenizer for the engine."""
+    """One token per character; enough of a tokenizer for the engine (and its own text encoder:
+    see ``char_text_encoder``)."""
 
     eos_token_id, pad_token_id = EOS, PAD
 
     def __call__(self, text: str) -> BatchEncoding:
         return BatchEncoding({"input_ids": [ord(c) + 2 for c in text]})
+
+    def encode(self, text: str) -> SimpleNamespace:  # as tokenizers.Tokenizer.encode
+        return SimpleNamespace(ids=self(text).input_ids)
 
     def decode(self, ids, skip_special_tokens=False):
         return "".join(chr((i - 2) % REPLY) for i in ids if i > PAD)
@@ -106,6 +110,16 @@ def reply_after(prompt: str) -> str:
     if last_user.startswith("call "):
         return " " + last_user.split("\n")[0][5:] + " " + END_OF_TURN
     return " It is 18 degrees in Paris. \n" + END_OF_TURN + "\n\n\nUSER: more"
+
+
+@pytest.fixture(autouse=True)
+def char_text_encoder(monkeypatch):
+    """The engine encodes prompts with fcmistral.modeling.text_encoder, a copy of a Hugging Face
+    tokenizer's Rust backend; the character tokenizer is its own."""
+    from fcmistral.serving.engine import client
+
+    real = client.text_encoder
+    monkeypatch.setattr(client, "text_encoder", lambda tok: tok if isinstance(tok, CharTokenizer) else real(tok))
 
 
 @pytest.fixture()

@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
+from fcmistral.modeling import text_encoder
+
 
 @dataclass
 class GenerationRequest:
@@ -41,7 +43,7 @@ class EngineClient(ABC):
     def encode(self, text: str) -> list[int]:
         """The prompt's tokens, as generation reads them: a caller that checks the prompt's length
         passes them on in ``GenerationRequest.prompt_ids`` rather than have them computed again."""
-        return self.tokenizer(text).input_ids
+        return text_encoder(self.tokenizer).encode(text).ids  # a "</s>" in a message is text, not EOS
 
     @abstractmethod
     def start(self, request: GenerationRequest, streamed: bool, updates: asyncio.Queue) -> Callable[[], None]:
