@@ -91,6 +91,16 @@ class SharedPrefixEncoder:
         self._heads: dict[str, list[int] | None] = {}  # checked prefixes' ids; None: tokenize whole
         self.stats: Counter = Counter()
 
+    def __getstate__(self) -> dict:
+        # The Rust tokenizer's pickle drops its encode_special_tokens switch: the copy is rebuilt on
+        # unpickling instead (datasets' workers), and this marker changes the fingerprint under which
+        # datasets caches a tokenized dataset, so no cache from before that rule is reused.
+        return {**self.__dict__, "_backend": "text_encoder: special tokens' text read as text"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._backend = text_encoder(self.tokenizer)
+
     def _encode(self, texts: list[str]) -> list:
         return self._backend.encode_batch(texts, add_special_tokens=True) if texts else []
 

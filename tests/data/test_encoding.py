@@ -71,3 +71,14 @@ def test_a_new_process_hits_the_tokenized_data_cache(tiny_model_dir, tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True,
                            env=env, cwd=REPO, check=True).stdout.split() for _ in range(2)]
     assert runs[0] == runs[1] and runs[0][1].startswith(str(tmp_path))
+
+
+def test_a_pickled_encoder_still_reads_special_tokens_as_text(tiny_tokenizer):
+    """datasets pickles the encoder (its cache fingerprint, its worker processes); the Rust
+    tokenizer's own pickle forgets the switch that reads '</s>' as text."""
+    import pickle
+
+    text = "a </s> b"
+    encoder = pickle.loads(pickle.dumps(SharedPrefixEncoder(tiny_tokenizer)))
+    (got,) = encoder.encode([text], [0])
+    assert tiny_tokenizer.eos_token_id not in got.ids
