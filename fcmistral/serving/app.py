@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+from typing import AsyncIterator, Awaitable
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,15 +29,30 @@ from fcmistral.serving.protocol import ChatRequest, CompletionRequest, RequestEr
 log = logging.getLogger(__name__)
 
 
+def error_body(err: RequestError) -> dict:
+    """An error in OpenAI's shape (as a response body, or a stream's last event)."""
+    kind = "invalid_request_error" if err.status < 500 else "server_error"
+    return {"error": {"message": str(err), "type": kind, "param": err.param, "code": err.code}}
+
+
+def host_allowed(value: str, allowed: list[str]) -> bool:
+    """Whether a Host header (``name[:port]``) or an Origin (``scheme://name[:port]``) names one of
+    ``allowed`` (host names, any port; ``*``: any)."""
+    if "*" in allowed:
+        return True
+    name = urlsplit(value if "://" in value else f"//{value}").hostname
+    return name is not None and name.lower() in {a.lower().strip("[]") for a in allowed}
+
+
 def create_app(engine: EngineClient, model_name: str, limits: Limits | None = None,
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """``model_name``: what /v1/models and every reply name (never a local path: serve.py gives the
+    folder's name). ``allowed_hosts``: None, any Host."""
     limits = limits or Limits()
     app = FastAPI(title="fcmistral", docs_url=None, redoc_url=None, openapi_url=None)
 
     def error(err: RequestError) -> JSONResponse:
-        kind = "invalid_request_error" if err.status < 500 else "server_error"
-        return JSONResponse({"error": {"message": str(err), "type": kind, "param": err.param, "code": err.code}},
-                            status_code=err.status)
+        return JSONResponse(error_body(err), status_code=err.status)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -50,12 +68,26 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
         return error(RequestError("internal error while generating", 500))
 
     @app.middleware("http")
-    async def _authorize(request: Request, call_next):
+    async def _guard(request: Request, call_next):
+        """Who may ask: the Host (and a browser's Origin) among ``allowed_hosts``, so that a web page,
+        or a DNS name rebound to 127.0.0.1, cannot drive a server on this machine; the API key; and
+        a body declared as JSON (a form a page can post without asking is text/plain)."""
+        if allowed_hosts is not None:
+            for header in ("host", "origin"):
+                value = request.headers.get(header)
+                if (value is not None or header == "host") and not host_allowed(value or "", allowed_hosts):
+                    return error(RequestError(f"{header} {value!r} is not allowed here (see --allowed_hosts)", 403,
+                                              code="forbidden_host"))
         if api_key is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return error(RequestError("invalid or missing API key (Authorization: Bearer KEY)", 401,
                                           code="invalid_api_key"))
+        if request.method == "POST":
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return error(RequestError(f"the body must be JSON (Content-Type: application/json), not {kind!r}",
+                                          415))
         return await call_next(request)
 
     async def body(request: Request, kind: type[BaseModel]):
@@ -90,8 +122,9 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
 
     @app.get("/health")
     async def health():
-        if not engine.alive():
-            return JSONResponse({"status": "the generation engine stopped"}, status_code=503)
+        if not engine.alive():  # a process engine: exited, silent past its timeout, or loading again
+            return JSONResponse({"status": "the generation engine is not answering; it is being restarted"},
+                                status_code=503)
         return {"status": "ok"}
 
     @app.post("/v1/chat/completions")
@@ -100,16 +133,69 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
         # Checking the tools' schemas is bounded but not free: done in a thread, not on the event loop.
         functions = await asyncio.to_thread(request_functions, chat_request)
         handler = ChatCompletions(chat_request, engine, limits, model_name, functions)
-        if chat_request.stream:
-            return EventSourceResponse(handler.stream(), ping=15)
-        return Response(dump(await handler.full()), media_type="application/json")
+        return await respond(request, handler, chat_request.stream)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         completion_request = await body(request, CompletionRequest)
         handler = Completions(completion_request, engine, limits, model_name)
-        if completion_request.stream:
-            return EventSourceResponse(handler.stream(), ping=15)
-        return Response(dump(await handler.full()), media_type="application/json")
+        return await respond(request, handler, completion_request.stream)
+
+    async def respond(request: Request, handler: ChatCompletions | Completions, streamed: bool) -> Response:
+        """The handler's reply, within the request's deadline: streamed as events, or whole (and
+        dropped, its generation stopped, when the client disconnects before it is done)."""
+        deadline = asyncio.get_running_loop().time() + limits.request_timeout_s
+        if streamed:
+            return EventSourceResponse(events(handler.stream(), deadline), ping=15, send_timeout=limits.send_timeout_s)
+        reply = await until_disconnected(request, handler.full(), deadline)
+        return Response(dump(reply), media_type="application/json") if reply is not None else Response(status_code=499)
+
+    async def events(stream: AsyncIterator[str], deadline: float) -> AsyncIterator[str]:
+        """A handler's events; a failure mid-stream (the engine restarting, the deadline) ends it
+        with an error event in OpenAI's shape and ``[DONE]`` rather than a cut connection."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for event in stream:
+                    yield event
+            return
+        except RequestError as err:
+            failure = err
+        except TimeoutError:
+            failure = timed_out()
+        except Exception:  # noqa: BLE001 - logged; the client gets an error event without a traceback
+            log.exception("a streamed request failed")
+            failure = RequestError("internal error while generating", 500)
+        finally:
+            await stream.aclose()  # its engine row is stopped now, not when the generator is collected
+        yield json.dumps(error_body(failure))
+        yield "[DONE]"
+
+    def timed_out() -> RequestError:
+        return RequestError(f"generation took longer than this server allows ({limits.request_timeout_s:g} s)", 504,
+                            code="timeout")
+
+    async def until_disconnected(request: Request, work: Awaitable, deadline: float):
+        """``work``'s result; None if the client disconnects first (the work is cancelled, which
+        stops its rows in the engine: a plain request nobody waits for costs nothing more)."""
+        task = asyncio.ensure_future(work)
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watch = asyncio.ensure_future(disconnected())
+        try:
+            done, _ = await asyncio.wait({task, watch}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not task.done():
+                task.cancel()
+        if task in done:
+            return task.result()
+        if watch in done:
+            log.info("a client disconnected; its request was stopped")
+            return None
+        raise timed_out()
 
     return app

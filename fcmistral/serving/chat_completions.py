@@ -19,8 +19,9 @@ Semantics, where the glaive format decides them:
   OpenAI streams one: a first chunk with ``index``, ``id``, ``type`` and the name, then chunks
   appending ``arguments`` fragments.
 - ``temperature`` 0 is greedy; absent, the server's default (greedy unless started with
-  ``--do_sample``). ``seed`` makes a sampled reply repeatable. ``usage`` counts both replies when a
-  call was retried.
+  ``--do_sample``). ``seed`` makes a sampled reply repeatable (as OpenAI's: best effort, since the rows
+  batched beside it can change the last bits of its logits). ``usage`` counts every generation
+  (a retry, a second turn); together they stay within ``WORK_BUDGET`` times ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from fcmistral.prompt import (
     format_call,
 )
 from fcmistral.serving.engine import EngineClient, GenerationRequest, Update
-from fcmistral.serving.limits import Limits, check_prompt, sampling
+from fcmistral.serving.limits import Limits, check_prompt, checked, sampling
 from fcmistral.serving.protocol import (
     ChatRequest,
     RequestError,
@@ -54,6 +55,7 @@ from fcmistral.serving.turns import SERVER_POLICY, Ask, Outcome, assistant_turns
 
 log = logging.getLogger(__name__)
 ARGUMENT_FRAGMENTS = 4  # chunks a streamed call's arguments are split into
+WORK_BUDGET = 2  # a request's generations together make at most this many times its max_tokens
 
 
 @dataclass
@@ -114,9 +116,19 @@ class ChatCompletions:
         return sampling(self.request, self.limits, ask.prompt, prompt_ids,
                         () if self.calls_allowed else (FUNCTION_CALL_MARKER,))
 
+    async def _answer(self, ask: Ask) -> tuple[str, str]:
+        """One of the policy's later asks, within what is left of the request's budget: all its
+        generations together (reply, retry, peek, second turn) make at most WORK_BUDGET times its
+        ``max_tokens``. Past that an ask is answered as cut short, so the policy stops there."""
+        remaining = WORK_BUDGET * self.generation.max_new_tokens - self.completion_tokens
+        if remaining <= 0:
+            return "", "length"
+        generation = self._request(ask)
+        generation.max_new_tokens = min(generation.max_new_tokens or remaining, remaining)
+        return self._count(await self.engine.generate(generation))
+
     def _count(self, update: Update) -> tuple[str, str]:
-        if update.finish_reason == "error":
-            raise RuntimeError("generation failed")
+        checked(update)
         self.prompt_tokens += update.prompt_tokens
         self.completion_tokens += update.completion_tokens
         return update.text, update.finish_reason
@@ -127,8 +139,7 @@ class ChatCompletions:
         reply = (text, self._count(last)[1])  # the first generation's text, streamed or not
         try:
             while True:
-                ask = self._policy.send(reply)
-                reply = self._count(await self.engine.generate(self._request(ask)))
+                reply = await self._answer(self._policy.send(reply))
         except StopIteration as done:
             outcome: Outcome = done.value
         parts = [t.content if t.role == "assistant" else t.content[: t.content.find(FUNCTION_CALL_MARKER)].strip()

@@ -10,8 +10,8 @@ from typing import AsyncIterator
 
 from openai.types import Completion
 
-from fcmistral.serving.engine import EngineClient, Update
-from fcmistral.serving.limits import Limits, check_prompt, sampling
+from fcmistral.serving.engine import EngineClient
+from fcmistral.serving.limits import Limits, check_prompt, checked, sampling
 from fcmistral.serving.protocol import CompletionRequest, dump, usage
 
 
@@ -25,7 +25,7 @@ class Completions:
         self.ident, self.created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     async def full(self) -> Completion:
-        update = _checked(await self.engine.generate(self.generation))
+        update = checked(await self.engine.generate(self.generation))
         choice = {"index": 0, "text": update.text, "finish_reason": update.finish_reason, "logprobs": None}
         return Completion(id=self.ident, object="text_completion", created=self.created, model=self.model_name,
                           usage=usage(update), choices=[choice])
@@ -33,7 +33,7 @@ class Completions:
     async def stream(self) -> AsyncIterator[str]:
         include_usage = bool(self.request.stream_options and self.request.stream_options.include_usage)
         async for update in self.engine.stream(self.generation):
-            _checked(update)
+            checked(update)
             if update.text or update.finish_reason:
                 yield self._chunk(update.text, update.finish_reason)
             if update.finish_reason and include_usage:
@@ -47,9 +47,3 @@ class Completions:
                            "model": self.model_name,
                            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]},
                           ensure_ascii=False)
-
-
-def _checked(update: Update) -> Update:
-    if update.finish_reason == "error":
-        raise RuntimeError("generation failed")
-    return update

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fcmistral.serving.engine import EngineClient, GenerationRequest
+from fcmistral.serving.engine import EngineClient, GenerationRequest, Update
 from fcmistral.serving.protocol import RequestError, SamplingFields
 
 
@@ -17,6 +17,8 @@ class Limits:
     max_prompt_tokens: int = 8192
     max_tokens: int = 400  # the default reply length, and the most a request may ask for
     body_timeout_s: float = 30.0
+    request_timeout_s: float = 600.0  # a request's whole generation (504 past it; a stream ends with an error event)
+    send_timeout_s: float = 30.0  # a streamed event must be taken by the client within this
     temperature: float = 0.0  # used when a request gives none
     top_p: float = 1.0
 
@@ -41,3 +43,13 @@ def check_prompt(prompt: str, engine: EngineClient, limits: Limits) -> list[int]
         raise RequestError(f"the prompt is {len(ids)} tokens; this server allows {limits.max_prompt_tokens}",
                            param="messages", code="context_length_exceeded")
     return ids
+
+
+def checked(update: Update) -> Update:
+    """``update``, unless generation failed: then the request's error (503, which clients retry, when
+    the engine was down or restarting; 500 when this request's own generation failed)."""
+    if update.finish_reason != "error":
+        return update
+    if update.retryable:
+        raise RequestError(update.error or "the generation engine is restarting; retry", 503, code="engine_unavailable")
+    raise RequestError(update.error or "internal error while generating", 500)

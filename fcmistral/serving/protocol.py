@@ -180,6 +180,8 @@ def request_turns(request: ChatRequest) -> list[Turn]:
                     arguments = json.loads(call.function.arguments or "{}")
                 except json.JSONDecodeError as err:
                     raise RequestError(f"tool_call arguments are not JSON: {err.msg}", param="messages") from None
+                except RecursionError:
+                    raise RequestError("tool_call arguments are nested too deeply", param="messages") from None
                 if not isinstance(arguments, dict):
                     raise RequestError("tool_call arguments must be a JSON object", param="messages")
                 turns.append(Turn("function_call", format_call(call.function.name, arguments)))

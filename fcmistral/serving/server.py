@@ -5,21 +5,70 @@ Binding first makes a port in use a one-line error at once, not after minutes of
 socket listens with a normal backlog (2,048: bursts of clients are queued, not reset); uvicorn
 closes idle keep-alive connections after a few seconds, answers 503 past ``limit_concurrency``
 open connections instead of growing without bound, and logs a client that disconnects in one line.
+uvicorn has no deadline on a request's head: ``HeadDeadlineProtocol`` adds one, so connections
+that never finish their headers (slowloris) cannot hold the connection limit.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fcmistral.arguments import ModelArguments
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
 
+log = logging.getLogger(__name__)
 BACKLOG = 2048
+HEAD_TIMEOUT_S = 10.0  # a request's head (request line and headers) must arrive within this
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
+
+
+class HeadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on each request's head: from the connection's
+    start, and from the end of each response on a kept-alive one. A head not complete in time
+    closes the connection (a 408 first)."""
+
+    head_timeout_s = HEAD_TIMEOUT_S
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_deadline = None
+        self._arm_head_deadline()
+
+    def on_headers_complete(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if not busy and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+            self.transport.close()
 
 
 def bind_server(host: str, port: int) -> socket.socket:
@@ -36,11 +85,26 @@ def bind_server(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: FastAPI, sock: socket.socket, limit_concurrency: int = 1024, keep_alive_s: int = 5) -> None:
+def server_config(app: FastAPI, limit_concurrency: int = 1024, keep_alive_s: int = 5,
+                  log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's settings for ``app`` (the tests serve with these too)."""
+    return uvicorn.Config(app, log_level=log_level, timeout_keep_alive=keep_alive_s, http=HeadDeadlineProtocol,
+                          limit_concurrency=limit_concurrency, backlog=BACKLOG)
+
+
+def serve(app: FastAPI, sock: socket.socket) -> None:
     """Serve ``app`` on ``sock`` until interrupted."""
-    config = uvicorn.Config(app, log_level="info", timeout_keep_alive=keep_alive_s,
-                            limit_concurrency=limit_concurrency, backlog=BACKLOG)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app)).run(sockets=[sock])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -51,6 +115,15 @@ class ServeArguments:
     port: int = field(default=8000, metadata={"help": "port to serve on (0: any free port)"})
     api_key: str = field(default=None, metadata={
         "help": "requests must carry 'Authorization: Bearer KEY' (default: no key)"})
+    allowed_hosts: str = field(default=None, metadata={
+        "help": "comma-separated host names a request's Host (and a browser's Origin) may name, '*' any "
+                "(default: localhost,127.0.0.1,::1 when serving on loopback, else any)"})
+    served_model_name: str = field(default=None, metadata={
+        "help": "the model's name in /v1/models and replies (default: the model folder's name)"})
+    request_timeout_s: float = field(default=600.0, metadata={
+        "help": "a request's whole generation must end within this (504 past it)"})
+    engine_timeout_s: float = field(default=120.0, metadata={
+        "help": "the engine is restarted when it has not finished a step (or idled) for this long"})
     max_new_tokens: int = field(default=400, metadata={"help": "a reply's default and largest max_tokens"})
     do_sample: bool = field(default=False, metadata={"help": "sample when a request gives no temperature"})
     temperature: float = field(default=0.7, metadata={"help": "the default temperature (with --do_sample)"})
@@ -76,7 +149,8 @@ def serve_command(argv: list[str] | None, description: str) -> None:
 
     model_args, args = parse_arguments((ModelArguments, ServeArguments), description, argv=argv,
                                        positive=("max_new_tokens", "max_batch_size", "engine_threads",
-                                                 "max_prompt_tokens", "max_request_bytes"))
+                                                 "max_prompt_tokens", "max_request_bytes", "request_timeout_s",
+                                                 "engine_timeout_s"))
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     serve_api(model_args, args)
@@ -91,18 +165,25 @@ def serve_api(model_args: ModelArguments, args: ServeArguments) -> None:
     from fcmistral.serving.limits import Limits
 
     sock = bind_server(args.host, args.port)
+    if not is_loopback(args.host) and args.api_key is None:
+        log.warning("serving on %s without --api_key: anyone who can reach it can use it", args.host)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
-                    top_p=args.top_p if args.do_sample else 1.0)
+                    top_p=args.top_p if args.do_sample else 1.0, request_timeout_s=args.request_timeout_s)
+    if args.allowed_hosts is not None:
+        allowed = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    else:
+        allowed = LOOPBACK_NAMES if is_loopback(args.host) else ["*"]
     spec = EngineSpec(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                       compute_dtype(model_args.compute_dtype, model_args.model_path), args.max_batch_size,
                       args.engine_threads)
     tokenizer = load_generation_tokenizer(model_args.model_path, model_args.adapter_path)
-    model_name = model_args.adapter_path or model_args.model_path
-    engine = EngineProcess(spec, tokenizer)
+    # A name, not the local path: replies should not tell clients where the model lies on this machine.
+    model_name = args.served_model_name or Path(model_args.adapter_path or model_args.model_path).name
+    engine = EngineProcess(spec, tokenizer, timeout_s=args.engine_timeout_s)
     host, port = sock.getsockname()[:2]
     print(f"serving {model_name} on http://{host}:{port}/v1", flush=True)
     try:
-        serve(create_app(engine, model_name, limits, args.api_key), sock)
+        serve(create_app(engine, model_name, limits, args.api_key, allowed), sock)
     finally:
         engine.close()

@@ -26,12 +26,15 @@ class GenerationRequest:
 
 @dataclass
 class Update:
-    """A piece of a reply; the last one has ``finish_reason`` ("stop" or "length") and the counts."""
+    """A piece of a reply; the last one has ``finish_reason`` ("stop", "length", or "error" with
+    ``error`` saying why: ``retryable`` when the engine was down, not the request at fault) and the counts."""
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    error: str | None = None
+    retryable: bool = False
 
 
 class EngineClient(ABC):

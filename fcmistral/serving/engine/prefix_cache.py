@@ -21,14 +21,14 @@ class PrefixCache:
         """Keep ``cache`` (one unpadded row) as the keys/values of ``ids``."""
         self.kept = (ids, [(layer.keys, layer.values) for layer in cache.layers])
 
-    def shared(self, ids: list[list[int]], reuse: bool) -> tuple[int, DynamicCache]:
+    def shared(self, ids: list[list[int]]) -> tuple[int, DynamicCache]:
         """How many first tokens all rows share whose keys/values are computed once (0 if too few to
         be worth it), and a cache holding them for every row. They are taken from the kept prefix
-        when it covers them (and ``reuse``), else computed now and kept."""
+        when it covers them, else computed now and kept."""
         shared = common_prefix(ids, min(len(r) for r in ids) - 1)  # each row keeps a token of its own
         cache = DynamicCache()
         kept_ids, kept_layers = self.kept
-        reused = common_prefix([ids[0], kept_ids], shared) if reuse else 0
+        reused = common_prefix([ids[0], kept_ids], shared)
         if reused >= MIN_SHARED_PREFIX:
             for index, (keys, values) in enumerate(kept_layers):  # copied: the kept tensors stay as they are
                 cache.update(keys[:, :, :reused], values[:, :, :reused], index)

@@ -11,6 +11,10 @@ has run torch's thread pool can hang) and says when it is ready or why it failed
 through one pipe; its updates come back through another, one message per generation step holding
 every row's new text, which a reader thread hands to the event loop in one call. Tokenizing stays
 here: the app needs the prompt's length before it queues the request.
+
+Supervision (``EngineProcess``): the engine sends something after every step and every idle
+second; one that exits, or is silent for ``--engine_timeout_s`` (hung, or stopped), is killed and
+started again, its requests in flight ending with a retryable error (503; a stream's error event).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import queue
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -43,10 +49,12 @@ class EngineSpec:
     dtype: torch.dtype | None = None  # None: the hardware's choice
     max_batch_size: int = 32
     threads: int | None = None  # torch's threads in the engine; None: all cores but one (see _run_engine)
+    max_prefill_tokens: int = 16384
 
 
 def _run_engine(spec: EngineSpec, requests, updates) -> None:
-    """The engine process: load, say ready (or why not), then serve requests until the pipe closes."""
+    """The engine process: load, say ready (or why not), then serve requests until the pipe closes.
+    After every step, and every second when idle, it sends the step's updates or a heartbeat."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, whose exit ends this process
     try:
         import torch
@@ -65,10 +73,9 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
     outbox: list[tuple[int, Update]] = []
     rows = {}
 
-    def flush() -> None:  # in the generation thread, after each step
-        if outbox:
-            updates.send(("updates", outbox[:]))
-            outbox.clear()
+    def flush() -> None:  # in the generation thread, after each step (or idle second)
+        updates.send(("updates", outbox[:]))  # an empty list is the heartbeat
+        outbox.clear()
 
     def sender(key: int) -> Callable[[Update], None]:
         def send(update: Update) -> None:
@@ -77,7 +84,8 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
                 rows.pop(key, None)
         return send
 
-    engine = BatchingEngine(model, tokenizer, spec.max_batch_size, after_step=flush)
+    engine = BatchingEngine(model, tokenizer, spec.max_batch_size, after_step=flush,
+                            max_prefill_tokens=spec.max_prefill_tokens)
     updates.send(("ready", None))
     while True:
         try:
@@ -91,78 +99,168 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
             row.cancelled = True
 
 
-class EngineProcess(EngineClient):
-    """The app's engine when the model runs in another process (see the module docstring)."""
+class _Incarnation:
+    """One engine process and its pipes; its updates are read by a thread of its own."""
 
-    def __init__(self, spec: EngineSpec, tokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, spec: EngineSpec) -> None:
         context = multiprocessing.get_context("spawn")
-        requests_out, self._requests = context.Pipe(duplex=False)
-        self._updates, updates_in = context.Pipe(duplex=False)
+        requests_out, self.requests = context.Pipe(duplex=False)
+        self.updates, updates_in = context.Pipe(duplex=False)
         self.process = context.Process(target=_run_engine, args=(spec, requests_out, updates_in), daemon=True,
                                        name="engine")
         self.process.start()
         requests_out.close()
         updates_in.close()
+        self.last_beat = time.monotonic()
+
+    def wait_ready(self) -> None:
+        """Until the model is loaded; UserError with the engine's reason if it cannot be."""
         try:
-            kind, message = self._updates.recv()
+            kind, message = self.updates.recv()
         except EOFError:
             self.process.join(5)
             kind, message = "failed", f"the engine process exited (code {self.process.exitcode})"
         if kind == "failed":
             raise UserError(message)
+        self.last_beat = time.monotonic()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()  # SIGKILL: a stopped (SIGSTOP) or hung process ends too
+        self.process.join(10)
+        for pipe in (self.requests, self.updates):
+            pipe.close()
+
+
+class EngineProcess(EngineClient):
+    """The app's engine when the model runs in another process (see the module docstring), supervised:
+    an engine that exits, or sends neither updates nor a heartbeat for ``timeout_s`` (hung, or
+    stopped), is killed and started again. Its requests in flight end with a retryable error (503),
+    as do requests that arrive while it loads; /health says so meanwhile.
+
+    Requests reach the engine through a sender thread, so a stopped engine whose pipe is full can
+    never block the event loop."""
+
+    def __init__(self, spec: EngineSpec, tokenizer, timeout_s: float = 120.0) -> None:
+        self.tokenizer, self.spec, self.timeout_s = tokenizer, spec, timeout_s
         self._keys, self._closing = itertools.count(), False
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._reader = threading.Thread(target=self._read, name="engine-updates", daemon=True)
-        self._reader.start()
+        self._lock = threading.Lock()  # guards _waiting and _current between the event loop and the threads
+        self._outbox: queue.Queue = queue.Queue()
+        self._current = _Incarnation(spec)
+        self._current.wait_ready()
+        self._ready = True
+        self.restarts = 0
+        self._start_reader(self._current)
+        threading.Thread(target=self._send, name="engine-requests", daemon=True).start()
+        threading.Thread(target=self._supervise, name="engine-supervisor", daemon=True).start()
 
     def start(self, request: GenerationRequest, streamed: bool, updates: asyncio.Queue) -> Callable[[], None]:
         key = next(self._keys)
-        if not self.process.is_alive():
-            updates.put_nowait(Update("", "error"))
-            return lambda: None
-        self._waiting[key] = (asyncio.get_running_loop(), updates)
-        self._requests.send(("submit", key, (request, streamed)))
+        with self._lock:
+            if not self._ready:
+                updates.put_nowait(Update("", "error", error="the generation engine is restarting; retry shortly",
+                                          retryable=True))
+                return lambda: None
+            current = self._current
+            self._waiting[key] = (asyncio.get_running_loop(), updates)
+        self._outbox.put((current, ("submit", key, (request, streamed))))
 
         def stop() -> None:
-            if self._waiting.pop(key, None) is not None and self.process.is_alive():
-                self._requests.send(("cancel", key, None))
+            with self._lock:
+                waiting = self._waiting.pop(key, None)
+            if waiting is not None:
+                self._outbox.put((current, ("cancel", key, None)))
         return stop
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        """Ready and heard from within the timeout (what /health reports)."""
+        return self._ready and time.monotonic() - self._current.last_beat < self.timeout_s
 
     def close(self) -> None:
         """Stop the engine process: it ends when its request pipe closes."""
         self._closing = True
-        self._requests.close()
-        self.process.join(30)
+        self._outbox.put(None)
+        self._current.requests.close()
+        self._current.process.join(30)
 
-    def _read(self) -> None:
-        """Hands each step's updates to the event loops waiting for them; all fail if the engine dies."""
+    def _send(self) -> None:
+        """Hands queued requests to their engine; those for an engine that is gone are dropped
+        (their callers got their error from the supervisor)."""
+        while (item := self._outbox.get()) is not None:
+            incarnation, message = item
+            try:
+                incarnation.requests.send(message)
+            except (OSError, ValueError):  # a killed engine's closed pipe
+                pass
+
+    def _start_reader(self, incarnation: _Incarnation) -> None:
+        threading.Thread(target=self._read, args=(incarnation,), name="engine-updates", daemon=True).start()
+
+    def _read(self, incarnation: _Incarnation) -> None:
+        """Hands each step's updates to the event loops waiting for them, and notes the heartbeat."""
         while True:
             try:
-                _, updates = self._updates.recv()
+                _, updates = incarnation.updates.recv()
             except (EOFError, OSError):
-                if self._closing:
-                    return
-                log.error("the engine process exited (code %s)", self.process.exitcode)
-                for key in list(self._waiting):
-                    self._deliver_soon([(key, Update("", "error"))])
+                return  # the supervisor sees the process gone
+            incarnation.last_beat = time.monotonic()
+            if updates:
+                self._deliver_soon(updates)
+
+    def _supervise(self) -> None:
+        """Every quarter second: restart the engine if it exited or its heartbeat stopped."""
+        while not self._closing:
+            time.sleep(0.25)
+            current = self._current
+            silent = time.monotonic() - current.last_beat
+            if current.process.is_alive() and silent < self.timeout_s:
+                continue
+            if self._closing:
                 return
-            self._deliver_soon(updates)
+            why = (f"exited (code {current.process.exitcode})" if not current.process.is_alive()
+                   else f"sent nothing for {silent:.1f} s")
+            log.error("the generation engine %s; restarting it", why)
+            started = time.monotonic()
+            with self._lock:
+                self._ready = False
+                failed = list(self._waiting)
+            self._deliver_soon([(key, Update("", "error", error=f"the generation engine {why} and is being "
+                                             "restarted; retry", retryable=True)) for key in failed])
+            current.kill()
+            self._current = self._restarted()
+            self._start_reader(self._current)
+            with self._lock:
+                self._ready = True
+            self.restarts += 1
+            log.warning("the generation engine is serving again (restarted in %.1f s)", time.monotonic() - started)
+
+    def _restarted(self) -> _Incarnation:
+        """A new engine process, loaded; tried again (after a pause) until one loads."""
+        while True:
+            incarnation = _Incarnation(self.spec)
+            try:
+                incarnation.wait_ready()
+                return incarnation
+            except UserError as err:
+                log.error("the generation engine could not restart (%s); trying again in 5 s", err)
+                incarnation.kill()
+                time.sleep(5)
 
     def _deliver_soon(self, updates: list[tuple[int, Update]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for key, update in updates:
-            waiting = self._waiting.get(key)
-            if waiting is not None:
-                by_loop.setdefault(waiting[0], []).append((key, waiting[1], update))
+        with self._lock:
+            for key, update in updates:
+                waiting = self._waiting.get(key)
+                if waiting is None:
+                    continue
+                if update.finish_reason:
+                    del self._waiting[key]
+                by_loop.setdefault(waiting[0], []).append((waiting[1], update))
         for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(self._deliver, items)
+            loop.call_soon_threadsafe(_deliver, items)
 
-    def _deliver(self, items: list[tuple[int, asyncio.Queue, Update]]) -> None:
-        for key, queue, update in items:
-            queue.put_nowait(update)
-            if update.finish_reason:
-                self._waiting.pop(key, None)
+
+def _deliver(items: list[tuple[asyncio.Queue, Update]]) -> None:
+    for queue_, update in items:
+        queue_.put_nowait(update)

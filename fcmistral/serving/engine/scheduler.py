@@ -21,9 +21,14 @@ gone. Text reaches the caller's event loop as it is generated, holding back what
 become a stop string, so the end marker never leaks. Each row is greedy or samples with its own
 ``temperature``/``top_p`` (transformers' logits warpers) and its own random generator.
 
-A request with a ``seed`` runs alone (the batch drains first, and nothing joins it) and computes
-its whole prompt: a row's logits can differ in the last bits with the rows beside it, or with keys
-computed for another prompt, so only then does its seed alone decide its tokens.
+A request with a ``seed`` is batched like any other: its seed decides its random draws, but, as
+with OpenAI's ``seed``, its reply is repeatable at best effort only: a row's logits can differ in
+the last bits with the rows beside it. (Running seeded requests alone, as this engine once did,
+let any client make every other wait for the batch to drain.)
+
+Admission is bounded: at most ``max_batch_size`` rows, and at most ``max_prefill_tokens`` prompt
+tokens joining in one step (one prompt longer than that joins alone), so a burst of long prompts
+cannot stall the running rows for one huge prefill.
 
 Why not ``generate``: it cannot add rows to a running batch, so with it requests that arrive
 while a batch runs wait for all of it (measured: batches of 8 clients fell into pairs of 2 and 6).
@@ -54,10 +59,15 @@ log = logging.getLogger(__name__)
 class BatchingEngine(EngineClient):
     """Generates for many callers with one model (see the module docstring)."""
 
+    idle_beat_s = 1.0  # with nothing to do, the worker still calls after_step this often (a heartbeat)
+
     def __init__(self, model, tokenizer, max_batch_size: int = 32,
-                 after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None, max_prefill_tokens: int = 16384) -> None:
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
-        self._after_step = after_step  # called in the generation thread once the step's updates are sent
+        self.max_prefill_tokens = max_prefill_tokens  # prompt tokens that join in one step (one long prompt may pass it)
+        # Called in the generation thread after each step, and when idle every idle_beat_s: the engine
+        # process sends the step's updates then, or a heartbeat.
+        self._after_step = after_step
         config = getattr(model, "config", None)
         self._own_step_mask = (getattr(config, "_attn_implementation", None) == "sdpa"
                                and getattr(config, "sliding_window", None) is None
@@ -85,24 +95,25 @@ class BatchingEngine(EngineClient):
         return lambda: setattr(row, "cancelled", True)
 
     def _arrivals(self, batch: Batch | None) -> list[Row]:
-        """The waiting rows that may join ``batch`` now (waits for one when there is no batch).
-        Rows join in arrival order; a seeded row waits for an empty batch and then runs alone."""
+        """The waiting rows that may join ``batch`` now, in arrival order (waits for one when there
+        is no batch, at most ``idle_beat_s`` at a time): as many as there are free slots and as the
+        step's prefill budget allows (the first always joins, so a long prompt is never starved)."""
         with self._ready:
-            while batch is None and not self._waiting:
-                self._ready.wait()
+            if batch is None and not self._waiting:
+                self._ready.wait(self.idle_beat_s)
             joining: list[Row] = []
-            running = batch.live() if batch else []
-            room = self.max_batch_size - len(running)
-            alone = bool(running) and running[0].request.seed is not None
-            while self._waiting and len(joining) < room and not alone:
+            room = self.max_batch_size - (len(batch.live()) if batch else 0)
+            prefill = 0
+            while self._waiting and len(joining) < room:
                 row = self._waiting[0]
                 if row.cancelled:
                     self._waiting.popleft()
                     continue
-                if row.request.seed is not None and (batch or joining):
+                size = len(row.request.prompt_ids) if row.request.prompt_ids is not None else len(row.request.prompt)
+                if joining and prefill + size > self.max_prefill_tokens:
                     break
+                prefill += size
                 joining.append(self._waiting.popleft())
-                alone = row.request.seed is not None
         return joining
 
     def _work(self) -> None:
@@ -137,7 +148,7 @@ class BatchingEngine(EngineClient):
         for row, row_ids in zip(rows, ids):
             row.prompt_tokens = len(row_ids)
             row.sampler = sampler(row.request, self.model.device)
-        shared, cache = self._prefixes.shared(ids, reuse=rows[0].request.seed is None)
+        shared, cache = self._prefixes.shared(ids)
         pad, device = self.tokenizer.pad_token_id, self.model.device
         if shared and all(len(r) == shared + 1 for r in ids):
             # Only each prompt's last token is left (a prompt seen before): it is fed to the model with
