@@ -15,6 +15,7 @@ from typing import AsyncIterator, Awaitable
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from sse_starlette.sse import EventSourceResponse
@@ -35,6 +36,23 @@ def error_body(err: RequestError) -> dict:
     return {"error": {"message": str(err), "type": kind, "param": err.param, "code": err.code}}
 
 
+def openapi_schema(app: FastAPI) -> dict:
+    """The API's OpenAPI schema, with the request bodies the routes read themselves (so FastAPI sees
+    none): what clients may generate code from, and what the fuzz test (tests/serving/test_fuzz.py)
+    draws requests from."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version="1", routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in (("/v1/chat/completions", ChatRequest), ("/v1/completions", CompletionRequest)):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+            schema["paths"][path]["post"]["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def host_allowed(value: str, allowed: list[str]) -> bool:
     """Whether a Host header (``name[:port]``) or an Origin (``scheme://name[:port]``) names one of
     ``allowed`` (host names, any port; ``*``: any)."""
@@ -49,7 +67,8 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
     """``model_name``: what /v1/models and every reply name (never a local path: serve.py gives the
     folder's name). ``allowed_hosts``: None, any Host."""
     limits = limits or Limits()
-    app = FastAPI(title="fcmistral", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="fcmistral", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: openapi_schema(app)
 
     def error(err: RequestError) -> JSONResponse:
         return JSONResponse(error_body(err), status_code=err.status)

@@ -25,6 +25,8 @@ from fcmistral.errors import UserError
 from fcmistral.format.schemas import normalize_schema
 from fcmistral.prompt import FunctionCall, Turn, format_call
 
+MAX_TOOLS = 128  # as OpenAI's API: each tool's schema is checked (bounded, but ~8 us per byte)
+
 
 class RequestError(Exception):
     """A client mistake, answered with a 4xx JSON error in OpenAI's shape."""
@@ -134,7 +136,7 @@ class SamplingFields(_Lenient):
 
 class ChatRequest(SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
-    tools: list[Tool] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     max_completion_tokens: PositiveInt | None = None
 

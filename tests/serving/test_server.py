@@ -13,137 +13,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 from typing import Callable
 
 import pytest
 import torch
-import uvicorn
-from transformers import BatchEncoding
 
-from fcmistral.demo.functions import DEMO_SCHEMAS
 from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, format_call
-from fcmistral.serving.app import create_app
-from fcmistral.serving.engine import BatchingEngine
 from fcmistral.serving.limits import Limits
-from fcmistral.serving.server import bind_server, server_config
+from tests.serving.scripted import TOOLS, weather
 
 openai = pytest.importorskip("openai")
-
-EOS, PAD = 0, 1
-REPLY = 1024  # the scripted model writes character c as token ord(c) + 2 + REPLY; prompts are ord(c) + 2
-TOOLS = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
-
-
-class CharTokenizer:
-    """One token per character; enough of a tokenizer for the engine (and its own text encoder:
-    see ``char_text_encoder``)."""
-
-    eos_token_id, pad_token_id = EOS, PAD
-
-    def __call__(self, text: str) -> BatchEncoding:
-        return BatchEncoding({"input_ids": [ord(c) + 2 for c in text]})
-
-    def encode(self, text: str) -> SimpleNamespace:  # as tokenizers.Tokenizer.encode
-        return SimpleNamespace(ids=self(text).input_ids)
-
-    def decode(self, ids, skip_special_tokens=False):
-        return "".join(chr((i - 2) % REPLY) for i in ids if i > PAD)
-
-
-class ScriptedModel:
-    """A model whose forward pass writes ``reply(prompt)``, a character per step, for each row.
-
-    It keeps each row's tokens in its key/value cache (one "key" per token) and reads them back
-    through the attention mask, so the engine's cache handling (rows joining and leaving, padding,
-    the kept prompt prefix) decides what every row sees: a row whose cache got mixed up with
-    another's, or misaligned with its mask, answers wrongly. Its own tokens are told from the
-    prompt's by their range (``REPLY``). Logits favour the scripted character by 4, so greedy
-    decoding follows the script and sampling at temperature 1.5 mostly does not."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, reply: Callable[[str], str]) -> None:
-        self.reply, self.prompts, self.batches = reply, [], []
-
-    def __call__(self, input_ids, past_key_values, attention_mask=None, **_):
-        tokens = input_ids[:, None, :, None].double()
-        keys, _ = past_key_values.update(tokens, tokens, 0)
-        mask = attention_mask if attention_mask is not None else torch.ones(keys.shape[0], keys.shape[2])
-        assert mask.shape == (keys.shape[0], keys.shape[2]), "the mask covers the cache"
-        logits = torch.zeros(input_ids.shape[0], 1, 2 * REPLY)
-        self.batches.append([])  # each forward pass: the prompts of its rows
-        for row, (history, used) in enumerate(zip(keys[:, 0, :, 0].long().tolist(), mask.tolist())):
-            history = [token for token, real in zip(history, used) if real]
-            prompt = CharTokenizer().decode([t for t in history if t < REPLY])
-            self.batches[-1].append(prompt)
-            written = sum(t >= REPLY for t in history)
-            if written == 0 and attention_mask is not None:  # (without a mask: a shared prefix, not a prompt)
-                self.prompts.append(prompt)
-            script = self.reply(prompt)
-            logits[row, 0, ord(script[written]) + 2 + REPLY if written < len(script) else EOS] = 4.0
-        return SimpleNamespace(logits=logits)
-
-
-def weather(**arguments) -> str:
-    return format_call("get_current_weather", arguments or {"location": "Paris", "unit": "celsius"})
-
-
-def reply_after(prompt: str) -> str:
-    """The scripted model: what it writes depends on the end of the prompt (see each test)."""
-    if ASSISTANT_TAG not in prompt:  # a shared prompt prefix computed apart: its logits are never read
-        return ""
-    if prompt.endswith(END_OF_TURN):  # the peek after a text turn: hand back to the user
-        return "\n\n\nASSISTANT:" if "acknowledge" in prompt else "\n\n\nUSER:"
-    last_user = prompt.rsplit("USER: ", 1)[-1]
-    forced = prompt[prompt.rindex(ASSISTANT_TAG) + len(ASSISTANT_TAG):]
-    if forced:  # tool_choice wrote the start of the call
-        whole = weather(location="Oslo", unit="celsius")
-        return whole[len(forced.lstrip()):] + " " + END_OF_TURN
-    if "FUNCTION RESPONSE:" in last_user and '"error"' in last_user:
-        return " " + weather(location="Rome", unit="celsius") + " " + END_OF_TURN  # the retry
-    if last_user.startswith("acknowledge"):  # a text turn, then (after the peek) a call turn
-        return " " + weather() + " " + END_OF_TURN if "Let me check." in last_user else " Let me check. " + END_OF_TURN
-    if last_user.startswith("call "):
-        return " " + last_user.split("\n")[0][5:] + " " + END_OF_TURN
-    return " It is 18 degrees in Paris. \n" + END_OF_TURN + "\n\n\nUSER: more"
-
-
-@pytest.fixture(autouse=True)
-def char_text_encoder(monkeypatch):
-    """The engine encodes prompts with fcmistral.modeling.text_encoder, a copy of a Hugging Face
-    tokenizer's Rust backend; the character tokenizer is its own."""
-    from fcmistral.serving.engine import client
-
-    real = client.text_encoder
-    monkeypatch.setattr(client, "text_encoder", lambda tok: tok if isinstance(tok, CharTokenizer) else real(tok))
-
-
-@pytest.fixture()
-def serve():
-    """Start the app on a free port with a scripted model; yields (client, model, base_url)."""
-    servers = []
-
-    def start(reply=reply_after, limits: Limits | None = None, api_key: str | None = None, batch: int = 32,
-              allowed_hosts: list[str] | None = None):
-        model = ScriptedModel(reply)
-        app = create_app(BatchingEngine(model, CharTokenizer(), batch), "scripted", limits or Limits(), api_key,
-                         allowed_hosts)
-        sock = bind_server("127.0.0.1", 0)
-        server = uvicorn.Server(server_config(app, keep_alive_s=2, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.01)
-        servers.append((server, thread))
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        client = openai.OpenAI(base_url=base, api_key=api_key or "unused", max_retries=0, timeout=30)
-        return client, model, base
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(10)
 
 
 def ask(client, content: str, stream: bool = False, **options):
@@ -367,6 +246,8 @@ USER = b'{"role": "user", "content": "x"}'
         (b'{"messages": [{"role": "user", "content": "\\udc00x"}]}', 400, "surrogate"),
         (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}', 400, "only text"),
         (b'{"messages": [' + USER + b'], "tool_choice": "required"}', 400, "no tools"),
+        (b'{"messages": [' + USER + b'], "tools": [' + b",".join([b'{"type": "function", "function": {"name": "f"}}']
+                                                                 * 129) + b"]}", 400, "at most 128"),
         (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f", '
          b'"parameters": {"type": "int"}}}]}', 400, "not a valid JSON Schema"),
         (b'{"messages": [' + USER + b'], "tools": [{"type": "function", "function": {"name": "f"}}], '
