@@ -59,7 +59,7 @@ WORK_BUDGET = 2  # a request's generations together make at most this many times
 
 
 @dataclass
-class Reply:
+class CheckedReply:
     """A checked reply: text content, calls (only valid ones), finish reason, token counts."""
 
     content: str | None
@@ -133,7 +133,7 @@ class ChatCompletions:
         self.completion_tokens += update.completion_tokens
         return update.text, update.finish_reason
 
-    async def finish(self, text: str, last: Update) -> Reply:
+    async def finish(self, text: str, last: Update) -> CheckedReply:
         """The checked reply, from the text of the first generation (already done, streamed or
         not): the policy asks for what else it needs (a retry, a peek, a second turn)."""
         reply = (text, self._count(last)[1])  # the first generation's text, streamed or not
@@ -146,8 +146,8 @@ class ChatCompletions:
                  for t in outcome.turns]
         return self._reply("\n\n".join(p for p in parts if p) or None, outcome.calls, outcome.finish_reason)
 
-    def _reply(self, content: str | None, calls: list[FunctionCall], finish: str) -> Reply:
-        return Reply(content, calls, finish, self.prompt_tokens, self.completion_tokens)
+    def _reply(self, content: str | None, calls: list[FunctionCall], finish: str) -> CheckedReply:
+        return CheckedReply(content, calls, finish, self.prompt_tokens, self.completion_tokens)
 
     async def full(self) -> ChatCompletion:
         """The whole reply (the engine wakes this request once, when it is done)."""

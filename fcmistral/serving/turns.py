@@ -73,7 +73,7 @@ class Outcome:
     calls: list[FunctionCall] = field(default_factory=list)
 
 
-Reply = tuple[str, str]  # (text, finish reason) of one generation
+Generated = tuple[str, str]  # (text, finish reason) of one generation
 
 
 def starts_assistant_turn(peek: str) -> bool:
@@ -86,7 +86,7 @@ def starts_assistant_turn(peek: str) -> bool:
 
 def assistant_turns(system: str, turns: list[Turn], policy: TurnPolicy = CHAT_POLICY,
                     schemas: Mapping[str, dict[str, Any]] | None = None, calls_allowed: bool = True,
-                    prefix: str = "") -> Generator[Ask, Reply, Outcome]:
+                    prefix: str = "") -> Generator[Ask, Generated, Outcome]:
     """The assistant's turns after ``turns`` (see the module docstring)."""
     new: list[Turn] = []
     calls: list[FunctionCall] = []
@@ -113,7 +113,7 @@ def _prompt(system: str, turns: list[Turn], prefix: str) -> str:
 
 def _checked(system: str, context: list[Turn], text: str, finish: str, policy: TurnPolicy,
              schemas: Mapping[str, dict[str, Any]] | None, calls_allowed: bool,
-             prefix: str) -> Generator[Ask, Reply, tuple[Turn, list[FunctionCall], str]]:
+             prefix: str) -> Generator[Ask, Generated, tuple[Turn, list[FunctionCall], str]]:
     """One turn as text or a call; with ``schemas``, an unusable call is asked again, then text."""
     text = text.strip()
     marker = text.find(FUNCTION_CALL_MARKER) if calls_allowed else -1
@@ -138,7 +138,7 @@ def _checked(system: str, context: list[Turn], text: str, finish: str, policy: T
     return Turn("function_call", text), calls, "tool_calls"
 
 
-def run_turns(policy: Generator[Ask, Reply, Outcome], answer: Callable[[Ask], Reply]) -> Outcome:
+def run_turns(policy: Generator[Ask, Generated, Outcome], answer: Callable[[Ask], Generated]) -> Outcome:
     """Drive ``policy`` with a blocking ``answer``."""
     try:
         ask = next(policy)

@@ -3,14 +3,21 @@
     vllm serve outputs/merged --enable-auto-tool-choice --tool-call-parser glaive \
         --tool-parser-plugin "$(python -c 'import fcmistral.serving as s; print(s.__path__[0])')/vllm_tool_parser.py"
 
-Written for vLLM 0.24 (``pip install vllm==0.24.*``): its import paths (``vllm.tool_parsers``,
-``vllm.entrypoints.openai.{engine,chat_completion}.protocol``) and its constructor
-``ToolParser(tokenizer, tools)`` changed between 0.20 and 0.24 and may change again. The parsing is
-the project's own (``fcmistral.format.calls``): the same code that reads calls in training data,
-evaluation and the project's server.
+Written for vLLM 0.33 (``pip install vllm==0.33.*``): its import paths (``vllm.tool_parsers``,
+``vllm.entrypoints.generate.base.protocol``, ``vllm.entrypoints.openai.chat_completion.protocol``)
+changed in every few releases (0.24 had ``vllm.entrypoints.openai.engine.protocol``), and its server
+now wraps a tool parser in a ``DelegatingParser`` (``vllm.parser``). The parsing is the project's
+own (``fcmistral.format.calls``, ``fcmistral.format.streams``, ``fcmistral.prompt``): the same code
+that reads calls in training data, evaluation and the project's server, and pure Python with no
+third-party imports, so the plugin loads in vLLM's own environment (whose torch and transformers
+pins differ from this project's) with the repository on ``PYTHONPATH`` or ``pip install --no-deps``.
 
 - Every request gets ``<|endoftext|>`` as a stop string: in Mistral's vocabulary it is plain
   text, so without it vLLM would generate past the end of the turn.
+- ``tool_choice`` ``"required"`` or a named function: vLLM would otherwise force its own JSON
+  tool-call format through structured outputs, which this model does not write; the parser reads
+  the glaive call as under ``"auto"`` (``supports_required_and_named = False``, as vLLM's parsers
+  for XML-style formats do).
 - A reply's text before its first call is the message content; each ``<functioncall>`` becomes a
   tool call. A reply whose call cannot be read is returned as text.
 - Streaming: text as it comes (holding back what could become a call marker), then each call in
@@ -23,8 +30,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-from vllm.entrypoints.openai.engine.protocol import (
+from vllm.entrypoints.generate.base.protocol import (
     DeltaFunctionCall,
     DeltaMessage,
     DeltaToolCall,
@@ -32,6 +38,7 @@ from vllm.entrypoints.openai.engine.protocol import (
     FunctionCall,
     ToolCall,
 )
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.tool_parsers.abstract_tool_parser import ToolParser, ToolParserManager
 
 from fcmistral.format.calls import split_reply, try_parse_calls
@@ -49,15 +56,18 @@ def _arguments(call) -> str:
 class GlaiveToolParser(ToolParser):
     """Calls written ``<functioncall> {"name": ..., "arguments": '{...}'}`` (see the module doc)."""
 
+    supports_required_and_named = False
+
     def __init__(self, tokenizer, tools=None) -> None:
         super().__init__(tokenizer, tools)
         self.stream = CallStream()
 
     def adjust_request(self, request: ChatCompletionRequest) -> ChatCompletionRequest:
         request = super().adjust_request(request)
-        stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        if END_OF_TURN not in stops:
-            request.stop = [*stops, END_OF_TURN]
+        if hasattr(request, "stop"):  # (a Responses API request has no stop strings)
+            stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+            if END_OF_TURN not in stops:
+                request.stop = [*stops, END_OF_TURN]
         return request
 
     def extract_tool_calls(self, model_output: str, request: ChatCompletionRequest) -> ExtractedToolCallInformation:

@@ -111,7 +111,7 @@ def vllm_stand_ins() -> dict[str, types.ModuleType]:
     modules = {}
     for name, members in {
         "vllm.entrypoints.openai.chat_completion.protocol": [ChatCompletionRequest],
-        "vllm.entrypoints.openai.engine.protocol": [DeltaFunctionCall, DeltaMessage, DeltaToolCall,
+        "vllm.entrypoints.generate.base.protocol": [DeltaFunctionCall, DeltaMessage, DeltaToolCall,
                                                     ExtractedToolCallInformation, FunctionCall, ToolCall],
         "vllm.tool_parsers.abstract_tool_parser": [ToolParser, ToolParserManager],
     }.items():
@@ -120,7 +120,7 @@ def vllm_stand_ins() -> dict[str, types.ModuleType]:
             setattr(module, member.__name__, member)
         modules[name] = module
     for parent in ("vllm", "vllm.entrypoints", "vllm.entrypoints.openai", "vllm.entrypoints.openai.chat_completion",
-                   "vllm.entrypoints.openai.engine", "vllm.tool_parsers"):
+                   "vllm.entrypoints.generate", "vllm.entrypoints.generate.base", "vllm.tool_parsers"):
         modules[parent] = types.ModuleType(parent)
     return modules
 
