@@ -14,18 +14,30 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 BIN := $(abspath $(VENV))/bin
+# vLLM's own environment, beside the project's: vLLM 0.33 pins torch and transformers versions this
+# project's requirements contradict, so the vLLM plugin is tested in an environment of vLLM's
+# versions (requirements-vllm.txt says which and why), as users run it.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test setup
+.PHONY: demo test setup vllm-env
 demo: $(STAMP)
 	PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" bash run.sh
 
 # Two workers: most of the suite's time is scripts starting (importing torch and transformers takes
 # ~8 s), which one core leaves the other idle for (17.5 -> 13.2 min on 2 cores). PYTEST_ARGS adds
 # options, for example PYTEST_ARGS='-m "not slow"'.
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 setup: $(STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm.txt
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-vllm.txt
+	@touch $@
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
