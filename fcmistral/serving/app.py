@@ -173,10 +173,15 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
         """A handler's events; a failure mid-stream (the engine restarting, the deadline) ends it
         with an error event in OpenAI's shape and ``[DONE]`` rather than a cut connection."""
         try:
-            async with asyncio.timeout_at(deadline):
-                async for event in stream:
-                    yield event
-            return
+            while True:
+                # The deadline covers the wait for each event, never the yield: a timeout that fired
+                # while the event is being sent would cancel the sender, cutting the stream unended.
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        event = await anext(stream)
+                    except StopAsyncIteration:
+                        return
+                yield event
         except RequestError as err:
             failure = err
         except TimeoutError:
