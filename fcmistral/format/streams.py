@@ -40,15 +40,20 @@ class ReplyStream:
         comes, so nothing is held back."""
         if self.strip:
             text = text.lstrip()
-        found = [(i, marker) for marker in self.markers if (i := text.find(marker)) >= 0]
+        # No marker starts before what was released (its start would have been held back), so the
+        # search starts there: each feed costs the new text, not the whole reply (a reply fed token
+        # by token was quadratic in its length).
+        start = max(0, self.released - max(map(len, self.markers), default=0))
+        found = [(i, marker) for marker in self.markers if (i := text.find(marker, start)) >= 0]
         if found:
             end, self.ended = min(found)
         elif final:
             end = len(text)
         else:  # \ufffd: the first bytes of a character that the next token completes
             end = len(text) - max(partial_marker_length(text, self.markers), int(text.endswith("\ufffd")))
-        if self.strip:
-            end = len(text[:end].rstrip())
+        if self.strip:  # trailing spaces held back (found from the end: no copy of the reply)
+            while end > self.released and text[end - 1].isspace():
+                end -= 1
         new = text[self.released:end] if end > self.released else ""
         self.released = max(self.released, end)
         return new

@@ -151,3 +151,16 @@ def test_generation_prompt_ends_on_the_assistant_tag_without_space():
     prompt = generation_prompt(system, [Turn("user", "Weather in Paris?")])
     assert prompt == system + "USER: Weather in Paris?\n\n\nASSISTANT:"
     assert prompt[:-len("ASSISTANT:")] == system + render_chat([Turn("user", "Weather in Paris?")])
+
+
+def test_a_call_with_long_runs_of_spaces_parses_in_linear_time():
+    """The quoted-arguments regex backtracked quadratically over runs of spaces (8,000 took 1.4 s;
+    this payload, minutes). Run apart with a limit a thousand times what it takes now."""
+    import subprocess
+    import sys
+
+    code = ("from fcmistral.format.calls import parse_payload, CallParseError\n"
+            "p = '{\"name\": \"f\", \"arguments\": \\'' + (\"'}\" + ' ' * 300000) * 3 + 'x'\n"
+            "try:\n    parse_payload(p)\nexcept CallParseError:\n    print('refused')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "refused", result.stderr

@@ -38,3 +38,21 @@ def test_a_partial_marker_is_held_back_until_the_next_characters_decide():
     assert stream.feed("Done <|endofwhat") == " <|endofwhat"
     assert stream.feed("Done <|endofwhat\ufffd") == ""  # a character's first bytes
     assert stream.feed("Done <|endofwhat\ufffd", final=True) == "\ufffd"
+
+
+def test_each_feed_searches_only_the_new_text():
+    """A reply fed token by token was searched from its start at every token (quadratic in its
+    length): the search for markers starts where the released text ends."""
+    from fcmistral.format.streams import ReplyStream
+
+    starts = []
+
+    class Text(str):
+        def find(self, sub, start=0, *rest):
+            starts.append(start)
+            return str.find(self, sub, start, *rest)
+
+    stream, reply = ReplyStream(("<functioncall>", "<|endoftext|>")), "word " * 2000
+    for end in range(100, len(reply), 100):
+        stream.feed(Text(reply[:end]))
+    assert stream.released > 9000 and min(starts[-2:]) >= stream.released - len("<functioncall>") - 100

@@ -73,3 +73,33 @@ def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_di
         else:  # stopped at an end marker: the text before it
             assert update.finish_reason == "stop" and text.startswith(update.text.rstrip(" ")), (update.text, text)
     assert max(shape[0] for shape in forwards) > 1  # rows were computed side by side
+
+
+@pytest.mark.parametrize("kind", ["tiny", "mistral-real"])
+def test_a_reply_is_decoded_a_few_tokens_at_a_time_into_the_same_text(kind, tiny_tokenizer, request):
+    """The engine decodes each new token in a small window (decoding the whole reply at every token
+    was quadratic in its length), and the text equals the whole reply decoded at once, across
+    sentencepiece spaces, digits and multi-byte characters."""
+    from fcmistral.serving.engine.client import GenerationRequest
+    from fcmistral.serving.engine.rows import Row, take
+
+    tokenizer = tiny_tokenizer if kind == "tiny" else request.getfixturevalue("mistral_tokenizer")
+    reply = ('It is 18°C in Zürich — "sunny" 🌞 today; <functioncall> {"name": "f", "arguments": '
+             "'{\"x\": 12345}'} and more text after it, " * 6)
+    ids = tokenizer(reply, add_special_tokens=False).input_ids
+    windows = []
+    decode = tokenizer.decode
+
+    class Counting:
+        eos_token_id = -1
+
+        def decode(self, token_ids, **options):
+            windows.append(len(token_ids))
+            return decode(token_ids, **options)
+
+    updates = []
+    row = Row(GenerationRequest("", len(ids)), updates.append)
+    for token in ids:
+        take(row, token, Counting())
+    assert "".join(u.text for u in updates) == decode(ids, skip_special_tokens=False)
+    assert len(ids) > 150 and max(windows) <= 8

@@ -26,6 +26,8 @@ class Row:
     request: GenerationRequest
     send: Callable[[Update], None]  # hands an update to the caller (called in the generation thread)
     ids: list[int] = field(default_factory=list)
+    text: str = ""  # the reply's text so far, decoded a few tokens at a time (see _text)
+    decoded: tuple[int, int] = (0, 0)  # (prefix, read) offsets into ids of the incremental decoding
     reply: ReplyStream = field(init=False)  # what of the reply may be released (stops held back)
     unsent: str = ""  # released text not sent yet (a row that is not streamed sends it all at the end)
     finished: bool = False
@@ -81,11 +83,11 @@ def take(row: Row, token: int, tokenizer) -> None:
     """The row takes its new token: it finishes on EOS, the end marker, a stop string or its
     ``max_new_tokens``; otherwise the text that can no longer become a stop is sent (when streamed)."""
     if token == tokenizer.eos_token_id:
-        _finish(row, row.reply.feed(_text(row, tokenizer), final=True), "stop")
+        _finish(row, row.reply.feed(_text(row, tokenizer, final=True), final=True), "stop")
         return
     row.ids.append(token)
     length = len(row.ids) >= row.request.max_new_tokens
-    new = row.reply.feed(_text(row, tokenizer), final=length)
+    new = row.reply.feed(_text(row, tokenizer, final=length), final=length)
     if row.reply.ended is not None or length:
         _finish(row, new, "stop" if row.reply.ended is not None else "length")
     elif new:
@@ -95,9 +97,20 @@ def take(row: Row, token: int, tokenizer) -> None:
             row.unsent = ""
 
 
-def _text(row: Row, tokenizer) -> str:
-    # Special tokens are kept: in some vocabularies (SmolLM2's) the end marker is one.
-    return tokenizer.decode(row.ids, skip_special_tokens=False)
+def _text(row: Row, tokenizer, final: bool = False) -> str:
+    """The reply's text, extended by its new tokens. Decoding the whole reply at every token was
+    quadratic in its length; this decodes a window, as vLLM's incremental detokenizer does: the
+    tokens from ``prefix`` on, minus the text of those before ``read`` (so a sentencepiece space or
+    a byte-level merge at the window's start decodes as it does in context); a token that ends inside
+    a character waits for the next (unless the reply ends there). Special tokens are kept: in some
+    vocabularies (SmolLM2's) the end marker is one."""
+    prefix, read = row.decoded
+    before = tokenizer.decode(row.ids[prefix:read], skip_special_tokens=False)
+    window = tokenizer.decode(row.ids[prefix:], skip_special_tokens=False)
+    if len(window) > len(before) and (final or not window.endswith("\ufffd")):
+        row.text += window[len(before):]
+        row.decoded = (read, len(row.ids))
+    return row.text
 
 
 def _finish(row: Row, new: str, reason: str) -> None:
