@@ -19,6 +19,11 @@ BIN := $(abspath $(VENV))/bin
 # versions (requirements-vllm.txt says which and why), as users run it.
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# llama.cpp's bindings, built from source (6 min on 2 cores, once per machine: pip keeps the wheel):
+# for the tests only, so `make demo` never waits for them.
+LLAMACPP_STAMP := $(VENV)/.llamacpp
+LLAMACPP_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 
 .PHONY: demo test setup vllm-env
 demo: $(STAMP)
@@ -27,12 +32,17 @@ demo: $(STAMP)
 # Two workers: most of the suite's time is scripts starting (importing torch and transformers takes
 # ~8 s), which one core leaves the other idle for (17.5 -> 13.2 min on 2 cores). PYTEST_ARGS adds
 # options, for example PYTEST_ARGS='-m "not slow"'.
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(LLAMACPP_STAMP)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 setup: $(STAMP)
 
 vllm-env: $(VLLM_STAMP)
+
+$(LLAMACPP_STAMP): requirements-llamacpp.txt $(STAMP)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-llamacpp.txt
+	@touch $@
 
 $(VLLM_STAMP): requirements-vllm.txt
 	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)

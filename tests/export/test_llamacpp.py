@@ -1,0 +1,139 @@
+"""The GGUF export in llama.cpp itself (llama-cpp-python, built from source by make test): the file
+loads, computes what transformers computes (per type, within a stated tolerance; f32 greedy
+continuations identical), tokenizes as transformers does on every sample row (the tiny byte-level
+vocabulary and Mistral-7B-v0.1's, written as the llama type), and its embedded chat template,
+rendered by llama-cpp-python's Jinja formatter, gives prompt.py's text. Skips, with the reason,
+where llama-cpp-python is not installed (pip install -r requirements-llamacpp.txt)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fcmistral.export.gguf import export_gguf
+from fcmistral.format.glaive import parse_row
+from fcmistral.prompt import render_chat
+from tests.conftest import REPO, read_jsonl
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -r "
+                                                    "requirements-llamacpp.txt (make test does)")
+pytestmark = pytest.mark.slow
+ROWS = [parse_row(r) for name in ("sample_train.jsonl", "sample_heldout.jsonl") for r in read_jsonl(REPO / "data" / name)]
+# Largest difference allowed between llama.cpp's and transformers' next-token logits, per file type,
+# relative to the logits' spread (their standard deviation): llama.cpp keeps its key/value cache in f16 (f32
+# files too), and f16 and q8_0 round the weights. Measured here (max over 4 prompts of ~380 tokens):
+# f32 1.3e-3, f16 3.7e-3, q8_0 8.5e-2 (2026-12-03, AMD EPYC, llama-cpp-python 0.3.36).
+TOLERANCE = {"f32": 5e-3, "f16": 2e-2, "q8_0": 2e-1}
+
+
+def load(path, **options):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=1, n_batch=512, verbose=False, **options)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf")
+    return {kind: export_gguf(tiny_model_dir, folder / kind / "model.gguf", kind) for kind in TOLERANCE}
+
+
+def prompts(tokenizer, count: int = 4) -> list[list[int]]:
+    """Token ids of sample conversations up to an assistant turn (a few hundred tokens each)."""
+    chosen = [r for r in ROWS if r.functions][:count]
+    return [tokenizer(row.system + render_chat(row.turns[:1]) + "ASSISTANT:").input_ids for row in chosen]
+
+
+@pytest.mark.parametrize("kind", list(TOLERANCE))
+def test_llama_cpp_computes_what_transformers_computes(kind, exported, tiny_model_dir, tiny_tokenizer):
+    assert worst_difference(exported[kind], tiny_model_dir, tiny_tokenizer) <= TOLERANCE[kind]
+
+
+def worst_difference(path, tiny_model_dir, tokenizer) -> float:
+    """The largest logit difference over the prompts, relative to the logits' spread."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    llm, worst = load(path, logits_all=True), 0.0
+    for ids in prompts(tokenizer):
+        with torch.no_grad():
+            expected = model(torch.tensor([ids])).logits[0].numpy()
+        llm.reset()
+        llm.eval(ids)
+        worst = max(worst, float(np.abs(np.asarray(llm.scores[: len(ids)]) - expected).max() / expected.std()))
+    return worst
+
+
+def test_an_export_without_the_rotary_permutation_fails(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    """The check above sees a broken export: q and k left in Hugging Face's rotary layout."""
+    from fcmistral.export import gguf as gguf_export
+
+    monkeypatch.setattr(gguf_export, "permute", lambda weights, n_head, n_head_kv=None: weights)
+    broken = export_gguf(tiny_model_dir, tmp_path / "broken.gguf", "f32")
+    assert worst_difference(broken, tiny_model_dir, tiny_tokenizer) > 10 * TOLERANCE["f32"]
+
+
+def test_f32_greedy_continuations_are_identical(exported, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    llm = load(exported["f32"])
+    for ids in prompts(tiny_tokenizer):
+        with torch.no_grad():
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
+                                      pad_token_id=tiny_tokenizer.pad_token_id)[0, len(ids):].tolist()
+        llm.reset()
+        got = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            got.append(token)
+            if len(got) == 24:
+                break
+        assert got == expected
+
+
+def test_llama_cpp_tokenizes_as_transformers_on_every_sample_row(exported, tiny_tokenizer):
+    llm = load(exported["f32"], vocab_only=True)
+    mismatched = [i for i, row in enumerate(ROWS)
+                  if llm.tokenize(row.text.encode(), add_bos=True, special=False) != tiny_tokenizer(row.text).input_ids]
+    assert len(ROWS) == 660 and not mismatched, f"{len(mismatched)} rows differ, first {mismatched[:5]}"
+
+
+@pytest.fixture(scope="module")
+def mistral_vocab_gguf(mistral_tokenizer, tmp_path_factory):
+    """A tiny random model with Mistral-7B-v0.1's tokenizer, exported (the llama tokenizer type)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    folder = tmp_path_factory.mktemp("mistral-vocab")
+    config = MistralConfig(vocab_size=len(mistral_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(folder / "model")
+    mistral_tokenizer.save_pretrained(folder / "model")
+    return export_gguf(folder / "model", folder / "model.gguf", "f32")
+
+
+def test_mistral_vocabulary_tokenizes_as_transformers(mistral_vocab_gguf, mistral_tokenizer):
+    llm = load(mistral_vocab_gguf, vocab_only=True)
+    mismatched = [i for i, row in enumerate(ROWS)
+                  if llm.tokenize(row.text.encode(), add_bos=True, special=False) != mistral_tokenizer(row.text).input_ids]
+    assert not mismatched, f"{len(mismatched)} rows differ, first {mismatched[:5]}"
+
+
+def test_the_embedded_chat_template_renders_prompt_py_text(exported):
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    llm = load(exported["f32"], vocab_only=True)
+    source = llm.metadata["tokenizer.chat_template"]
+    formatter = Jinja2ChatFormatter(source, eos_token="</s>", bos_token="<s>", add_generation_prompt=False)
+    for i, row in enumerate(ROWS):
+        messages = []
+        for turn in row.turns:
+            if turn.role == "function_call":
+                messages.append({"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
+                                 "function": {"name": turn.call.name,
+                                              "arguments": json.dumps(turn.call.arguments, ensure_ascii=False)}}]})
+            else:
+                messages.append({"role": {"function_response": "tool"}.get(turn.role, turn.role), "content": turn.content})
+        tools = [{"type": "function", "function": f} for f in row.functions]
+        assert formatter(messages=messages, tools=tools).prompt == row.system + render_chat(row.turns), f"row {i}"
