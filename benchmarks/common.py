@@ -1,10 +1,18 @@
-"""Shared by the benchmark scripts: timing and peak memory."""
+"""Shared by the benchmark scripts: timing, peak memory, and a serve.py to measure."""
 
 from __future__ import annotations
 
+import re
 import resource
+import subprocess
+import sys
+import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
@@ -18,3 +26,49 @@ def timed(results: dict, key: str):
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of the process and its children (the server's engine process)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    # children of any of its threads: an engine restarted after a crash is the supervisor thread's child
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024 + sum(rss_mib(int(child)) for child in children)
+
+
+def run_together(threads: list[threading.Thread]) -> float:
+    """Start ``threads``, wait for all; the seconds it took."""
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (None when there are none), rounded to the millisecond."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else None
+
+
+@contextmanager
+def running_server(model_path: str | None, tmp: str, *options: str) -> Iterator[tuple[subprocess.Popen, str, str]]:
+    """``serve.py`` on a free port with ``options`` (the tiny model, built in ``tmp``, unless
+    ``model_path``); yields the process, its base URL and the model's path, and stops it after."""
+    if model_path is None:
+        from fcmistral.demo.tiny import build_tiny_model
+
+        model_path = str(build_tiny_model(f"{tmp}/tiny"))
+    log = Path(tmp) / "server.log"  # a file: a pipe nobody reads fills up and blocks the server's log
+    server = subprocess.Popen([sys.executable, "serve.py", "--model_path", model_path, "--port", "0", *options],
+                              cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        while not (found := re.search(r"serving \S+ on (http://\S+/v1)", log.read_text())):
+            if server.poll() is not None:
+                raise SystemExit(f"error: the server exited before serving:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield server, found[1], model_path
+    finally:
+        server.terminate()
+        server.wait(30)

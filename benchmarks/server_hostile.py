@@ -24,7 +24,6 @@ import random
 import re
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.server_load import rss_mib  # noqa: E402
+from benchmarks.common import quantile, rss_mib, run_together, running_server  # noqa: E402
 
 TOOLS = None  # the demo tools, set in main
 HOSTILE_BODIES = [
@@ -172,20 +171,12 @@ def soak(base: str, clients: int, seconds: float) -> dict:
             except Exception as err:  # noqa: BLE001 - every failure is counted by kind
                 note(kind.__name__, f"client error {type(err).__name__}")
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=loop, args=(i, kind), daemon=True) for i, kind in enumerate(kinds)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - start
-    latencies.sort()
-    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None  # noqa: E731
+    elapsed = run_together([threading.Thread(target=loop, args=(i, kind), daemon=True) for i, kind in enumerate(kinds)])
     server_errors = sum(n for counter in seen.values() for outcome, n in counter.items()
                         if re.search(r"(^|: )5\d\d$", outcome))
     return {"clients": {k.__name__: kinds.count(k) for k in (good, slow, disconnecting, hostile)},
             "seconds": round(elapsed), "good_requests_per_s": round(seen["good"]["200"] / elapsed, 2),
-            "good_p50_s": pick(0.5), "good_p95_s": pick(0.95), "server_errors_5xx": server_errors,
+            "good_p50_s": quantile(latencies, 0.5), "good_p95_s": quantile(latencies, 0.95), "server_errors_5xx": server_errors,
             "outcomes": {kind: dict(counter.most_common()) for kind, counter in seen.items()}}
 
 
@@ -238,21 +229,7 @@ def main() -> None:
 
     TOOLS = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from fcmistral.demo.tiny import build_tiny_model
-
-            model_path = str(build_tiny_model(f"{tmp}/tiny"))
-        log = Path(tmp) / "server.log"  # a file: a pipe nobody reads fills up and blocks the server's log
-        server = subprocess.Popen([sys.executable, "serve.py", "--model_path", model_path, "--port", "0",
-                                   "--engine_timeout_s", "5"],
-                                  cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-        try:
-            while not (found := re.search(r"serving \S+ on (http://\S+/v1)", log.read_text())):
-                if server.poll() is not None:
-                    raise SystemExit(f"error: the server exited before serving:\n{log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            base = found[1]
+        with running_server(args.model_path, tmp, "--engine_timeout_s", "5") as (server, base, model_path):
             report: dict = {"model": model_path, "server_rss_mib_start": round(rss_mib(server.pid), 1)}
             start = time.monotonic()
             report["fuzz"] = {"requests": fuzz(base, args.fuzz_examples, derandomize=False),
@@ -263,9 +240,6 @@ def main() -> None:
             report["server_rss_mib_end"] = round(rss_mib(server.pid), 1)
             print(json.dumps(report["soak"]), file=sys.stderr, flush=True)
             report["chaos"] = [chaos(base, server.pid, how) for how in (signal.SIGKILL, signal.SIGSTOP)]
-        finally:
-            server.terminate()
-            server.wait(30)
     import torch
 
     report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()

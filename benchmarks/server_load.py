@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +26,9 @@ from pathlib import Path
 from openai import OpenAI
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.common import quantile, rss_mib, run_together, running_server  # noqa: E402
+
 CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Perth", "Dakar", "Hanoi", "Bern", "Riga", "Accra"]
 
 
@@ -35,13 +36,6 @@ def question(number: int) -> list[dict]:
     """The chat of request ``number`` (-1: always the same question, as an agent retrying does)."""
     city = CITIES[number % len(CITIES)] if number >= 0 else "Paris"
     return [{"role": "user", "content": f"What's the weather like in {city} right now? Use celsius."}]
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of the process and its children (the server's engine process)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024 + sum(rss_mib(int(child)) for child in children)
 
 
 def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict], vary: bool) -> dict:
@@ -66,17 +60,9 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
             with lock:
                 latencies.append(time.perf_counter() - start)
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(7 * i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None  # noqa: E731
+    elapsed = run_together([threading.Thread(target=client_loop, args=(7 * i,)) for i in range(clients)])
     return {"clients": clients, "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 2),
-            "p50_s": pick(0.5), "p95_s": pick(0.95), "errors": len(errors), "error_kinds": sorted(set(errors))}
+            "p50_s": quantile(latencies, 0.5), "p95_s": quantile(latencies, 0.95), "errors": len(errors), "error_kinds": sorted(set(errors))}
 
 
 def engine_only(model_path: str, levels: list[int], max_tokens: int, tools: list[dict]) -> dict:
@@ -119,29 +105,19 @@ def main() -> None:
     from fcmistral.demo.functions import DEMO_SCHEMAS
 
     tools = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
+    levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from fcmistral.demo.tiny import build_tiny_model
-
-            model_path = str(build_tiny_model(f"{tmp}/tiny"))
-        levels = [int(c) for c in args.clients.split(",")]
         if args.engine_only:
+            model_path = args.model_path
+            if model_path is None:
+                from fcmistral.demo.tiny import build_tiny_model
+
+                model_path = str(build_tiny_model(f"{tmp}/tiny"))
             print(json.dumps(engine_only(model_path, levels, args.max_tokens, tools), indent=2))
             return
-        # The server's output goes to a file: a pipe nobody reads fills up and blocks its access log.
-        log = Path(tmp) / "server.log"
-        server = subprocess.Popen(
-            [sys.executable, "serve.py", "--model_path", model_path, "--port", "0",
-             "--max_batch_size", str(max(levels)), "--max_new_tokens", str(max(args.max_tokens, 64)),
-             "--compute_dtype", args.compute_dtype],
-            cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-        try:
-            while not (found := re.search(r"serving \S+ on (http://\S+/v1)", log.read_text())):
-                if server.poll() is not None:
-                    raise SystemExit(f"error: the server exited before serving:\n{log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            base = found[1]
+        with running_server(args.model_path, tmp, "--max_batch_size", str(max(levels)), "--max_new_tokens",
+                            str(max(args.max_tokens, 64)), "--compute_dtype", args.compute_dtype) as (server, base,
+                                                                                                     model_path):
             report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
                             "questions": "varied" if args.vary else "the same",
                             "server_rss_mib_start": round(rss_mib(server.pid), 1), "levels": []}
@@ -153,9 +129,6 @@ def main() -> None:
                 level["requests_so_far"] = total
                 report["levels"].append(level)
                 print(json.dumps(level), file=sys.stderr, flush=True)
-        finally:
-            server.terminate()
-            server.wait(30)
     one = report["levels"][0]["requests_per_s"] if levels[0] == 1 else None
     if one:
         report["speedup_over_one_client"] = {str(lv["clients"]): round(lv["requests_per_s"] / one, 2)
