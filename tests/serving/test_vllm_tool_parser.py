@@ -50,12 +50,13 @@ def test_call_stream_fed_a_character_at_a_time(reply):
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
 
-def run_in_vllm(plugin: Path, *tokenizer_dirs: Path) -> subprocess.CompletedProcess:
+def run_in_vllm(plugins: list[Path], tokenizer_dirs: list[Path]) -> subprocess.CompletedProcess:
     """tests/serving/vllm_checks.py in vLLM's own environment (make vllm-env)."""
     if not VLLM_PYTHON.exists():
         pytest.skip("vLLM's environment is not there: make vllm-env (make test builds it)")
-    return subprocess.run([str(VLLM_PYTHON), str(REPO / "tests" / "serving" / "vllm_checks.py"), str(plugin),
-                           *map(str, tokenizer_dirs)], capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(VLLM_PYTHON), str(REPO / "tests" / "serving" / "vllm_checks.py"),
+                           "--plugins", *map(str, plugins), "--tokenizers", *map(str, tokenizer_dirs)],
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -66,29 +67,29 @@ def mistral_tokenizer_dir(tmp_path_factory) -> Path:
     return build_mistral_tokenizer(tmp_path_factory.mktemp("mistral") / "tokenizer")
 
 
-@pytest.mark.slow
-def test_the_plugin_in_vllm_itself(tiny_model_dir, mistral_tokenizer_dir):
-    """Registered as --tool-parser-plugin does, driven by vLLM 0.33's own parser layer and request
-    classes, with the tiny and Mistral-7B-v0.1's tokenizers (see vllm_checks.py)."""
-    result = run_in_vllm(PLUGIN, tiny_model_dir, mistral_tokenizer_dir)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.count("ok: 21 replies") == 2, result.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("breakage", [
+BREAKAGES = [
     ("arguments=arguments)", "arguments=arguments[:-1])"),  # a streamed call loses its last fragment
     ("request.stop = [*stops, END_OF_TURN]", "request.stop = stops"),  # no stop at the end marker
     ("supports_required_and_named = False", "supports_required_and_named = True"),  # vLLM's JSON calls forced
-])
-def test_a_broken_plugin_fails_in_vllm(tiny_model_dir, tmp_path, breakage):
-    old, new = breakage
-    source = PLUGIN.read_text()
-    assert old in source
-    broken = tmp_path / "vllm_tool_parser.py"
-    broken.write_text(source.replace(old, new))
-    result = run_in_vllm(broken, tiny_model_dir)
-    assert result.returncode != 0 and "AssertionError" in result.stderr, result.stdout + result.stderr[-2000:]
+]
+
+
+@pytest.mark.slow
+def test_the_plugin_in_vllm_itself_and_broken_ones_fail(tiny_model_dir, mistral_tokenizer_dir, tmp_path):
+    """Registered as --tool-parser-plugin does, driven by vLLM 0.33's own parser layer and request
+    classes, with the tiny and Mistral-7B-v0.1's tokenizers (see vllm_checks.py); then the plugin
+    broken three ways, each of which must fail there."""
+    result = run_in_vllm([PLUGIN], [tiny_model_dir, mistral_tokenizer_dir])
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.count("ok: ") == 2 and "21 replies" in result.stdout, result.stdout
+    source, broken = PLUGIN.read_text(), []
+    for i, (old, new) in enumerate(BREAKAGES):
+        assert old in source
+        broken.append(tmp_path / f"broken{i}" / "vllm_tool_parser.py")
+        broken[-1].parent.mkdir()
+        broken[-1].write_text(source.replace(old, new))
+    result = run_in_vllm(broken, [tiny_model_dir])
+    assert result.returncode == 1 and result.stdout.count("failed: ") == len(BREAKAGES), result.stdout + result.stderr[-2000:]
 
 
 def test_an_incomplete_call_is_not_sent():

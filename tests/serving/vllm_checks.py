@@ -1,7 +1,7 @@
 """The glaive tool-parser plugin inside vLLM 0.33 itself, run with the Python of vLLM's own
 environment (``make vllm-env``: vLLM's declared versions, see the Makefile), not this project's:
 
-    .venv-vllm/bin/python tests/serving/vllm_checks.py PLUGIN TOKENIZER_DIR [TOKENIZER_DIR ...]
+    .venv-vllm/bin/python tests/serving/vllm_checks.py --plugins PLUGIN [...] --tokenizers DIR [...]
 
 The plugin is registered as ``--tool-parser-plugin`` does (``ToolParserManager.import_tool_parser``),
 composed by vLLM's ``ParserManager`` into the ``DelegatingParser`` its chat server holds per request,
@@ -9,12 +9,15 @@ and driven through the calls that server makes: ``adjust_request``, then ``parse
 or ``parse_delta`` per detokenized token for a streamed one, with vLLM's ``ChatCompletionRequest``
 and each tokenizer loaded by vLLM's ``get_tokenizer``. For every reply and ``tool_choice``: the
 streamed content and calls (names and argument fragments put together) equal the whole reply's, and
-those equal what the project's own parser reads. Prints one line per tokenizer; exits 1 on a failure.
+those equal what the project's own parser reads. Prints a line per plugin and tokenizer ("ok" or
+"failed", with the assertion); exits 1 if any failed. Several plugins are checked one after the
+other in one process (each registers the name "glaive" anew), to import vLLM once.
 The repository is put on ``sys.path``: the plugin needs only fcmistral's pure-Python format modules.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -78,7 +81,7 @@ def streamed(parser, request, tokenizer, reply: str) -> tuple[str, list[tuple[st
     return content, [tuple(calls[i]) for i in sorted(calls)]
 
 
-def check(plugin: str, tokenizer_dir: str) -> int:
+def check(tokenizer_dir: str) -> int:
     tokenizer = get_tokenizer(tokenizer_dir)
     parser_class = ParserManager.get_parser(tool_parser_name="glaive", enable_auto_tools=True, tokenizer=tokenizer)
     checked = 0
@@ -110,10 +113,21 @@ def check(plugin: str, tokenizer_dir: str) -> int:
 
 
 def main() -> None:
-    plugin, *tokenizers = sys.argv[1:]
-    ToolParserManager.import_tool_parser(plugin)  # what --tool-parser-plugin PLUGIN does
-    for tokenizer_dir in tokenizers:
-        print(f"ok: {check(plugin, tokenizer_dir)} replies, whole and streamed, with {Path(tokenizer_dir).name}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plugins", nargs="+", required=True)
+    parser.add_argument("--tokenizers", nargs="+", required=True)
+    args = parser.parse_args()
+    failed = False
+    for plugin in args.plugins:
+        ToolParserManager.import_tool_parser(plugin)  # what --tool-parser-plugin PLUGIN does
+        for tokenizer_dir in args.tokenizers:
+            try:
+                checked = check(tokenizer_dir)
+                print(f"ok: {plugin}: {checked} replies, whole and streamed, with {Path(tokenizer_dir).name}")
+            except (AssertionError, KeyError, TypeError) as err:  # (Key/TypeError: the parser was not registered)
+                failed = True
+                print(f"failed: {plugin} with {Path(tokenizer_dir).name}: {type(err).__name__}: {err}"[:2000])
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
