@@ -68,9 +68,9 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
         pytest.skip("BFCL is not installed: pip install --no-deps bfcl-eval==2026.3.23 nvidia-bfcl==26.3")
     out = tmp_path / "real"
     report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
-                           "--max_steps", "2", "--eval_limit", "3", "--train_rows", "40", "--bfcl_limit", "2")
+                           "--max_steps", "2", "--eval_limit", "2", "--train_rows", "40", "--bfcl_limit", "1")
     assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
     rows = json.loads((out / "report.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == ["zero-shot", "after QLoRA"] and all(r["held_out_items"] == 3 for r in rows)
-    assert all(r["bfcl_simple_questions"] == r["bfcl_irrelevance_questions"] == 2 for r in rows)
+    assert [r["model"] for r in rows] == ["zero-shot", "after QLoRA"] and all(r["held_out_items"] == 2 for r in rows)
+    assert all(r["bfcl_simple_questions"] == r["bfcl_irrelevance_questions"] == 1 for r in rows)
     assert (out / "merged" / "model.safetensors").is_file()
