@@ -28,12 +28,23 @@ def peak_rss_mib() -> float:
 
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started, from any of its threads: an engine restarted after a crash is
+    the server's supervisor thread's child, not its main thread's."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def engine_pid(server_pid: int) -> int:
+    """The serve.py process's engine (its one child that is not multiprocessing's resource tracker)."""
+    engines = [c for c in child_pids(server_pid) if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(engines) == 1, engines
+    return engines[0]
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of the process and its children (the server's engine process)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    # children of any of its threads: an engine restarted after a crash is the supervisor thread's child
-    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024 + sum(rss_mib(int(child)) for child in children)
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) / 1024 + sum(rss_mib(child) for child in child_pids(pid))
 
 
 def run_together(threads: list[threading.Thread]) -> float:

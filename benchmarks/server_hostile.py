@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.common import quantile, rss_mib, run_together, running_server  # noqa: E402
+from benchmarks.common import engine_pid, quantile, rss_mib, run_together, running_server  # noqa: E402
 
 TOOLS = None  # the demo tools, set in main
 HOSTILE_BODIES = [
@@ -178,11 +178,6 @@ def soak(base: str, clients: int, seconds: float) -> dict:
             "seconds": round(elapsed), "good_requests_per_s": round(seen["good"]["200"] / elapsed, 2),
             "good_p50_s": quantile(latencies, 0.5), "good_p95_s": quantile(latencies, 0.95), "server_errors_5xx": server_errors,
             "outcomes": {kind: dict(counter.most_common()) for kind, counter in seen.items()}}
-
-
-def engine_pid(server_pid: int) -> int:
-    children = [c for task in Path(f"/proc/{server_pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    return next(int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text())
 
 
 def chaos(base: str, server_pid: int, how: signal.Signals) -> dict:

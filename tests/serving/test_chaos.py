@@ -12,24 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from benchmarks.common import engine_pid
 from tests.conftest import REPO
 from tests.serving.test_server import completion, health_status
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
 PROMPT = "USER: Tell me a long story\n\n\nASSISTANT:"
-
-
-def engine_pid(server_pid: int) -> int:
-    # Children of any of the server's threads: a restarted engine is started by the supervisor thread.
-    children = [c for task in Path(f"/proc/{server_pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    engines = [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
-    assert len(engines) == 1, engines
-    return engines[0]
 
 
 @pytest.fixture(scope="module")
