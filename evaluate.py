@@ -4,9 +4,12 @@
     python evaluate.py --model_path MERGED --dataset data/sample_heldout.jsonl
     python evaluate.py --model_path MERGED --benchmark bfcl --categories simple,irrelevance
     python evaluate.py --predictions outputs/eval/predictions.jsonl   # re-score, no model
+    python evaluate.py --model_path MERGED --benchmark bfcl --constrained_calls --call_bias=-2,0,2
 
 Predictions are written as JSONL while they are produced, so an interrupted run continues with
-``--resume``; the summary is printed and written as JSON and Markdown beside them.
+``--resume``; the summary is printed and written as JSON and Markdown beside them. With several
+``--call_bias`` values, each has its own folder (``call_bias_+2`` ...) and ``call_bias.md`` sets
+them side by side (BFCL: simple accuracy against irrelevance), to choose the trade-off from a table.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from tqdm import tqdm
 
 from fcmistral.arguments import ModelArguments, parse_arguments
 from fcmistral.cli import run_cli
+from fcmistral.constraint import CallConstraint
 from fcmistral.data.loading import load_rows
 from fcmistral.errors import UserError
 from fcmistral.evaluation.bfcl_data import DEFAULT_CATEGORIES, BFCLItem, load_bfcl_items, parse_categories
 from fcmistral.evaluation.bfcl_scoring import bfcl_markdown, judge_bfcl, summarize_bfcl
 from fcmistral.evaluation.items import EvalItem, eval_items
 from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
+from fcmistral.format.grammar import call_grammar
 from fcmistral.format.schemas import load_schemas
 from fcmistral.hardware import compute_dtype
 from fcmistral.inputs import read_utf8
@@ -67,6 +72,11 @@ class EvalArguments:
     resume: bool = field(default=False, metadata={"help": "keep existing predictions and generate only the missing ones"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "write into an --output_dir that already holds files (its predictions and summary are replaced)"})
+    constrained_calls: bool = field(default=False, metadata={
+        "help": "constrain calls to the offered functions' schemas as they are generated (fcmistral.format.grammar)"})
+    call_bias: str = field(default="0", metadata={
+        "help": "added to the call marker's first logit where the reply starts (> 0 calls more often); a "
+                "comma-separated list evaluates each value (hf backend)"})
     backend: str = field(
         default="auto",
         metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
@@ -117,26 +127,46 @@ def drop_torn_tail(path: Path) -> None:
 
 
 def make_generator(args: EvalArguments, model_args: ModelArguments):
-    """A function from prompts to replies, on the backend asked for (see --backend)."""
+    """A function from prompts and their call constraints to replies, on the backend asked for
+    (see --backend)."""
     from fcmistral.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
 
     backend = args.backend
     if backend == "auto":
-        backend = "vllm" if vllm_usable() and not model_args.adapter_path else "hf"
+        backend = "vllm" if vllm_usable() and not model_args.adapter_path and args.call_bias == "0" else "hf"
     if backend == "vllm":
         if not vllm_usable():
             raise UserError("--backend vllm needs vLLM installed and a GPU")
         if model_args.adapter_path or model_args.load_in_4bit:
             raise UserError("--backend vllm takes a merged model: run convert_weights.py first")
+        if any(call_biases(args)):
+            raise UserError("--call_bias needs --backend hf (vLLM's logit_bias cannot apply at the reply's start only)")
         log.info("generating with vLLM")
         return VLLMGenerator(model_args.model_path, args.max_new_tokens)
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
-    return lambda prompts: generate_batch(model, tokenizer, prompts, args.max_new_tokens)
+    return lambda prompts, constraints: generate_batch(model, tokenizer, prompts, args.max_new_tokens,
+                                                       constraints=constraints)
 
 
-def generate_predictions(args: EvalArguments, model_args: ModelArguments, items: list[EvalItem] | list[BFCLItem],
-                         path: Path) -> None:
+def call_biases(args: EvalArguments) -> list[float]:
+    try:
+        values = [float(v) for v in args.call_bias.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--call_bias takes numbers separated by commas, not {args.call_bias!r}") from None
+    if not values or any(v != v or abs(v) == float("inf") for v in values):
+        raise UserError(f"--call_bias takes finite numbers, not {args.call_bias!r}")
+    return values
+
+
+def constraint_of(item: EvalItem | BFCLItem, args: EvalArguments, call_bias: float) -> CallConstraint | None:
+    """The item's call constraint: its offered functions' grammar (--constrained_calls), the bias."""
+    grammar = call_grammar(item.schemas, "auto") if args.constrained_calls and item.schemas else None
+    return CallConstraint(grammar, call_bias) or None
+
+
+def generate_predictions(args: EvalArguments, generate, items: list[EvalItem] | list[BFCLItem], path: Path,
+                         call_bias: float = 0.0) -> None:
     from fcmistral.generation import length_sorted_batches
 
     done = set()
@@ -146,12 +176,11 @@ def generate_predictions(args: EvalArguments, model_args: ModelArguments, items:
     todo = [item for item in items if item.query_id not in done]
     if not todo:
         return
-    generate = make_generator(args, model_args)
     path.parent.mkdir(parents=True, exist_ok=True)  # only now: a bad input must leave no empty folder behind
     with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
         for indices in length_sorted_batches([item.prompt for item in todo], args.batch_size):
             batch = [todo[i] for i in indices]
-            outputs = generate([i.prompt for i in batch])
+            outputs = generate([i.prompt for i in batch], [constraint_of(i, args, call_bias) for i in batch])
             for item, output in zip(batch, outputs):
                 record = {"query_id": item.query_id, **item.record_fields(), "output": output}
                 record.update(verdict(record))
@@ -182,25 +211,60 @@ def main() -> None:
     if args.predictions:
         if model_args.model_path:
             raise UserError("--predictions scores an existing file and --model_path generates a new one: give one")
-        path = Path(args.predictions)
-        out_dir = path.parent
-    else:
-        if not model_args.model_path:
-            raise UserError("give --model_path (or --predictions to score an existing file)")
-        out_dir = check_output_dir(args.output_dir, "--output_dir", args.resume or args.overwrite_output_dir,
-                                   "pass --resume to continue its predictions, or --overwrite_output_dir to "
-                                   "replace them")
-        path = out_dir / "predictions.jsonl"
-        generate_predictions(args, model_args, load_items(args), path)
+        print(score(Path(args.predictions)))
+        return
+    if not model_args.model_path:
+        raise UserError("give --model_path (or --predictions to score an existing file)")
+    biases = call_biases(args)
+    out_dir = check_output_dir(args.output_dir, "--output_dir", args.resume or args.overwrite_output_dir,
+                               "pass --resume to continue its predictions, or --overwrite_output_dir to "
+                               "replace them")
+    items = load_items(args)
+    generate = make_generator(args, model_args)
+    if len(biases) == 1:
+        generate_predictions(args, generate, items, out_dir / "predictions.jsonl", biases[0])
+        print(score(out_dir / "predictions.jsonl"))
+        return
+    summaries = {}
+    for bias in biases:
+        path = out_dir / f"call_bias_{bias:+g}" / "predictions.jsonl"
+        generate_predictions(args, generate, items, path, bias)
+        score(path)
+        summaries[bias] = json.loads((path.parent / "summary.json").read_text())
+    table = call_bias_markdown(summaries)
+    (out_dir / "call_bias.md").write_text(table)
+    print(table)
+
+
+def score(path: Path) -> str:
+    """Score a predictions file: summary.json and summary.md beside it; returns the Markdown."""
     records = rescore(read_predictions(path))
     if not records:
         raise UserError(f"{str(path)!r} holds no predictions")
     bfcl = "category" in records[0]
     summary = summarize_bfcl(records) if bfcl else summarize(records)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    (path.parent / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     table = bfcl_markdown(summary) if bfcl else summary_markdown(summary)
-    (out_dir / "summary.md").write_text(table)
-    print(table)
+    (path.parent / "summary.md").write_text(table)
+    return table
+
+
+def call_bias_markdown(summaries: dict[float, dict]) -> str:
+    """One row per call bias: BFCL's per-category accuracy (simple against irrelevance, where run),
+    or the call-by-call exact match, name accuracy and counts of replies without a call or unreadable."""
+    first = next(iter(summaries.values()))
+    if "per_category" in first:
+        categories = first["categories_run"]
+        lines = ["| call_bias | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+        for bias, summary in summaries.items():
+            cells = [f"{summary['per_category'][c]['accuracy']:.1%}" for c in categories]
+            lines.append(f"| {bias:+g} | " + " | ".join(cells) + " |")
+    else:
+        lines = ["| call_bias | exact_match | name_accuracy | no call | unreadable |", "|---|---|---|---|---|"]
+        for bias, s in summaries.items():
+            lines.append(f"| {bias:+g} | {s['exact_match']:.1%} | {s['name_accuracy']:.1%} | {s['no_call']} | "
+                         f"{s['parse_failures']} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

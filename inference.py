@@ -44,6 +44,10 @@ class InferenceArguments:
     max_calls: int = field(default=3, metadata={"help": "function calls per user message at most"})
     tool_time_limit: float = field(default=30.0, metadata={
         "help": "seconds a function call may take; past it the model is told the call timed out"})
+    constrained_calls: bool = field(default=False, metadata={
+        "help": "constrain calls to the functions' schemas as they are generated (the call then always parses)"})
+    call_bias: float = field(default=0.0, metadata={
+        "help": "added to the call marker's first logit where a turn starts: > 0 calls more often, < 0 less"})
     prompt: str = field(default=None, metadata={"help": "one user message: print the transcript and exit"})
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
     def __post_init__(self) -> None:
@@ -110,13 +114,17 @@ def main() -> None:
     if not model_args.model_path:
         raise UserError("give --model_path (a merged model, or the base with --adapter_path)")
     functions, callables = resolve_functions(args)
+    from fcmistral.constraint import CallConstraint
+    from fcmistral.format.grammar import call_grammar
     from fcmistral.generation import load_for_generation
     from fcmistral.serving.completer import Completer
 
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
+    # One call per turn: the chat runs a turn's call, then the model reads its result.
+    grammar = call_grammar(functions, "auto", parallel=False) if args.constrained_calls and functions else None
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
-                         stream_prefix=ASSISTANT_TAG)
+                         stream_prefix=ASSISTANT_TAG, constraint=CallConstraint(grammar, args.call_bias) or None)
     session = ChatSession(complete, functions, callables, args.max_calls, stream=not args.prompt,
                           tool_time_limit=args.tool_time_limit)
     if args.prompt:

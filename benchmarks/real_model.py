@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--bfcl_limit", type=int, default=100,
                         help="BFCL questions per category (simple, irrelevance), the first N (0: all 400 + 240)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--skip_zero_shot", action="store_true",
+                        help="evaluate the fine-tuned model only (the zero-shot row is in an earlier report)")
     args = parser.parse_args()
 
     out = args.output_dir
@@ -86,7 +88,10 @@ def main() -> None:
     if args.train_rows:
         train_data = out / "train_rows.jsonl"
         train_data.write_text("".join(args.train_data.read_text().splitlines(keepends=True)[: args.train_rows]))
-    before, before_bfcl, report["zero_shot_eval_s"], _ = evaluate(args.model_path, out / "zero_shot", args)
+    rows = []
+    if not args.skip_zero_shot:
+        before, before_bfcl, report["zero_shot_eval_s"], _ = evaluate(args.model_path, out / "zero_shot", args)
+        rows.append(("zero-shot", before, before_bfcl))
     adapter, merged = out / "qlora", out / "merged"
     report["train_s"], report["train_peak_mib"] = run(
         "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
@@ -99,6 +104,7 @@ def main() -> None:
                                str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
     after, after_bfcl, report["fine_tuned_eval_s"], report["peak_mib_so_far"] = evaluate(merged, out / "fine_tuned",
                                                                                           args)
+    rows.append(("after QLoRA", after, after_bfcl))
     report["rows"] = [
         {"model": name, "held_out_items": s["n"], "call_name_accuracy": round(s["name_accuracy"], 3),
          "exact_argument_match": round(s["exact_match"], 3), "parse_failures": s["parse_failures"],
@@ -106,7 +112,7 @@ def main() -> None:
          "bfcl_simple_ast_accuracy": round(b["per_category"]["simple"]["accuracy"], 3),
          "bfcl_irrelevance_questions": b["per_category"]["irrelevance"]["n"],
          "bfcl_irrelevance_accuracy": round(b["per_category"]["irrelevance"]["accuracy"], 3)}
-        for name, s, b in (("zero-shot", before, before_bfcl), ("after QLoRA", after, after_bfcl))
+        for name, s, b in rows
     ]
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print("| model | held-out items | call-name accuracy | exact argument match | parse failures | no call "

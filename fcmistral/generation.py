@@ -5,7 +5,9 @@ its own engine (fcmistral.serving.engine)."""
 from __future__ import annotations
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
+from fcmistral.constraint import CallConstraint, RowGuide, guides_for
 from fcmistral.modeling import load_adapter, load_model, load_tokenizer, text_encoder, tokenizer_source
 from fcmistral.prompt import END_OF_TURN
 
@@ -42,16 +44,39 @@ def cut_at_end_of_turn(text: str) -> str:
     return (text if end < 0 else text[:end]).rstrip()
 
 
+class _GuidedRows(LogitsProcessor):
+    """``generate``'s view of the rows' guides (fcmistral.constraint): each step, every guided row
+    takes the token it was given last and adjusts its next logits."""
+
+    def __init__(self, guides: list[RowGuide | None]) -> None:
+        self.guides, self.steps = guides, 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for i, guide in enumerate(self.guides):
+            if guide is not None:
+                if self.steps:
+                    guide.take(int(input_ids[i, -1]))
+                guide.adjust(scores[i])
+        self.steps += 1
+        return scores
+
+
 @torch.inference_mode()
 def generate_batch(
     model, tokenizer, prompts: list[str], max_new_tokens: int = 400, do_sample: bool = False,
     temperature: float = 1.0, top_p: float = 1.0, streamer=None, min_new_tokens: int = 0,
+    constraints: list[CallConstraint | None] | None = None,
 ) -> list[str]:
-    """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker.
+    """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker;
+    ``constraints`` (one per prompt, or None) constrain calls and bias the decision to call.
 
     Generation stops on ``<|endoftext|>`` (plain text in Mistral's vocabulary, hence a stop
     string) or on ``</s>``.
     """
+    processors = LogitsProcessorList()
+    if constraints and any(constraints):
+        guides = guides_for(model, tokenizer)
+        processors.append(_GuidedRows([guides.guide(c) for c in constraints]))
     ids = [encoding.ids for encoding in text_encoder(tokenizer).encode_batch(prompts)]
     width = max(len(row) for row in ids)  # left padding: every row's reply starts at the same column
     enc = {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in ids], device=model.device),
@@ -67,6 +92,7 @@ def generate_batch(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         streamer=streamer,
+        logits_processor=processors,
         **sampling,
     )
     new_tokens = out[:, enc["input_ids"].shape[1]:]
@@ -82,13 +108,25 @@ def vllm_usable() -> bool:
 
 class VLLMGenerator:
     """Greedy batched generation with vLLM (continuous batching on the GPU), stopping on the end
-    marker as the Hugging Face path does. Needs a merged model folder (convert_weights.py)."""
+    marker as the Hugging Face path does. Needs a merged model folder (convert_weights.py). A call
+    grammar is vLLM's own structured output (its xgrammar backend reads the same structural tag);
+    the call bias has no vLLM equivalent (its ``logit_bias`` applies at every token, not where the
+    turn starts), so it is refused by evaluate.py for this backend."""
 
     def __init__(self, model_path: str, max_new_tokens: int) -> None:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
 
-        self.llm = LLM(model=model_path)
-        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=[END_OF_TURN])
+        self.llm, self.max_new_tokens = LLM(model=model_path), max_new_tokens
 
-    def __call__(self, prompts: list[str]) -> list[str]:
-        return [cut_at_end_of_turn(out.outputs[0].text) for out in self.llm.generate(prompts, self.params)]
+    def _params(self, constraint: CallConstraint | None):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        grammar = constraint.grammar if constraint else None
+        structured = StructuredOutputsParams(structural_tag=grammar) if grammar else None
+        return SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens, stop=[END_OF_TURN],
+                              include_stop_str_in_output=False, structured_outputs=structured)
+
+    def __call__(self, prompts: list[str], constraints: list[CallConstraint | None] | None = None) -> list[str]:
+        params = [self._params(c) for c in constraints or [None] * len(prompts)]
+        return [cut_at_end_of_turn(out.outputs[0].text) for out in self.llm.generate(prompts, params)]

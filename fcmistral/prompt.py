@@ -74,6 +74,16 @@ def format_call(name: str, arguments: dict[str, Any]) -> str:
     return f"{FUNCTION_CALL_MARKER} {{\"name\": {json.dumps(name, ensure_ascii=False)}, \"arguments\": '{payload}'}}"
 
 
+# Several calls in one assistant turn (BFCL's parallel questions): each call on its own line, one end
+# marker after the last. A turn with one call renders as it always has.
+CALL_SEPARATOR = "\n"
+
+
+def format_calls(calls: list[FunctionCall]) -> str:
+    """The text of an assistant turn's calls, ``CALL_SEPARATOR`` between them."""
+    return CALL_SEPARATOR.join(format_call(call.name, call.arguments) for call in calls)
+
+
 def call_turn(name: str, arguments: dict[str, Any]) -> Turn:
     return Turn("function_call", format_call(name, arguments), FunctionCall(name, arguments))
 

@@ -256,3 +256,22 @@ def test_evaluate_real_nexus_rows_from_a_local_file(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 4 and records[0]["gold_call"]["name"] == "searchCPE"
     assert json.loads((out / "summary.json").read_text())["n"] == 4
+
+
+def test_evaluate_call_bias_table_and_constrained_calls(tiny_model_dir, tmp_path):
+    """Each --call_bias value is generated into its own folder and set side by side in call_bias.md;
+    the bias decides the reply's first token (the call marker's, or never it)."""
+    pytest.importorskip("xgrammar", reason="xgrammar is not installed")
+    out = tmp_path / "eval"
+    result = run_evaluate("--model_path", str(tiny_model_dir), "--dataset", str(REPO / "data" / "sample_heldout.jsonl"),
+                          "--output_dir", str(out), "--max_new_tokens", "6", "--limit", "3", "--constrained_calls",
+                          "--call_bias=-100,100")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (out / "call_bias.md").read_text()
+    assert "| -100 |" in table and "| +100 |" in table and table in result.stdout
+    outputs = {bias: [json.loads(line)["output"] for line in (out / f"call_bias_{bias}" / "predictions.jsonl").open()]
+               for bias in ("-100", "+100")}
+    assert len(outputs["+100"]) == 3 and all(o.startswith(" <") for o in outputs["+100"])
+    assert not any(o.startswith(" <") for o in outputs["-100"])
+    bad = run_evaluate("--model_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"), "--call_bias", "1,x")
+    assert bad.returncode == 2 and "--call_bias takes numbers" in bad.stderr

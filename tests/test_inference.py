@@ -25,8 +25,10 @@ class Scripted:
     def __init__(self, replies: list[str], continues: tuple[int, ...] = ()) -> None:
         self.replies, self.continues, self.prompts, self.count = list(replies), set(continues), [], 0
 
-    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False,
+                 guided: bool = True) -> str:
         self.prompts.append(prompt)
+        assert guided == prompt.endswith(ASSISTANT_TAG)  # a peek is never under the call constraint
         if prompt.endswith(ASSISTANT_TAG):
             self.count += 1
             return " " + self.replies.pop(0)

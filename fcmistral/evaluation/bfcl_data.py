@@ -26,7 +26,7 @@ import importlib
 import importlib.util
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,7 @@ class BFCLItem:
     prompt: str
     functions: list[dict[str, Any]]
     possible_answer: list[dict[str, Any]] | None
+    schemas: list[dict[str, Any]] = field(default_factory=list)  # the functions as the prompt shows them
 
     def record_fields(self) -> dict[str, Any]:
         return {"category": self.category, "functions": self.functions, "possible_answer": self.possible_answer}
@@ -167,9 +168,9 @@ def bfcl_item(row: dict[str, Any], category: str, answer: list[dict[str, Any]] |
     turns_lists = row["question"]
     if len(turns_lists) != 1:
         raise UserError(f"BFCL row {row['id']!r} is multi-turn, which these categories never are")
-    system = build_system_prompt([tool_schema(f) for f in row["function"]])
-    prompt = generation_prompt(system, question_turns(turns_lists[0]))
-    return BFCLItem(row["id"], category, prompt, row["function"], answer)
+    schemas = [tool_schema(f) for f in row["function"]]
+    prompt = generation_prompt(build_system_prompt(schemas), question_turns(turns_lists[0]))
+    return BFCLItem(row["id"], category, prompt, row["function"], answer, schemas)
 
 
 def load_bfcl_items(categories: list[str], folder: str | None, limit: int | None) -> list[BFCLItem]:

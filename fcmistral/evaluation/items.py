@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from fcmistral.errors import UserError
-from fcmistral.format.glaive import RowParseError, parse_row
+from fcmistral.format.glaive import RowParseError, parse_functions, parse_row
 from fcmistral.format.pycall import PythonCallError, parse_python_call
 from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, generation_prompt
 
@@ -39,6 +39,11 @@ class EvalItem:
     @property
     def prompt(self) -> str:
         return generation_prompt(self.system, self.turns)
+
+    @property
+    def schemas(self) -> list[dict[str, Any]]:
+        """The functions the prompt offers (read back from its system text)."""
+        return parse_functions(self.system)
 
     def record_fields(self) -> dict[str, Any]:
         """What a prediction record keeps besides the output: enough to score it again."""

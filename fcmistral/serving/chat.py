@@ -18,15 +18,18 @@ from fcmistral.serving.turns import CHAT_POLICY, Ask, assistant_turns, run_turns
 
 
 class Complete(Protocol):
-    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
-        """The model's continuation of ``prompt``, cut before ``<|endoftext|>``."""
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False,
+                 guided: bool = True) -> str:
+        """The model's continuation of ``prompt``, cut before ``<|endoftext|>``; ``guided``: under
+        the completer's call constraint, if it has one (a peek past a turn is not)."""
 
 
 def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: bool = False) -> list[Turn]:
     """The assistant's turns until it calls a function or hands the conversation back (the turn
     policy of ``turns.py``; peeks are never streamed)."""
     def answer(ask: Ask) -> tuple[str, str]:
-        return complete(ask.prompt, max_new_tokens=ask.max_new_tokens, stream=stream and not ask.peek), "stop"
+        return complete(ask.prompt, max_new_tokens=ask.max_new_tokens, stream=stream and not ask.peek,
+                        guided=not ask.peek), "stop"
 
     return run_turns(assistant_turns(system, turns, CHAT_POLICY), answer).turns
 

@@ -3,7 +3,11 @@
 Semantics, where the glaive format decides them:
 - ``tool_choice`` ``"required"`` writes the start of a call (``<functioncall> {"name": "``) into
   the prompt and a named function writes the call up to its arguments: the model continues from
-  there, so the call is certain, not hoped for. ``"none"`` (and a request without tools) uses the
+  there under the call grammar (fcmistral.format.grammar), so the call is certain *and* valid, not
+  hoped for. Under ``"auto"``, the grammar constrains calls as the server's ``--constrained_calls``
+  says: ``never``, ``strict`` (the calls of tools marked ``"strict": true``; the others' arguments
+  need only be a JSON object) or ``always``; ``parallel_tool_calls`` false allows one call.
+  ``--call_bias`` makes the model call more or less often. ``"none"`` (and a request without tools) uses the
   no-functions system prompt and stops at a call marker, so the reply is text.
 - Every call is checked before it is returned: its function must be among this request's tools,
   its arguments must be valid JSON (no NaN) and pass the tool's JSON schema. A reply whose call
@@ -34,6 +38,8 @@ from typing import Any, AsyncIterator
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from fcmistral.constraint import CallConstraint
+from fcmistral.format.grammar import call_grammar
 from fcmistral.format.streams import ReplyStream
 from fcmistral.prompt import (
     FUNCTION_CALL_MARKER,
@@ -83,6 +89,27 @@ def forced_prefix(tool_choice: Any, names: list[str]) -> str:
     return ""
 
 
+def call_constraint(request: ChatRequest, functions: list[dict[str, Any]], prefix: str,
+                    limits: Limits) -> CallConstraint | None:
+    """How this request's replies are constrained (see the module docstring); None: not at all."""
+    parallel = request.parallel_tool_calls is not False
+    try:
+        if prefix:  # tool_choice required or named: the grammar takes over where the written prefix ends
+            choice = request.tool_choice
+            offered = [f for f in functions if isinstance(choice, str) or f["name"] == choice.function.name]
+            return CallConstraint(call_grammar(offered, "required", parallel), written=" " + prefix)
+        strict = {tool.function.name for tool in request.tools or [] if tool.function.strict}
+        grammar = None
+        if limits.constrained_calls == "always" or (limits.constrained_calls == "strict" and strict):
+            shown = [f if limits.constrained_calls == "always" or f["name"] in strict
+                     else {**f, "parameters": {"type": "object"}} for f in functions]
+            grammar = call_grammar(shown, "auto", parallel)
+    except Exception:  # noqa: BLE001 - a schema xgrammar cannot turn into a grammar: its calls are still checked
+        log.warning("no call grammar for this request's tools; its calls are checked, not constrained", exc_info=True)
+        grammar = None
+    return CallConstraint(grammar, limits.call_bias) or None
+
+
 class ChatCompletions:
     """One chat request: its prompt, generation (with one retry of an unusable call), and its reply,
     whole (``full``) or streamed (``stream``)."""
@@ -100,6 +127,7 @@ class ChatCompletions:
             raise RequestError("tool_choice asks for a call but the request has no tools", param="tool_choice")
         self.calls_allowed = bool(self.functions) and choice != "none"
         self.prefix = forced_prefix(choice, [f["name"] for f in self.functions]) if self.calls_allowed else ""
+        self.constraint = call_constraint(request, self.functions, self.prefix, limits) if self.calls_allowed else None
         self.turns = request_turns(request)
         self.system = build_system_prompt(self.functions if self.calls_allowed else [])
         self.prompt_tokens = self.completion_tokens = 0
@@ -113,8 +141,10 @@ class ChatCompletions:
         if ask.peek:
             return GenerationRequest(ask.prompt, ask.max_new_tokens)
         prompt_ids = check_prompt(ask.prompt, self.engine, self.limits)
-        return sampling(self.request, self.limits, ask.prompt, prompt_ids,
-                        () if self.calls_allowed else (FUNCTION_CALL_MARKER,))
+        generation = sampling(self.request, self.limits, ask.prompt, prompt_ids,
+                              () if self.calls_allowed else (FUNCTION_CALL_MARKER,))
+        generation.constraint = self.constraint
+        return generation
 
     async def _answer(self, ask: Ask) -> tuple[str, str]:
         """One of the policy's later asks, within what is left of the request's budget: all its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fcmistral.constraint import CallConstraint
 from fcmistral.format.streams import ReplyStream
 from fcmistral.generation import generate_batch
 from fcmistral.prompt import END_OF_TURN
@@ -35,18 +36,21 @@ class Completer:
     """``Complete`` (see fcmistral.serving.chat) over a Hugging Face model."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 400, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "") -> None:
-        self.model, self.tokenizer, self.stream_prefix = model, tokenizer, stream_prefix
+                 temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "",
+                 constraint: CallConstraint | None = None) -> None:
+        self.model, self.tokenizer, self.stream_prefix, self.constraint = model, tokenizer, stream_prefix, constraint
         self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                         "top_p": top_p}
 
-    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False) -> str:
+    def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False,
+                 guided: bool = True) -> str:
         options = dict(self.options, max_new_tokens=max_new_tokens or self.options["max_new_tokens"])
         streamer = None
         if stream:  # the prefix (the role tag the prompt ends with) goes before the streamed reply
             print(self.stream_prefix, end="", flush=True)
             streamer = EndMarkerStreamer(self.tokenizer)
-        (reply,) = generate_batch(self.model, self.tokenizer, [prompt], streamer=streamer, **options)
+        (reply,) = generate_batch(self.model, self.tokenizer, [prompt], streamer=streamer,
+                                  constraints=[self.constraint if guided else None], **options)
         if stream:
             print(flush=True)
         return reply

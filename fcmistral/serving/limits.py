@@ -21,6 +21,8 @@ class Limits:
     send_timeout_s: float = 30.0  # a streamed event must be taken by the client within this
     temperature: float = 0.0  # used when a request gives none
     top_p: float = 1.0
+    constrained_calls: str = "never"  # under tool_choice "auto": "never", "strict" (tools marked strict), "always"
+    call_bias: float = 0.0  # added to the call marker's first logit where a reply starts (fcmistral.constraint)
 
 
 def sampling(request: SamplingFields, limits: Limits, prompt: str, prompt_ids: list[int],

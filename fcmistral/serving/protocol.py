@@ -2,7 +2,7 @@
 and the pieces of a response (usage, tool calls, JSON).
 
 The models accept what the official client and agent frameworks send: unknown fields are ignored
-(``user``, ``parallel_tool_calls``, ``logprobs``: false, ...), every field this server acts on is
+(``user``, ``logprobs``: false, ...), every field this server acts on is
 type-checked, and a wrong value is a 400 naming the field. Responses are built with the ``openai``
 package's own models (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``).
 
@@ -86,6 +86,7 @@ class FunctionDefinition(_Lenient):
     name: StrictStr
     description: StrictStr | None = None
     parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None  # constrain this tool's calls (the server's --constrained_calls strict)
 
 
 class Tool(_Lenient):
@@ -138,6 +139,7 @@ class ChatRequest(SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
     tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None  # false: at most one call in a constrained reply
     max_completion_tokens: PositiveInt | None = None
 
 
@@ -159,7 +161,7 @@ def _checked_schema(function_json: str) -> dict[str, Any]:
 def request_functions(request: ChatRequest) -> list[dict[str, Any]]:
     """The request's tools as JSON schemas (their ``parameters`` checked as JSON Schema; read-only)."""
     try:
-        return [_checked_schema(json.dumps(tool.function.model_dump(exclude_none=True)))  # key order kept
+        return [_checked_schema(json.dumps(tool.function.model_dump(exclude_none=True, exclude={"strict"})))  # key order kept
                 for tool in request.tools or []]
     except UserError as err:
         raise RequestError(str(err), param="tools") from err

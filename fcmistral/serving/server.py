@@ -128,6 +128,12 @@ class ServeArguments:
     do_sample: bool = field(default=False, metadata={"help": "sample when a request gives no temperature"})
     temperature: float = field(default=0.7, metadata={"help": "the default temperature (with --do_sample)"})
     top_p: float = field(default=0.95, metadata={"help": "the default top_p (with --do_sample)"})
+    constrained_calls: str = field(default="never", metadata={
+        "help": "under tool_choice auto, constrain calls to the tools' schemas: never, strict (tools marked "
+                "\"strict\": true), always (tool_choice required or a named tool is always constrained)",
+        "choices": ["never", "strict", "always"]})
+    call_bias: float = field(default=0.0, metadata={
+        "help": "added to the call marker's first logit where a reply starts: > 0 calls more often, < 0 less"})
     max_batch_size: int = field(default=32, metadata={"help": "requests generated together at most"})
     engine_threads: int = field(default=None, metadata={
         "help": "torch threads of the generation process (default: all cores but one, which the HTTP process gets)"})
@@ -169,7 +175,8 @@ def serve_api(model_args: ModelArguments, args: ServeArguments) -> None:
         log.warning("serving on %s without --api_key: anyone who can reach it can use it", args.host)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
-                    top_p=args.top_p if args.do_sample else 1.0, request_timeout_s=args.request_timeout_s)
+                    top_p=args.top_p if args.do_sample else 1.0, request_timeout_s=args.request_timeout_s,
+                    constrained_calls=args.constrained_calls, call_bias=args.call_bias)
     if args.allowed_hosts is not None:
         allowed = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     else:

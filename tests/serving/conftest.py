@@ -20,12 +20,15 @@ from tests.serving.scripted import CharTokenizer, ScriptedModel, reply_after
 
 @pytest.fixture(autouse=True)
 def char_text_encoder(monkeypatch):
-    """The engine encodes prompts with fcmistral.modeling.text_encoder, a copy of a Hugging Face
-    tokenizer's Rust backend; the character tokenizer is its own."""
+    """The engine encodes prompts (and the call bias finds the call marker's token) with
+    fcmistral.modeling.text_encoder, a copy of a Hugging Face tokenizer's Rust backend; the
+    character tokenizer is its own."""
+    from fcmistral import constraint
     from fcmistral.serving.engine import client
 
     real = client.text_encoder
-    monkeypatch.setattr(client, "text_encoder", lambda tok: tok if isinstance(tok, CharTokenizer) else real(tok))
+    for module in (client, constraint):
+        monkeypatch.setattr(module, "text_encoder", lambda tok: tok if isinstance(tok, CharTokenizer) else real(tok))
 
 
 @pytest.fixture()

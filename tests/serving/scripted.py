@@ -41,9 +41,12 @@ class ScriptedModel:
     the kept prompt prefix) decides what every row sees: a row whose cache got mixed up with
     another's, or misaligned with its mask, answers wrongly. Its own tokens are told from the
     prompt's by their range (``REPLY``). Logits favour the scripted character by 4, so greedy
-    decoding follows the script and sampling at temperature 1.5 mostly does not."""
+    decoding follows the script and sampling at temperature 1.5 mostly does not; the reply's range
+    by 1 over the prompt's, so a row whose scripted character a call grammar masks writes another
+    character of its own (the lowest the grammar allows) rather than one the model reads as prompt."""
 
     device = torch.device("cpu")
+    vocab_size = 2 * REPLY
 
     def __init__(self, reply: Callable[[str], str]) -> None:
         self.reply, self.prompts, self.batches = reply, [], []
@@ -54,6 +57,7 @@ class ScriptedModel:
         mask = attention_mask if attention_mask is not None else torch.ones(keys.shape[0], keys.shape[2])
         assert mask.shape == (keys.shape[0], keys.shape[2]), "the mask covers the cache"
         logits = torch.zeros(input_ids.shape[0], 1, 2 * REPLY)
+        logits[:, :, REPLY:] = 1.0
         self.batches.append([])  # each forward pass: the prompts of its rows
         for row, (history, used) in enumerate(zip(keys[:, 0, :, 0].long().tolist(), mask.tolist())):
             history = [token for token, real in zip(history, used) if real]

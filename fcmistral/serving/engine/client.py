@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
+from fcmistral.constraint import CallConstraint
 from fcmistral.modeling import text_encoder
 
 
@@ -22,6 +23,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     prompt_ids: list[int] | None = None  # the prompt's tokens when the caller has them (see BatchingEngine.encode)
+    constraint: CallConstraint | None = None  # a call grammar and call bias (fcmistral.constraint)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from fcmistral.constraint import RowGuide
 from fcmistral.format.streams import ReplyStream
 from fcmistral.prompt import END_OF_TURN
 from fcmistral.serving.engine.client import GenerationRequest, Update
@@ -35,6 +36,7 @@ class Row:
     prompt_tokens: int = 0
     streamed: bool = True  # send text as it comes (else only the last update)
     sampler: tuple[LogitsProcessorList, torch.Generator] | None = None  # None: greedy
+    guide: RowGuide | None = None  # the row's call grammar and call bias (None: nothing to adjust)
 
     def __post_init__(self) -> None:
         # " " + the end marker first: the space before the end marker belongs to the marker.
@@ -58,7 +60,11 @@ def sampler(request: GenerationRequest, device) -> tuple[LogitsProcessorList, to
 
 def choose(rows: list[Row | None], logits: torch.Tensor) -> list[int]:
     """Each row's next token: greedy, or sampled with the row's own settings and generator. A row
-    whose sampling fails ends with an error alone; the others go on."""
+    whose sampling fails ends with an error alone; the others go on. A row with a guide has its
+    logits masked and biased first (rows without pay nothing)."""
+    for i, row in enumerate(rows):
+        if row is not None and row.guide is not None and not row.finished:
+            row.guide.adjust(logits[i])
     tokens = logits.argmax(dim=-1).tolist()
     for i, row in enumerate(rows):
         if row is not None and row.sampler is not None and not row.finished:
@@ -82,6 +88,8 @@ def fail(row: Row) -> None:
 def take(row: Row, token: int, tokenizer) -> None:
     """The row takes its new token: it finishes on EOS, the end marker, a stop string or its
     ``max_new_tokens``; otherwise the text that can no longer become a stop is sent (when streamed)."""
+    if row.guide is not None:
+        row.guide.take(token)
     if token == tokenizer.eos_token_id:
         _finish(row, row.reply.feed(_text(row, tokenizer, final=True), final=True), "stop")
         return

@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 
+from fcmistral.constraint import RowGuide, guides_for
 from fcmistral.serving.engine.client import EngineClient, GenerationRequest, Update
 from fcmistral.serving.engine.prefix_cache import PrefixCache
 from fcmistral.serving.engine.rows import Row, choose, fail, sampler, take
@@ -75,6 +76,7 @@ class BatchingEngine(EngineClient):
         self._waiting: deque[Row] = deque()
         self._ready = threading.Condition()
         self._prefixes = PrefixCache(model)
+        self._guides = guides_for(model, tokenizer)
         self._worker = threading.Thread(target=self._work, name="generation", daemon=True)
         self._worker.start()
 
@@ -83,11 +85,21 @@ class BatchingEngine(EngineClient):
 
     def submit(self, request: GenerationRequest, streamed: bool, send: Callable[[Update], None]) -> Row:
         """Queue a request whose updates go to ``send``, called in the generation thread."""
-        row = Row(request, send, streamed=streamed)
+        row = Row(request, send, streamed=streamed, guide=self._guide(request))
         with self._ready:
             self._waiting.append(row)
             self._ready.notify()
         return row
+
+    def _guide(self, request: GenerationRequest) -> RowGuide | None:
+        """The row's guide, its grammar compiled here, in the caller's thread, not the generation
+        thread (a new tool set's grammar would stall every row). A grammar xgrammar cannot compile
+        leaves the row unconstrained: its calls are still checked before they are returned."""
+        try:
+            return self._guides.guide(request.constraint)
+        except Exception:  # noqa: BLE001 - logged; the request goes on as it would without the option
+            log.warning("the call grammar could not be compiled; the reply is not constrained", exc_info=True)
+            return None
 
     def start(self, request: GenerationRequest, streamed: bool, updates: asyncio.Queue) -> Callable[[], None]:
         loop = asyncio.get_running_loop()

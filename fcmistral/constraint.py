@@ -1,0 +1,118 @@
+"""Constrained calls and the call bias, applied to the logits of a row as it is generated.
+
+A request's ``CallConstraint`` (picklable: it crosses into the server's engine process) holds the
+call grammar of fcmistral.format.grammar, or none, and the call bias. ``Guides`` compiles the
+grammars for one tokenizer (xgrammar caches each distinct grammar, so a tool set is compiled once)
+and gives each row its own ``RowGuide``: its matcher, which masks the tokens the grammar refuses
+and follows the tokens the row takes, and the bias added to the call marker's first token where
+the assistant turn starts. Used by offline generation (fcmistral.generation) and the server's
+engine alike; a row without a grammar or bias has no guide and pays nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from fcmistral.modeling import text_encoder
+from fcmistral.prompt import ASSISTANT_TAG, FUNCTION_CALL_MARKER
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CallConstraint:
+    """What a row's logits are adjusted by: ``grammar`` (a structural tag from
+    fcmistral.format.grammar.call_grammar, or None) and ``call_bias`` (added to the logit of the
+    call marker's first token at the turn's first token: > 0 calls more often, < 0 less).
+    ``written``: the start of the turn already in the prompt (the server's ``tool_choice`` writes
+    one), which the grammar reads before the model's first token."""
+
+    grammar: str | None = None
+    call_bias: float = 0.0
+    written: str = ""
+
+    def __bool__(self) -> bool:
+        return self.grammar is not None or self.call_bias != 0.0
+
+
+class Guides:
+    """Row guides for one tokenizer and one model's vocabulary (its logits' width)."""
+
+    def __init__(self, tokenizer, vocab_size: int) -> None:
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+
+    @cached_property
+    def _compiler(self):
+        import xgrammar
+
+        if hasattr(self.tokenizer, "backend_tokenizer"):
+            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size)
+        else:  # a tokenizer that is not a Hugging Face one: each token is its own text
+            vocab = [self.tokenizer.decode([i]) for i in range(self.vocab_size)]
+            info = xgrammar.TokenizerInfo(vocab, xgrammar.VocabType.RAW, vocab_size=self.vocab_size,
+                                          stop_token_ids=[self.tokenizer.eos_token_id])
+        return xgrammar.GrammarCompiler(info, max_threads=1)
+
+    @cached_property
+    def call_token(self) -> int:
+        """The first token the model writes for the call marker after the assistant tag."""
+        encoder = text_encoder(self.tokenizer)
+        tag = encoder.encode(ASSISTANT_TAG).ids
+        marked = encoder.encode(f"{ASSISTANT_TAG} {FUNCTION_CALL_MARKER}").ids
+        if marked[:len(tag)] != tag:
+            raise ValueError("the assistant tag tokenizes differently before the call marker")
+        return marked[len(tag)]
+
+    def guide(self, constraint: CallConstraint | None) -> "RowGuide | None":
+        if not constraint:
+            return None
+        matcher = None
+        if constraint.grammar is not None:
+            import xgrammar
+
+            matcher = xgrammar.GrammarMatcher(self._compiler.compile_structural_tag(constraint.grammar))
+            if constraint.written and not matcher.accept_string(constraint.written):
+                raise ValueError(f"the call grammar refuses the turn's start {constraint.written!r}")
+        bias = constraint.call_bias if not constraint.written else 0.0  # a written turn has decided
+        return RowGuide(matcher, self.call_token if bias else None, bias)
+
+
+def guides_for(model, tokenizer) -> Guides:
+    """The row guides of ``model`` (kept on it: compiled grammars are reused across batches)."""
+    guides = getattr(model, "_fcmistral_guides", None)
+    if guides is None:
+        vocab_size = getattr(model, "vocab_size", None) or model.get_output_embeddings().weight.shape[0]
+        guides = Guides(tokenizer, vocab_size)
+        model._fcmistral_guides = guides
+    return guides
+
+
+class RowGuide:
+    """One row's matcher and call bias (see the module docstring)."""
+
+    def __init__(self, matcher, call_token: int | None, call_bias: float) -> None:
+        self.matcher, self.call_token, self.call_bias = matcher, call_token, call_bias
+        self.started = False  # the row has taken its first token
+
+    def adjust(self, logits: torch.Tensor) -> None:
+        """Bias and mask one row's next-token ``logits`` (a 1-D view, changed in place)."""
+        if not self.started and self.call_token is not None:
+            logits[self.call_token] += self.call_bias
+        if self.matcher is not None and not self.matcher.is_terminated():
+            import xgrammar
+
+            bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
+            self.matcher.fill_next_token_bitmask(bitmask)
+            xgrammar.apply_token_bitmask_inplace(logits[None], bitmask.to(logits.device))
+
+    def take(self, token: int) -> None:
+        """The row took ``token``: the matcher follows it (a token it refuses, which a masked row
+        cannot take, ends the constraint rather than the row)."""
+        self.started = True
+        if self.matcher is not None and not self.matcher.is_terminated() and not self.matcher.accept_token(token):
+            log.warning("the call grammar refused token %d; the row goes on unconstrained", token)
+            self.matcher = None
