@@ -9,7 +9,8 @@ Steps, each a subprocess as a user would run it: build ``artifacts/smollm2-135m`
 (fcmistral.artifacts.smollm2); evaluate it zero-shot in the glaive format on the held-out sample
 rows and on BFCL ``simple`` and ``irrelevance`` (evaluate.py, ``--benchmark bfcl``; the first
 ``--bfcl_limit`` questions of each on CPU); QLoRA-train it with packing (train.py); merge
-(convert_weights.py); evaluate the merged model the same way. Prints a before/after table
+(convert_weights.py); evaluate the merged model the same way; export it as GGUF (f32, f16, q8_0)
+and count the held-out replies whose calls in llama.cpp are transformers' (llama-cpp-python). Prints a before/after table
 (call-name accuracy, exact argument match, BFCL AST and irrelevance accuracy, wall times, peak
 memory of the steps) and writes it as JSON to ``OUTPUT_DIR/report.json``.
 """
@@ -60,6 +61,46 @@ def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, di
             wall + bfcl_wall, peak)
 
 
+def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: Path, types: list[str]) -> dict:
+    """The merged model exported as GGUF of each type (convert_weights.py's export) answers the
+    held-out prompts in llama.cpp (greedy, as evaluate.py's 160 tokens, the prompt's tokens as
+    training reads them): for each type, how many replies hold the same calls as transformers'
+    replies in evaluate.py's ``predictions``."""
+    import llama_cpp
+
+    from fcmistral.evaluation.items import eval_items
+    from fcmistral.export.gguf import export_gguf
+    from fcmistral.format.calls import try_parse_calls
+    from fcmistral.generation import cut_at_end_of_turn
+    from fcmistral.modeling import load_tokenizer, text_encoder
+    from fcmistral.prompt import END_OF_TURN
+
+    records = {r["query_id"]: r for r in map(json.loads, predictions.read_text().splitlines())}
+    items = [i for i in eval_items([json.loads(line) for line in eval_data.read_text().splitlines()], None)[0]
+             if i.query_id in records]
+    tokenizer = load_tokenizer(str(merged))
+    encoder = text_encoder(tokenizer)
+    agreement = {}
+    for outtype in types:
+        path = export_gguf(merged, out / f"model-{outtype}.gguf", outtype, overwrite=True)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=2, verbose=False)
+        same = 0
+        for item in items:
+            got: list[int] = []
+            for token in llm.generate(encoder.encode(item.prompt).ids, temp=0.0, top_k=1, reset=True):
+                if token == llm.token_eos() or len(got) == 160:
+                    break
+                got.append(token)
+                if END_OF_TURN in tokenizer.decode(got[-8:]):
+                    break
+            reply = cut_at_end_of_turn(tokenizer.decode(got, skip_special_tokens=True))
+            same += try_parse_calls(reply) == try_parse_calls(records[item.query_id]["output"])
+        agreement[outtype] = f"{same}/{len(items)}"
+        del llm
+        path.unlink()
+    return agreement
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_path", type=Path, default=REPO / "artifacts" / "smollm2-135m",
@@ -74,6 +115,9 @@ def main() -> None:
     parser.add_argument("--bfcl_limit", type=int, default=100,
                         help="BFCL questions per category (simple, irrelevance), the first N (0: all 400 + 240)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--gguf_types", default="f32,f16,q8_0",
+                        help="export the fine-tuned model as these GGUF types and compare its held-out calls in llama.cpp "
+                             "with transformers' (needs llama-cpp-python; empty: skip)")
     parser.add_argument("--skip_zero_shot", action="store_true",
                         help="evaluate the fine-tuned model only (the zero-shot row is in an earlier report)")
     args = parser.parse_args()
@@ -105,6 +149,12 @@ def main() -> None:
     after, after_bfcl, report["fine_tuned_eval_s"], report["peak_mib_so_far"] = evaluate(merged, out / "fine_tuned",
                                                                                           args)
     rows.append(("after QLoRA", after, after_bfcl))
+    types = [t for t in args.gguf_types.split(",") if t]
+    if types:
+        start = time.perf_counter()
+        report["llama_cpp_same_calls_as_transformers"] = llama_cpp_agreement(
+            merged, out / "fine_tuned" / "predictions.jsonl", args.eval_data, out, types)
+        report["llama_cpp_s"] = round(time.perf_counter() - start, 1)
     report["rows"] = [
         {"model": name, "held_out_items": s["n"], "call_name_accuracy": round(s["name_accuracy"], 3),
          "exact_argument_match": round(s["exact_match"], 3), "parse_failures": s["parse_failures"],

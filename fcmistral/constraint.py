@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import torch
 
@@ -92,22 +93,11 @@ def guides_for(model, tokenizer) -> Guides:
 
 
 class RowGuide:
-    """One row's matcher and call bias (see the module docstring)."""
+    """One row's matcher and call bias (see the module docstring); ``adjust_rows`` applies them."""
 
     def __init__(self, matcher, call_token: int | None, call_bias: float) -> None:
         self.matcher, self.call_token, self.call_bias = matcher, call_token, call_bias
         self.started = False  # the row has taken its first token
-
-    def adjust(self, logits: torch.Tensor) -> None:
-        """Bias and mask one row's next-token ``logits`` (a 1-D view, changed in place)."""
-        if not self.started and self.call_token is not None:
-            logits[self.call_token] += self.call_bias
-        if self.matcher is not None and not self.matcher.is_terminated():
-            import xgrammar
-
-            bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
-            self.matcher.fill_next_token_bitmask(bitmask)
-            xgrammar.apply_token_bitmask_inplace(logits[None], bitmask.to(logits.device))
 
     def take(self, token: int) -> None:
         """The row took ``token``: the matcher follows it (a token it refuses, which a masked row
@@ -116,3 +106,37 @@ class RowGuide:
         if self.matcher is not None and not self.matcher.is_terminated() and not self.matcher.accept_token(token):
             log.warning("the call grammar refused token %d; the row goes on unconstrained", token)
             self.matcher = None
+
+    @property
+    def masking(self) -> bool:
+        return self.matcher is not None and not self.matcher.is_terminated()
+
+
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def adjust_rows(guides: Sequence[RowGuide | None], logits: torch.Tensor) -> None:
+    """Bias and mask, in place, the rows of ``logits`` (batch x vocabulary) that have a guide.
+
+    The masked rows share one bitmask, filled by each row's matcher and applied in one tensor
+    operation: xgrammar's ``apply_token_bitmask_inplace`` took 0.4 ms per row on a CPU, more than a
+    step of the tiny model."""
+    masked: list[int] = []
+    for index, guide in enumerate(guides):
+        if guide is None:
+            continue
+        if not guide.started and guide.call_token is not None:
+            logits[index, guide.call_token] += guide.call_bias
+        if guide.masking:
+            masked.append(index)
+    if not masked:
+        return
+    import xgrammar
+
+    width = logits.shape[-1]
+    bitmask = xgrammar.allocate_token_bitmask(len(masked), width)
+    for slot, index in enumerate(masked):
+        guides[index].matcher.fill_next_token_bitmask(bitmask, slot)
+    allowed = ((bitmask[:, :, None] >> _BITS) & 1).view(len(masked), -1)[:, :width].bool().to(logits.device)
+    rows = torch.tensor(masked, device=logits.device)
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from fcmistral.constraint import CallConstraint, RowGuide, guides_for
+from fcmistral.constraint import CallConstraint, RowGuide, adjust_rows, guides_for
 from fcmistral.modeling import load_adapter, load_model, load_tokenizer, text_encoder, tokenizer_source
 from fcmistral.prompt import END_OF_TURN
 
@@ -52,12 +52,12 @@ class _GuidedRows(LogitsProcessor):
         self.guides, self.steps = guides, 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for i, guide in enumerate(self.guides):
-            if guide is not None:
-                if self.steps:
-                    guide.take(int(input_ids[i, -1]))
-                guide.adjust(scores[i])
+        if self.steps:
+            for guide, token in zip(self.guides, input_ids[:, -1].tolist()):
+                if guide is not None:
+                    guide.take(token)
         self.steps += 1
+        adjust_rows(self.guides, scores)
         return scores
 
 

@@ -70,9 +70,11 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     out = tmp_path / "real"
     report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
                            "--max_steps", "2", "--eval_limit", "2", "--train_rows", "40", "--bfcl_limit", "1",
-                           "--skip_zero_shot")
+                           "--skip_zero_shot", "--gguf_types", "f32" if importlib.util.find_spec("llama_cpp") else "")
     assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["after QLoRA"] and all(r["held_out_items"] == 2 for r in rows)
     assert all(r["bfcl_simple_questions"] == r["bfcl_irrelevance_questions"] == 1 for r in rows)
     assert (out / "merged" / "model.safetensors").is_file()
+    if importlib.util.find_spec("llama_cpp"):  # the 2 held-out replies, from the f32 GGUF in llama.cpp
+        assert report["llama_cpp_same_calls_as_transformers"]["f32"].endswith("/2")

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from fcmistral.arguments import ModelArguments
+from fcmistral.constraint import CallConstraint
 from fcmistral.errors import UserError
 from fcmistral.evaluation.items import eval_items
 from fcmistral.evaluation.scoring import judge, summarize
@@ -198,7 +199,8 @@ def test_evaluate_refuses_bad_input(tmp_path):
 
 
 def test_vllm_backend_wiring(monkeypatch, tmp_path):
-    """vLLM is never installed here: a stand-in module at the vLLM API checks what we hand it."""
+    """The wiring of evaluate.py's vLLM backend, with a stand-in at vLLM's API (vLLM runs no model
+    without a GPU; its own classes take these parameters in tests/serving/vllm_checks.py)."""
     import importlib.util
     import types
 
@@ -222,13 +224,22 @@ def test_vllm_backend_wiring(monkeypatch, tmp_path):
             out = types.SimpleNamespace(outputs=[types.SimpleNamespace(text=" <functioncall> {} <|endoftext|>\n\n\nUSER:")])
             return [out for _ in prompts]
 
+    class StructuredOutputsParams:
+        def __init__(self, structural_tag):
+            self.structural_tag = structural_tag
+
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params",
+                        types.SimpleNamespace(StructuredOutputsParams=StructuredOutputsParams))
     monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: True)
     args = evaluate_script.EvalArguments(max_new_tokens=400)
     generate = evaluate_script.make_generator(args, ModelArguments(model_path="merged"))  # auto: vLLM, no adapter
-    assert generate(["p1", "p2"]) == [" <functioncall> {}", " <functioncall> {}"]  # cut at the end marker
+    grammar = CallConstraint('{"type": "structural_tag"}')
+    assert generate(["p1", "p2"], [None, grammar]) == [" <functioncall> {}", " <functioncall> {}"]  # cut at the end
     assert calls["model"] == "merged" and calls["prompts"] == ["p1", "p2"]
-    assert calls["params"] == {"temperature": 0.0, "max_tokens": 400, "stop": ["<|endoftext|>"]}
+    assert calls["params"] == {"temperature": 0.0, "max_tokens": 400, "stop": ["<|endoftext|>"],
+                               "include_stop_str_in_output": False, "structured_outputs": calls["params"]["structured_outputs"]}
+    assert calls["params"]["structured_outputs"].structural_tag == grammar.grammar  # (the last prompt's)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')

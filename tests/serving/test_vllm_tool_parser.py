@@ -81,7 +81,8 @@ def test_the_plugin_in_vllm_itself_and_broken_ones_fail(tiny_model_dir, mistral_
     broken three ways, each of which must fail there."""
     result = run_in_vllm([PLUGIN], [tiny_model_dir, mistral_tokenizer_dir])
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.count("ok: ") == 2 and "21 replies" in result.stdout, result.stdout
+    assert result.stdout.count("ok: ") == 4 and "21 replies" in result.stdout, result.stdout
+    assert result.stdout.count("ok: call grammar: 4 replies accepted") == 2, result.stdout
     source, broken = PLUGIN.read_text(), []
     for i, (old, new) in enumerate(BREAKAGES):
         assert old in source
@@ -90,6 +91,7 @@ def test_the_plugin_in_vllm_itself_and_broken_ones_fail(tiny_model_dir, mistral_
         broken[-1].write_text(source.replace(old, new))
     result = run_in_vllm(broken, [tiny_model_dir])
     assert result.returncode == 1 and result.stdout.count("failed: ") == len(BREAKAGES), result.stdout + result.stderr[-2000:]
+    assert "ok: call grammar" in result.stdout  # (checked once per tokenizer, whatever the plugins)
 
 
 def test_an_incomplete_call_is_not_sent():

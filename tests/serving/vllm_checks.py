@@ -112,6 +112,39 @@ def check(tokenizer_dir: str) -> int:
     return checked
 
 
+def check_call_grammar(tokenizer_dir: str) -> int:
+    """The call grammar (fcmistral.format.grammar) as evaluate.py hands it to vLLM: vLLM's
+    ``SamplingParams`` take it as a structural tag, and the xgrammar of vLLM's environment (its
+    structured-output backend) compiles it for the tokenizer and accepts the tokens of valid calls.
+    Returns the number of replies accepted."""
+    import xgrammar
+    from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+
+    from fcmistral.format.grammar import call_grammar
+
+    tokenizer = get_tokenizer(tokenizer_dir)
+    functions = [{"name": "get_current_weather", "parameters": {"type": "object", "properties": {
+        "location": {"type": "string"}, "note": {"type": "string"}}, "required": ["location"]}},
+                 {"name": "calculate_tax", "parameters": {"type": "object"}}]
+    tag = call_grammar(functions, "auto")
+    SamplingParams(temperature=0.0, max_tokens=16, stop=[END_OF_TURN],
+                   structured_outputs=StructuredOutputsParams(structural_tag=tag))
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer))
+    compiled = compiler.compile_structural_tag(tag)
+    prompt = "USER: hi\n\n\nASSISTANT:"
+    accepted = 0
+    for reply in (WEATHER, TAX, f"{WEATHER}\n{TAX}", "It's sunny."):
+        prompt_ids = tokenizer(prompt).input_ids
+        ids = tokenizer(f"{prompt} {reply} {END_OF_TURN}").input_ids
+        assert ids[:len(prompt_ids)] == prompt_ids
+        matcher = xgrammar.GrammarMatcher(compiled)
+        assert all(matcher.accept_token(t) for t in ids[len(prompt_ids):]), reply
+        accepted += 1
+    matcher = xgrammar.GrammarMatcher(compiled)
+    assert not matcher.accept_string(' <functioncall> {"name": "get_weather"'), "an unknown function is refused"
+    return accepted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plugins", nargs="+", required=True)
@@ -127,6 +160,12 @@ def main() -> None:
             except (AssertionError, KeyError, TypeError) as err:  # (Key/TypeError: the parser was not registered)
                 failed = True
                 print(f"failed: {plugin} with {Path(tokenizer_dir).name}: {type(err).__name__}: {err}"[:2000])
+    for tokenizer_dir in args.tokenizers:
+        try:
+            print(f"ok: call grammar: {check_call_grammar(tokenizer_dir)} replies accepted, with {Path(tokenizer_dir).name}")
+        except AssertionError as err:
+            failed = True
+            print(f"failed: call grammar with {Path(tokenizer_dir).name}: {err}"[:2000])
     sys.exit(1 if failed else 0)
 
 

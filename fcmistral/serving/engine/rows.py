@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from fcmistral.constraint import RowGuide
+from fcmistral.constraint import RowGuide, adjust_rows
 from fcmistral.format.streams import ReplyStream
 from fcmistral.prompt import END_OF_TURN
 from fcmistral.serving.engine.client import GenerationRequest, Update
@@ -62,9 +62,7 @@ def choose(rows: list[Row | None], logits: torch.Tensor) -> list[int]:
     """Each row's next token: greedy, or sampled with the row's own settings and generator. A row
     whose sampling fails ends with an error alone; the others go on. A row with a guide has its
     logits masked and biased first (rows without pay nothing)."""
-    for i, row in enumerate(rows):
-        if row is not None and row.guide is not None and not row.finished:
-            row.guide.adjust(logits[i])
+    adjust_rows([row.guide if row is not None and not row.finished else None for row in rows], logits)
     tokens = logits.argmax(dim=-1).tolist()
     for i, row in enumerate(rows):
         if row is not None and row.sampler is not None and not row.finished:
