@@ -54,8 +54,9 @@ def test_dtype_benchmark_reports_each_dtype_and_thread_count():
 
 
 def test_server_load_benchmark_reports_each_level():
-    report = run_benchmark("server_load.py", "--clients", "1,3", "--seconds", "2", "--max_tokens", "4")
+    report = run_benchmark("server_load.py", "--clients", "1,3", "--seconds", "2", "--max_tokens", "4", "--constrained")
     assert [level["clients"] for level in report["levels"]] == [1, 3]
+    assert all(level["constrained"]["errors"] == 0 and level["constrained_over_plain"] > 0 for level in report["levels"])
     assert all(level["requests"] > 0 and level["errors"] == 0 for level in report["levels"])
     assert report["server_rss_mib_start"] > 0 and set(report["speedup_over_one_client"]) == {"1", "3"}
     engine = run_benchmark("server_load.py", "--engine_only", "--clients", "1,2", "--max_tokens", "2")
