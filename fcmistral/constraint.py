@@ -22,6 +22,7 @@ from fcmistral.modeling import text_encoder
 from fcmistral.prompt import ASSISTANT_TAG, FUNCTION_CALL_MARKER
 
 log = logging.getLogger(__name__)
+GRAMMAR_CACHE_BYTES = 256 << 20  # compiled grammars kept (the oldest dropped past it)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class Guides:
             vocab = [self.tokenizer.decode([i]) for i in range(self.vocab_size)]
             info = xgrammar.TokenizerInfo(vocab, xgrammar.VocabType.RAW, vocab_size=self.vocab_size,
                                           stop_token_ids=[self.tokenizer.eos_token_id])
-        return xgrammar.GrammarCompiler(info, max_threads=1)
+        # Bounded: each distinct tool set a client sends is a grammar kept in the cache.
+        return xgrammar.GrammarCompiler(info, max_threads=1, cache_limit_bytes=GRAMMAR_CACHE_BYTES)
 
     @cached_property
     def call_token(self) -> int:
