@@ -25,7 +25,7 @@ from fcmistral.arguments import ModelArguments, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.constraint import CallConstraint
 from fcmistral.data.loading import load_rows
-from fcmistral.errors import UserError
+from fcmistral.errors import UserError, first_line
 from fcmistral.evaluation.bfcl_data import DEFAULT_CATEGORIES, BFCLItem, load_bfcl_items, parse_categories
 from fcmistral.evaluation.bfcl_scoring import bfcl_markdown, judge_bfcl, summarize_bfcl
 from fcmistral.evaluation.items import EvalItem, eval_items
@@ -161,7 +161,13 @@ def call_biases(args: EvalArguments) -> list[float]:
 
 def constraint_of(item: EvalItem | BFCLItem, args: EvalArguments, call_bias: float) -> CallConstraint | None:
     """The item's call constraint: its offered functions' grammar (--constrained_calls), the bias."""
-    grammar = call_grammar(item.schemas, "auto") if args.constrained_calls and item.schemas else None
+    grammar = None
+    if args.constrained_calls and item.schemas:
+        try:
+            grammar = call_grammar(item.schemas, "auto")
+        except Exception as err:  # noqa: BLE001 - xgrammar's reasons vary; the user needs the item and the reason
+            raise UserError(f"--constrained_calls: the functions of item {item.query_id!r} give no grammar: "
+                            f"{first_line(err)}") from None
     return CallConstraint(grammar, call_bias) or None
 
 

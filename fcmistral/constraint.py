@@ -101,12 +101,14 @@ class RowGuide:
         self.matcher, self.call_token, self.call_bias = matcher, call_token, call_bias
         self.started = False  # the row has taken its first token
 
-    def take(self, token: int) -> None:
-        """The row took ``token``: the matcher follows it (a token it refuses, which a masked row
-        cannot take, ends the constraint rather than the row)."""
+    def take(self, token: int, padding: bool = False) -> None:
+        """The row took ``token``: the matcher follows it. A token it refuses ends the constraint
+        rather than the row: a masked row cannot take one, but ``generate`` goes on giving a finished
+        row ``padding`` tokens."""
         self.started = True
         if self.matcher is not None and not self.matcher.is_terminated() and not self.matcher.accept_token(token):
-            log.warning("the call grammar refused token %d; the row goes on unconstrained", token)
+            if not padding:
+                log.warning("the call grammar refused token %d; the row goes on unconstrained", token)
             self.matcher = None
 
     @property

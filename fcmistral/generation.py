@@ -48,14 +48,14 @@ class _GuidedRows(LogitsProcessor):
     """``generate``'s view of the rows' guides (fcmistral.constraint): each step, every guided row
     takes the token it was given last and adjusts its next logits."""
 
-    def __init__(self, guides: list[RowGuide | None]) -> None:
-        self.guides, self.steps = guides, 0
+    def __init__(self, guides: list[RowGuide | None], pad_token_id: int | None) -> None:
+        self.guides, self.pad_token_id, self.steps = guides, pad_token_id, 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.steps:
             for guide, token in zip(self.guides, input_ids[:, -1].tolist()):
                 if guide is not None:
-                    guide.take(token)
+                    guide.take(token, padding=token == self.pad_token_id)
         self.steps += 1
         adjust_rows(self.guides, scores)
         return scores
@@ -76,7 +76,7 @@ def generate_batch(
     processors = LogitsProcessorList()
     if constraints and any(constraints):
         guides = guides_for(model, tokenizer)
-        processors.append(_GuidedRows([guides.guide(c) for c in constraints]))
+        processors.append(_GuidedRows([guides.guide(c) for c in constraints], tokenizer.pad_token_id))
     ids = [encoding.ids for encoding in text_encoder(tokenizer).encode_batch(prompts)]
     width = max(len(row) for row in ids)  # left padding: every row's reply starts at the same column
     enc = {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in ids], device=model.device),

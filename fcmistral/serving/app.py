@@ -149,9 +149,10 @@ def create_app(engine: EngineClient, model_name: str, limits: Limits | None = No
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         chat_request = await body(request, ChatRequest)
-        # Checking the tools' schemas is bounded but not free: done in a thread, not on the event loop.
-        functions = await asyncio.to_thread(request_functions, chat_request)
-        handler = ChatCompletions(chat_request, engine, limits, model_name, functions)
+        # Checking the tools' schemas, writing their call grammar and tokenizing the prompt are bounded
+        # but not free: done in a thread, not on the event loop.
+        handler = await asyncio.to_thread(
+            lambda: ChatCompletions(chat_request, engine, limits, model_name, request_functions(chat_request)))
         return await respond(request, handler, chat_request.stream)
 
     @app.post("/v1/completions")

@@ -116,8 +116,8 @@ class ChatCompletions:
 
     def __init__(self, request: ChatRequest, engine: EngineClient, limits: Limits, model_name: str,
                  functions: list[dict[str, Any]]) -> None:
-        """``functions``: the request's tools checked (``protocol.request_functions``, which the route
-        runs off the event loop)."""
+        """``functions``: the request's tools checked (``protocol.request_functions``). The route
+        builds the handler off the event loop (schemas, grammar and prompt cost CPU time)."""
         self.request, self.engine, self.limits, self.model_name = request, engine, limits, model_name
         self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.functions = functions
