@@ -133,7 +133,7 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
 
     backend = args.backend
     if backend == "auto":
-        backend = "vllm" if vllm_usable() and not model_args.adapter_path and args.call_bias == "0" else "hf"
+        backend = "vllm" if vllm_usable() and not model_args.adapter_path and not any(call_biases(args)) else "hf"
     if backend == "vllm":
         if not vllm_usable():
             raise UserError("--backend vllm needs vLLM installed and a GPU")

@@ -22,7 +22,7 @@ from fcmistral.modeling import text_encoder
 from fcmistral.prompt import ASSISTANT_TAG, FUNCTION_CALL_MARKER
 
 log = logging.getLogger(__name__)
-GRAMMAR_CACHE_BYTES = 256 << 20  # compiled grammars kept (the oldest dropped past it)
+GRAMMAR_CACHE_BYTES = 256 << 20  # xgrammar's cache of compiled grammars, at most (its docs: may slightly exceed)
 
 
 @dataclass(frozen=True)
