@@ -42,8 +42,9 @@ def quantize_linear_layers(model: torch.nn.Module, device: torch.device) -> None
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear) and child_name != "lm_head":
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                      compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
+                with torch.device("meta"):  # its own weight is replaced at once: never drawn
+                    q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                          compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
                 q.weight = bnb.nn.Params4bit(child.weight.data.to(torch.bfloat16), requires_grad=False,
                                              compress_statistics=True, quant_type="nf4")
                 setattr(module, child_name, q.to(device))
@@ -51,7 +52,8 @@ def quantize_linear_layers(model: torch.nn.Module, device: torch.device) -> None
 
 def build(config: dict, attn: str, device: torch.device):
     cfg = MistralConfig(**config, attn_implementation=attn, use_cache=False)
-    with torch.device("cpu"):
+    # Drawn on the device itself: 7B random bf16 weights drawn on the CPU took minutes of a GPU lease.
+    with device:
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     quantize_linear_layers(model, device)
     model.to(device)
@@ -61,10 +63,10 @@ def build(config: dict, attn: str, device: torch.device):
 
 
 def run(label: str, config: dict, attn: str, seq: int, packed: bool, steps: int, device: torch.device) -> dict:
-    if device.type == "cuda":
+    model = build(config, attn, device)
+    if device.type == "cuda":  # the peak of the steps, not of the bf16 weights before quantization
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model = build(config, attn, device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     lengths = [seq // 4, seq // 2, seq // 8, seq // 4 + seq // 8, seq // 8]  # a spread like glaive's
     gen = torch.Generator().manual_seed(0)

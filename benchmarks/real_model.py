@@ -48,7 +48,7 @@ def run(*args: str, log: Path) -> tuple[float, float]:
 
 def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, dict, float, float]:
     """Held-out sample rows, then BFCL simple and irrelevance: (summary, BFCL summary, wall s, peak MiB)."""
-    common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", "160",
+    common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", str(args.max_new_tokens),
               "--compute_dtype", args.compute_dtype]
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     wall, _ = run("evaluate.py", *common, "--dataset", str(args.eval_data), "--output_dir", str(out), *limit,
@@ -61,9 +61,10 @@ def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, di
             wall + bfcl_wall, peak)
 
 
-def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: Path, types: list[str]) -> dict:
+def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: Path, types: list[str],
+                        max_new_tokens: int) -> dict:
     """The merged model exported as GGUF of each type (convert_weights.py's export) answers the
-    held-out prompts in llama.cpp (greedy, as evaluate.py's 160 tokens, the prompt's tokens as
+    held-out prompts in llama.cpp (greedy, as many tokens as evaluate.py, the prompt's tokens as
     training reads them): for each type, how many replies hold the same calls as transformers'
     replies in evaluate.py's ``predictions``."""
     import llama_cpp
@@ -88,7 +89,7 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
         for item in items:
             got: list[int] = []
             for token in llm.generate(encoder.encode(item.prompt).ids, temp=0.0, top_k=1, reset=True):
-                if token == llm.token_eos() or len(got) == 160:
+                if token == llm.token_eos() or len(got) == max_new_tokens:
                     break
                 got.append(token)
                 if END_OF_TURN in tokenizer.decode(got[-8:]):
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
     parser.add_argument("--bfcl_limit", type=int, default=100,
                         help="BFCL questions per category (simple, irrelevance), the first N (0: all 400 + 240)")
+    parser.add_argument("--max_new_tokens", type=int, default=160, help="tokens per reply (evaluate.py and llama.cpp)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--gguf_types", default="f32,f16,q8_0",
                         help="export the fine-tuned model as these GGUF types and compare its held-out calls in llama.cpp "
@@ -153,7 +155,7 @@ def main() -> None:
     if types:
         start = time.perf_counter()
         report["llama_cpp_same_calls_as_transformers"] = llama_cpp_agreement(
-            merged, out / "fine_tuned" / "predictions.jsonl", args.eval_data, out, types)
+            merged, out / "fine_tuned" / "predictions.jsonl", args.eval_data, out, types, args.max_new_tokens)
         report["llama_cpp_s"] = round(time.perf_counter() - start, 1)
     report["rows"] = [
         {"model": name, "held_out_items": s["n"], "call_name_accuracy": round(s["name_accuracy"], 3),

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from fcmistral.evaluation.bfcl_data import installed_data_dir
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +23,20 @@ def run_benchmark(name: str, *args: str) -> dict:
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
-def test_gpu_plan_script_runs_on_a_tiny_config():
-    report = run_benchmark("gpu_qlora.py", "--tiny", "--steps", "1")
-    original, ours, ratio = report["results"]
-    assert original["setup"].startswith("original") and ours["setup"].startswith("ours (packed")
-    assert original["tokens_per_s"] > 0 and ours["peak_gib"] > 0 and "speedup" in ratio
+def test_gpu_check_dry_run_runs_every_part(tmp_path):
+    """benchmarks/gpu_check.sh --cpu: the GPU check's parts at toy size, each one ok (the vLLM parts
+    through evaluate.py's transformers backend and serve.py, which vLLM's need a GPU for)."""
+    table = tmp_path / "table.json"
+    result = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu", "--json", str(table)], cwd=REPO,
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rows = {row["part"]: row for row in json.loads(table.read_text())["rows"]}
+    assert list(rows) == ["qlora_7b", "train", "fsdp", "merge", "vllm_eval", "vllm_serve"]
+    assert all(row["result"] == "ok" for row in rows.values()), rows
+    assert "original" in rows["qlora_7b"]["figures"] and "speedup" in rows["qlora_7b"]["figures"]
+    assert "QLoRA" in rows["train"]["figures"] and "gloo, 2 steps" in rows["fsdp"]["figures"]
+    assert "3 held-out prompts" in rows["vllm_eval"]["figures"] and "serve.py" in rows["vllm_serve"]["figures"]
+    assert "| part | result | figures | s |" in result.stdout
 
 
 def test_generation_and_data_benchmarks_report_their_ratios():
@@ -71,7 +83,7 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     out = tmp_path / "real"
     report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
                            "--max_steps", "2", "--eval_limit", "2", "--train_rows", "40", "--bfcl_limit", "1",
-                           "--skip_zero_shot", "--gguf_types", "f32" if importlib.util.find_spec("llama_cpp") else "")
+                           "--skip_zero_shot", "--max_new_tokens", "24", "--gguf_types", "f32" if importlib.util.find_spec("llama_cpp") else "")
     assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["after QLoRA"] and all(r["held_out_items"] == 2 for r in rows)
