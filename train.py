@@ -195,6 +195,7 @@ def main() -> None:
         "best_eval_loss": trainer.state.best_metric,
         "global_step": trainer.state.global_step,
         "eval_history": [h for h in trainer.state.log_history if "eval_loss" in h],
+        "train_metrics": next((h for h in reversed(trainer.state.log_history) if "train_runtime" in h), {}),
     }
     Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("best eval loss %s at %s; adapter and tokenizer saved to %s",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -83,3 +86,31 @@ def running_server(model_path: str | None, tmp: str, *options: str) -> Iterator[
     finally:
         server.terminate()
         server.wait(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_process_server(command: list[str], base: str, log: Path, timeout: float = 300) -> Iterator[subprocess.Popen]:
+    """Another engine's OpenAI server (``command``) until its ``base``/models answers; stopped after."""
+    server = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"error: {command[0]} exited before serving:\n{log.read_text()[-2000:]}")
+            try:
+                json.load(urllib.request.urlopen(f"{base}/models", timeout=5))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"error: {command[0]} did not answer within {timeout:.0f} s") from None
+                time.sleep(0.5)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(60)

@@ -15,23 +15,39 @@ size, in this process: what generation alone allows, without HTTP, validation or
 ``--constrained`` runs each level twice in the same server (``--constrained_calls strict``): its tools
 as given, then marked ``"strict": true``, so every request of the second run is generated under the
 call grammar (the same prompts: the flag is not shown to the model); it reports the ratio.
+``--peer ours,transformers-serve,llama-server`` runs the same levels against each server in turn, on
+the same model: serve.py, ``transformers serve --continuous-batching`` on the same folder, and
+llama.cpp's ``llama-server`` (``make llama-server``) on the folder's GGUF export in the same precision,
+with as many parallel slots as the other two's batch. Neither peer parses glaive tool calls, so these
+requests are plain chat (no tools) for every server; each level also reports generated tokens/s,
+which counts replies that end early at an end-of-sequence token fairly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from openai import OpenAI
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.common import quantile, rss_mib, run_together, running_server  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    free_port,
+    quantile,
+    rss_mib,
+    run_together,
+    running_process_server,
+    running_server,
+)
 
 CITIES = ["Paris", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Perth", "Dakar", "Hanoi", "Bern", "Riga", "Accra"]
 
@@ -42,8 +58,14 @@ def question(number: int) -> list[dict]:
     return [{"role": "user", "content": f"What's the weather like in {city} right now? Use celsius."}]
 
 
-def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict], vary: bool) -> dict:
+PEERS = ("ours", "transformers-serve", "llama-server")
+
+
+def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict] | None, vary: bool,
+              model: str = "m") -> dict:
+    """``clients`` threads sending chat requests (with ``tools`` unless None) for ``seconds``."""
     latencies: list[float] = []
+    generated = [0]
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
@@ -55,18 +77,22 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
             start = time.perf_counter()
             number += 1
             try:
-                client.chat.completions.create(model="m", messages=question(number if vary else -1), tools=tools,
-                                               max_tokens=max_tokens, temperature=0)
+                reply = client.chat.completions.create(model=model, messages=question(number if vary else -1),
+                                                       max_tokens=max_tokens, temperature=0,
+                                                       **({"tools": tools} if tools is not None else {}))
             except Exception as err:  # noqa: BLE001 - every failure is counted and its kind reported
                 with lock:
                     errors.append(type(err).__name__)
                 continue
             with lock:
                 latencies.append(time.perf_counter() - start)
+                generated[0] += reply.usage.completion_tokens if reply.usage else 0
 
     elapsed = run_together([threading.Thread(target=client_loop, args=(7 * i,)) for i in range(clients)])
     return {"clients": clients, "requests": len(latencies), "requests_per_s": round(len(latencies) / elapsed, 2),
-            "p50_s": quantile(latencies, 0.5), "p95_s": quantile(latencies, 0.95), "errors": len(errors), "error_kinds": sorted(set(errors))}
+            "p50_s": quantile(latencies, 0.5), "p95_s": quantile(latencies, 0.95),
+            "generated_tokens_per_s": round(generated[0] / elapsed, 1), "errors": len(errors),
+            "error_kinds": sorted(set(errors))}
 
 
 def strict(tools: list[dict]) -> list[dict]:
@@ -107,6 +133,67 @@ def engine_only(model_path: str, levels: list[int], max_tokens: int, tools: list
     return report
 
 
+@contextmanager
+def peer_server(peer: str, model_path: str, batch: int, tmp: str, args: argparse.Namespace) -> Iterator[tuple]:
+    """One of PEERS serving ``model_path`` with ``batch`` requests at once: (process, base URL, model name)."""
+    import torch
+
+    from fcmistral.hardware import compute_dtype
+
+    dtype = compute_dtype(args.compute_dtype, model_path)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    if peer == "ours":
+        with running_server(model_path, tmp, "--max_batch_size", str(batch), "--max_new_tokens",
+                            str(max(args.max_tokens, 64)), "--compute_dtype", args.compute_dtype) as (server, url, _):
+            yield server, url, "m"
+        return
+    if peer == "transformers-serve":
+        command = [str(Path(sys.executable).parent / "transformers"), "serve", "--continuous-batching", "--host",
+                   "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", str(dtype).split(".")[-1],
+                   model_path]
+        name = model_path
+    else:
+        from fcmistral.export.gguf import export_gguf
+
+        if not Path(args.llama_server).is_file():
+            raise SystemExit(f"error: no llama-server at {args.llama_server}: build it with `make llama-server`")
+        outtype = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
+        gguf = export_gguf(model_path, Path(tmp) / f"model-{outtype}.gguf", outtype)
+        command = [args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--jinja",
+                   "-np", str(batch), "-c", str(512 * batch), "-t", str(os.cpu_count())]
+        name = "m"
+    with running_process_server(command, base, Path(tmp) / f"{peer}.log") as server:
+        yield server, base, name
+
+
+def compare_peers(args: argparse.Namespace, levels: list[int], tmp: str) -> dict:
+    """Every server of ``--peer`` in turn, the same levels of plain chat requests; one table."""
+    model_path = args.model_path
+    if model_path is None:
+        from fcmistral.demo.tiny import build_tiny_model
+
+        model_path = str(build_tiny_model(f"{tmp}/tiny"))
+    report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
+                    "requests": "plain chat, no tools (the peers parse no glaive calls)", "peers": {}}
+    for peer in args.peer.split(","):
+        with peer_server(peer, model_path, max(levels), tmp, args) as (server, base, name):
+            run_level(base, 1, min(2.0, args.seconds), args.max_tokens, None, args.vary, name)  # warm-up
+            rows = []
+            for clients in levels:
+                rows.append(run_level(base, clients, args.seconds, args.max_tokens, None, args.vary, name))
+                rows[-1]["server_rss_mib"] = round(rss_mib(server.pid), 1)
+                print(json.dumps({"peer": peer, **rows[-1]}), file=sys.stderr, flush=True)
+            report["peers"][peer] = rows
+    lines = ["| server | clients | requests/s | p50 s | p95 s | generated tok/s | errors | RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for peer, rows in report["peers"].items():
+        lines += [f"| {peer} | {r['clients']} | {r['requests_per_s']} | {r['p50_s']} | {r['p95_s']} | "
+                  f"{r['generated_tokens_per_s']} | {r['errors']} | {r['server_rss_mib']} |" for r in rows]
+    report["table"] = "\n".join(lines)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_path", default=None, help="model folder (default: build the tiny model)")
@@ -121,13 +208,24 @@ def main() -> None:
                         help="run each level again with every request under the call grammar; report the ratio")
     parser.add_argument("--compute_dtype", default="auto", help="the server's --compute_dtype (auto: the hardware's "
                                                                   "choice for the model)")
+    parser.add_argument("--peer", default=None,
+                        help=f"compare servers on plain chat, comma-separated from {', '.join(PEERS)}")
+    parser.add_argument("--llama_server", default=str(REPO / "artifacts" / "llama-server"),
+                        help="llama.cpp's server binary (make llama-server builds it here)")
     args = parser.parse_args()
+    if args.peer and (unknown := set(args.peer.split(",")) - set(PEERS)):
+        raise SystemExit(f"error: --peer: unknown {sorted(unknown)}; choose from {', '.join(PEERS)}")
 
     from fcmistral.demo.functions import DEMO_SCHEMAS
 
     tools = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
     levels = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.peer:
+            report = compare_peers(args, levels, tmp)
+            print(report["table"], file=sys.stderr)
+            print(json.dumps(report, indent=2))
+            return
         if args.engine_only:
             model_path = args.model_path
             if model_path is None:

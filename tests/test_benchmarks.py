@@ -39,6 +39,19 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path):
     assert "| part | result | figures | s |" in result.stdout
 
 
+def test_peer_training_runs_ours_and_trl_on_the_same_rows(tmp_path):
+    """benchmarks/peer_training.py on the tiny model: train.py and TRL's SFTTrainer each train, their
+    adapters are scored on the same dev rows, and TRL's assistant mask lies inside our labels."""
+    report = run_benchmark("peer_training.py", "--tiny", "--rows", "24", "--runs", "ours_padding_free,trl_padded",
+                           "--output_dir", str(tmp_path))
+    assert [r["run"] for r in report["results"]] == ["ours_padding_free", "trl_padded"]
+    assert all(0 < r["dev_loss"] < 20 and 0 < r["dev_loss_trl_labels"] < 20 and r["real_tokens_per_s"] > 0
+               and r["peak_rss_mib"] > 0 for r in report["results"])
+    agreement = report["label_agreement"]
+    assert agreement["trl_only"] == 0 and agreement["supervised_by_both"] > 0 and agreement["ours_only"] > 0
+    assert report["results"][1]["speed_vs_trl_padded"] == 1.0 and report["supervised_tokens"]["trl"] > 0
+
+
 def test_generation_and_data_benchmarks_report_their_ratios():
     generation = run_benchmark("generation_speed.py", "--prompts", "6", "--batch_size", "3", "--max_new_tokens", "2")
     assert generation["prompts"] == 6 and generation["speedup"] > 0

@@ -240,6 +240,9 @@ def test_vllm_backend_wiring(monkeypatch, tmp_path):
     assert calls["params"] == {"temperature": 0.0, "max_tokens": 400, "stop": ["<|endoftext|>"],
                                "include_stop_str_in_output": False, "structured_outputs": calls["params"]["structured_outputs"]}
     assert calls["params"]["structured_outputs"].structural_tag == grammar.grammar  # (the last prompt's)
+    calls.clear()  # a bias of zero, however written, leaves vLLM usable (auto picked hf for "0.0" once)
+    evaluate_script.make_generator(evaluate_script.EvalArguments(call_bias="0.0,-0"), ModelArguments(model_path="m2"))
+    assert calls["model"] == "m2"
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')

@@ -121,3 +121,19 @@ def parse_row(row: dict[str, Any]) -> GlaiveRow:
         raise RowParseError("row has no string 'system' and 'chat'")
     turns, separator, trailing = parse_turns(chat)
     return GlaiveRow(system, parse_functions(system), turns, separator, trailing)
+
+
+def openai_messages(turns: list[Turn], arguments_as_text: bool = False) -> list[dict[str, Any]]:
+    """Glaive turns as OpenAI chat messages, as a client (or TRL's conversational dataset) holds them,
+    with a system message the chat template ignores (the system prompt comes from the tools).
+    ``arguments_as_text``: each call's arguments as a JSON string (OpenAI's own form, and the one an
+    Arrow table can hold whatever the schema) rather than an object."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "ignored: the system prompt comes from the tools"}]
+    for turn in turns:
+        if turn.role == "function_call":
+            arguments = json.dumps(turn.call.arguments, ensure_ascii=False) if arguments_as_text else turn.call.arguments
+            messages.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": turn.call.name, "arguments": arguments}}]})
+        else:
+            messages.append({"role": {"function_response": "tool"}.get(turn.role, turn.role), "content": turn.content})
+    return messages

@@ -2,20 +2,26 @@
 loads, computes what transformers computes (per type, within a stated tolerance; f32 greedy
 continuations identical), tokenizes as transformers does on every sample row (the tiny byte-level
 vocabulary and Mistral-7B-v0.1's, written as the llama type), and its embedded chat template,
-rendered by llama-cpp-python's Jinja formatter, gives prompt.py's text. Skips, with the reason,
-where llama-cpp-python is not installed (pip install -r requirements-llamacpp.txt)."""
+rendered by llama-cpp-python's Jinja formatter and by llama-server's C++ Jinja engine, gives prompt.py's
+text. Skips, with the reason, where llama-cpp-python is not installed (pip install -r
+requirements-llamacpp.txt) or llama-server is not built (make llama-server; make test does both)."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
 
 import numpy as np
 import pytest
 import torch
 
 from fcmistral.export.gguf import export_gguf
-from fcmistral.format.glaive import parse_row
-from fcmistral.prompt import render_chat
+from fcmistral.format.glaive import openai_messages, parse_row
+from fcmistral.prompt import generation_prompt, render_chat
 from tests.conftest import REPO, read_jsonl
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -r "
@@ -133,14 +139,7 @@ def test_the_embedded_chat_template_renders_prompt_py_text(exported):
     source = llm.metadata["tokenizer.chat_template"]
     formatter = Jinja2ChatFormatter(source, eos_token="</s>", bos_token="<s>", add_generation_prompt=False)
     for i, row in enumerate(ROWS):
-        messages = []
-        for turn in row.turns:
-            if turn.role == "function_call":
-                messages.append({"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
-                                 "function": {"name": turn.call.name,
-                                              "arguments": json.dumps(turn.call.arguments, ensure_ascii=False)}}]})
-            else:
-                messages.append({"role": {"function_response": "tool"}.get(turn.role, turn.role), "content": turn.content})
+        messages = openai_messages(row.turns, arguments_as_text=True)
         tools = [{"type": "function", "function": f} for f in row.functions]
         assert formatter(messages=messages, tools=tools).prompt == row.system + render_chat(row.turns), f"row {i}"
 
@@ -178,3 +177,49 @@ def test_smollm2_in_llama_cpp_tokenizes_and_answers_as_in_transformers(smollm2_g
             got.append(token)
         expected = [t for t in expected if t != tokenizer.eos_token_id]
         assert tokenizer.decode(got) == tokenizer.decode(expected)
+
+
+@pytest.fixture(scope="module")
+def llama_server(exported, tmp_path_factory):
+    """llama.cpp's own server on the tiny f32 file, its chat template from the file (--jinja)."""
+    binary = os.environ.get("LLAMA_SERVER", str(REPO / "artifacts" / "llama-server"))
+    if not os.path.isfile(binary):
+        pytest.skip(f"llama-server is not built ({binary}): make llama-server")
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        base = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    log = tmp_path_factory.mktemp("llama-server") / "log"
+    server = subprocess.Popen([binary, "-m", str(exported["f32"]), "--jinja", "--host", "127.0.0.1", "--port",
+                               base.rsplit(":", 1)[1], "-np", "1", "-c", "2048", "-t", "1"],
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_llama_server_renders_serving_prompts_as_training_does(llama_server):
+    """What llama-server gives the model for a chat request with tools (its C++ Jinja engine on the
+    embedded template, a generation prompt): prompt.py's text, for every conversation of the
+    sample rows cut before each assistant turn."""
+    checked = 0
+    for i, row in enumerate(ROWS):
+        for cut, turn in enumerate(row.turns):
+            if not turn.is_assistant or (cut and row.turns[cut - 1].is_assistant):
+                continue
+            body = {"messages": openai_messages(row.turns[:cut], arguments_as_text=True),
+                    "tools": [{"type": "function", "function": f} for f in row.functions]}
+            request = urllib.request.Request(f"{llama_server}/apply-template", json.dumps(body).encode(),
+                                             {"Content-Type": "application/json"})
+            prompt = json.load(urllib.request.urlopen(request, timeout=30))["prompt"]
+            assert prompt == generation_prompt(row.system, row.turns[:cut]), f"row {i}, turn {cut}"
+            checked += 1
+    assert checked > len(ROWS)
