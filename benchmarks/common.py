@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import socket
@@ -95,8 +94,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_process_server(command: list[str], base: str, log: Path, timeout: float = 300) -> Iterator[subprocess.Popen]:
-    """Another engine's OpenAI server (``command``) until its ``base``/models answers; stopped after."""
+def running_process_server(command: list[str], ready: str, log: Path, timeout: float = 300) -> Iterator[subprocess.Popen]:
+    """Another engine's OpenAI server (``command``), once its ``ready`` URL answers; stopped after."""
     server = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout
@@ -104,7 +103,7 @@ def running_process_server(command: list[str], base: str, log: Path, timeout: fl
             if server.poll() is not None:
                 raise SystemExit(f"error: {command[0]} exited before serving:\n{log.read_text()[-2000:]}")
             try:
-                json.load(urllib.request.urlopen(f"{base}/models", timeout=5))
+                urllib.request.urlopen(ready, timeout=5)
                 break
             except OSError:
                 if time.monotonic() > deadline:

@@ -18,9 +18,10 @@ call grammar (the same prompts: the flag is not shown to the model); it reports 
 ``--peer ours,transformers-serve,llama-server`` runs the same levels against each server in turn, on
 the same model: serve.py, ``transformers serve --continuous-batching`` on the same folder, and
 llama.cpp's ``llama-server`` (``make llama-server``) on the folder's GGUF export in the same precision,
-with as many parallel slots as the other two's batch. Neither peer parses glaive tool calls, so these
-requests are plain chat (no tools) for every server; each level also reports generated tokens/s,
-which counts replies that end early at an end-of-sequence token fairly.
+with as many parallel slots as the other two's batch. Neither peer parses glaive tool calls, and
+llama-server refuses the glaive chat template, so every server gets the same /v1/completions requests
+(prompt.py's prompt for the question, no tools); each level also reports generated tokens/s, which
+counts replies that end early at an end-of-sequence token fairly.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ PEERS = ("ours", "transformers-serve", "llama-server")
 
 
 def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: list[dict] | None, vary: bool,
-              model: str = "m") -> dict:
-    """``clients`` threads sending chat requests (with ``tools`` unless None) for ``seconds``."""
+              model: str = "m", completions: bool = False) -> dict:
+    """``clients`` threads sending chat requests with ``tools`` for ``seconds``; with ``completions``,
+    the same questions as prompt.py's prompt text to /v1/completions instead."""
     latencies: list[float] = []
     generated = [0]
     errors: list[str] = []
@@ -77,9 +79,12 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
             start = time.perf_counter()
             number += 1
             try:
-                reply = client.chat.completions.create(model=model, messages=question(number if vary else -1),
-                                                       max_tokens=max_tokens, temperature=0,
-                                                       **({"tools": tools} if tools is not None else {}))
+                if completions:
+                    reply = client.completions.create(model=model, prompt=prompt_text(number if vary else -1),
+                                                      max_tokens=max_tokens, temperature=0)
+                else:
+                    reply = client.chat.completions.create(model=model, messages=question(number if vary else -1),
+                                                           tools=tools, max_tokens=max_tokens, temperature=0)
             except Exception as err:  # noqa: BLE001 - every failure is counted and its kind reported
                 with lock:
                     errors.append(type(err).__name__)
@@ -93,6 +98,13 @@ def run_level(base: str, clients: int, seconds: float, max_tokens: int, tools: l
             "p50_s": quantile(latencies, 0.5), "p95_s": quantile(latencies, 0.95),
             "generated_tokens_per_s": round(generated[0] / elapsed, 1), "errors": len(errors),
             "error_kinds": sorted(set(errors))}
+
+
+def prompt_text(number: int) -> str:
+    """Request ``number``'s question as the prompt text the model continues (prompt.py, no tools)."""
+    from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
+
+    return generation_prompt(build_system_prompt([]), [Turn("user", question(number)[0]["content"])])
 
 
 def strict(tools: list[dict]) -> list[dict]:
@@ -160,28 +172,30 @@ def peer_server(peer: str, model_path: str, batch: int, tmp: str, args: argparse
             raise SystemExit(f"error: no llama-server at {args.llama_server}: build it with `make llama-server`")
         outtype = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dtype]
         gguf = export_gguf(model_path, Path(tmp) / f"model-{outtype}.gguf", outtype)
-        command = [args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--jinja",
+        command = [args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--no-jinja",
                    "-np", str(batch), "-c", str(512 * batch), "-t", str(os.cpu_count())]
         name = "m"
-    with running_process_server(command, base, Path(tmp) / f"{peer}.log") as server:
+    # /health: transformers serve's /v1/models scans the hub cache (an error where there is none)
+    with running_process_server(command, f"http://127.0.0.1:{port}/health", Path(tmp) / f"{peer}.log") as server:
         yield server, base, name
 
 
 def compare_peers(args: argparse.Namespace, levels: list[int], tmp: str) -> dict:
-    """Every server of ``--peer`` in turn, the same levels of plain chat requests; one table."""
+    """Every server of ``--peer`` in turn, the same levels of the same completion requests; one table."""
     model_path = args.model_path
     if model_path is None:
         from fcmistral.demo.tiny import build_tiny_model
 
         model_path = str(build_tiny_model(f"{tmp}/tiny"))
     report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
-                    "requests": "plain chat, no tools (the peers parse no glaive calls)", "peers": {}}
+                    "requests": "/v1/completions, prompt.py's prompt without tools (the peers parse no glaive calls, "
+                                "and llama-server refuses the glaive chat template: docs/interop.md)", "peers": {}}
     for peer in args.peer.split(","):
         with peer_server(peer, model_path, max(levels), tmp, args) as (server, base, name):
-            run_level(base, 1, min(2.0, args.seconds), args.max_tokens, None, args.vary, name)  # warm-up
+            run_level(base, 1, min(2.0, args.seconds), args.max_tokens, None, args.vary, name, True)  # warm-up
             rows = []
             for clients in levels:
-                rows.append(run_level(base, clients, args.seconds, args.max_tokens, None, args.vary, name))
+                rows.append(run_level(base, clients, args.seconds, args.max_tokens, None, args.vary, name, True))
                 rows[-1]["server_rss_mib"] = round(rss_mib(server.pid), 1)
                 print(json.dumps({"peer": peer, **rows[-1]}), file=sys.stderr, flush=True)
             report["peers"][peer] = rows
