@@ -26,7 +26,8 @@ if [ "${1:-}" = --fetch_wheels ]; then
     du -sh .whl
     exit 0
 fi
-if compgen -G ".whl/*.whl" >/dev/null; then
+# The carried wheels are for the GPU machine's Python (3.12): never for the dry run here.
+if [[ " $* " != *" --cpu "* ]] && compgen -G ".whl/*.whl" >/dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-check-site .whl/*.whl
     export PYTHONPATH=/tmp/gpu-check-site
 fi
