@@ -23,6 +23,7 @@ import torch
 
 from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
+from fcmistral.data.augment import Augmentation
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
@@ -157,7 +158,7 @@ def main() -> None:
     resume = _resume_target(args)
     tokenizer = load_tokenizer(script.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,
-                                      report_dir=Path(args.output_dir))
+                                      report_dir=Path(args.output_dir), augmentation=Augmentation.of(data))
     # Seeded before the model exists: the Trainer seeds only in its own __init__, after LoRA's A
     # matrices were drawn, so two runs with one --seed used to start from different adapters.
     set_seed(args.seed)

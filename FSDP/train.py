@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
+from fcmistral.data.augment import Augmentation
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
@@ -140,7 +141,8 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,
-                                      overflow="drop", report_dir=out, report=env.is_main)
+                                      overflow="drop", report_dir=out, report=env.is_main,
+                                      augmentation=Augmentation.of(data))
     model, no_decay = fsdp.load_sharded(args.model_path, tokenizer, env, dtype,
                                         args.activation_checkpointing)
     save_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32

@@ -142,6 +142,7 @@ def engine_only(model_path: str, levels: list[int], max_tokens: int, tools: list
                                                        for size in levels}
         report["constrained_over_plain"] = {k: round(v / report["engine_requests_per_s"][k], 2)
                                             for k, v in report["engine_requests_per_s_constrained"].items()}
+    engine.close()
     return report
 
 

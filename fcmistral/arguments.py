@@ -96,6 +96,18 @@ class DataArguments:
     packing: bool = field(default=False, metadata={
         "help": "padding-free, and examples packed into fixed rows of up to max_length tokens (similar lengths "
                 "together); the per-device batch size then counts packed rows"})
+    irrelevance_rate: float = field(default=0.0, metadata={
+        "help": "fraction of train rows with a call turned into a refusal: the called function removed from "
+                "the system prompt, the call replaced by a refusal naming what is missing (fcmistral/data/augment.py)"})
+    rename_rate: float = field(default=0.0, metadata={
+        "help": "fraction of train rows whose functions and parameters are renamed to random identifiers in "
+                "schemas and calls (descriptions kept)"})
+    shuffle_functions: bool = field(default=False, metadata={"help": "shuffle the offered functions of each train row"})
+
+    def __post_init__(self) -> None:
+        for name in ("irrelevance_rate", "rename_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"--{name} must be between 0 and 1")
 
 
 @dataclass

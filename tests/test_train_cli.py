@@ -129,6 +129,7 @@ def run_main_in_this_process(script: str, args: list[str], capsys, monkeypatch) 
         ({"--gradient_accumulation_steps": "0"}, "--gradient_accumulation_steps must be above 0"),
         ({"--per_device_train_batch_size": "0"}, "--per_device_train_batch_size must be above 0"),
         ({"--lora_r": "0"}, "--lora_r must be above 0"),
+        ({"--irrelevance_rate": "1.5"}, "--irrelevance_rate must be between 0 and 1"),
         ({"--lr_scheduler_type": "bogus"}, "invalid choice: 'bogus'"),
         ({"--report_to": "bogus"}, "--report_to bogus: choose from"),
         ({"--output_dir": "A_FILE"}, "is a file, not a folder"),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
 
+from fcmistral.data.augment import Augmentation, augment_row
 from fcmistral.data.encoding import SharedPrefixEncoder
 from fcmistral.data.labels import Example, Overflow, Skipped, examples_from_rows
 from fcmistral.errors import UserError, first_line
@@ -178,11 +179,16 @@ def report_skipped(skipped: list[tuple[int, str]], total: int, where: str, path:
                 f.write(json.dumps({"row_index": index, "reason": reason}) + "\n")
 
 
+def _augment(row: dict, augmentation: Augmentation, seed: int) -> dict:
+    return augment_row(row, row["row_index"], augmentation, seed)
+
+
 def prepare_splits(
     data_path: str, tokenizer, max_length: int, test_size: float, seed: int, overflow: Overflow = "truncate",
-    report_dir: Path | None = None, report: bool = True,
+    report_dir: Path | None = None, report: bool = True, augmentation: Augmentation = Augmentation(),
 ) -> tuple[Dataset, Dataset]:
-    """Train and dev examples from raw rows: load, split, tokenize, report what was skipped.
+    """Train and dev examples from raw rows: load, split, augment the train rows, tokenize, report what
+    was skipped.
 
     Shared by train.py and FSDP/train.py (``report=False`` on all ranks but the first). Refuses a
     ``max_length`` that cannot hold the longest system prompt, and a split left empty.
@@ -190,6 +196,11 @@ def prepare_splits(
     splits = split_rows(load_rows(data_path), test_size, seed)
     if report:
         log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
+    if augmentation:  # the dev rows stay as they are: the dev loss stays comparable across runs
+        splits["train"] = splits["train"].map(_augment, fn_kwargs={"augmentation": augmentation, "seed": seed},
+                                              desc="augmenting")
+        if report:
+            log.info("augmentation: %s", augmentation)
     tokenized = {name: tokenize_rows(splits[key], tokenizer, max_length, overflow)
                  for name, key in (("train", "train"), ("dev", "test"))}
     longest_prompt = max(longest for _, _, longest in tokenized.values())

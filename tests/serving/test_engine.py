@@ -73,6 +73,8 @@ def test_rows_joining_a_running_batch_generate_what_generate_would(tiny_model_di
         else:  # stopped at an end marker: the text before it
             assert update.finish_reason == "stop" and text.startswith(update.text.rstrip(" ")), (update.text, text)
     assert max(shape[0] for shape in forwards) > 1  # rows were computed side by side
+    engine.close()  # an in-process engine stops its generation thread (it used to run until exit)
+    assert not engine.alive()
 
 
 @pytest.mark.parametrize("kind", ["tiny", "mistral-real"])

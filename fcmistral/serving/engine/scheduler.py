@@ -77,11 +77,21 @@ class BatchingEngine(EngineClient):
         self._ready = threading.Condition()
         self._prefixes = PrefixCache(model)
         self._guides = guides_for(model, tokenizer)
+        self._closing = False
         self._worker = threading.Thread(target=self._work, name="generation", daemon=True)
         self._worker.start()
 
     def alive(self) -> bool:
         return self._worker.is_alive()
+
+    def close(self) -> None:
+        """Stop the generation thread once its current step is done (waiting rows get no reply). An
+        engine used in-process is closed before the interpreter exits: a daemon thread still inside
+        torch then can abort the process at exit ("terminate called without an active exception")."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._worker.join()
 
     def submit(self, request: GenerationRequest, streamed: bool, send: Callable[[Update], None]) -> Row:
         """Queue a request whose updates go to ``send``, called in the generation thread."""
@@ -130,7 +140,7 @@ class BatchingEngine(EngineClient):
 
     def _work(self) -> None:
         batch: Batch | None = None
-        while True:
+        while not self._closing:
             joining = self._arrivals(batch)
             try:
                 with torch.inference_mode():
