@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--compute_dtype", default="auto", help="the server's --compute_dtype (auto: the hardware's "
                                                                   "choice for the model)")
     parser.add_argument("--peer", default=None,
-                        help=f"compare servers on plain chat, comma-separated from {', '.join(PEERS)}")
+                        help=f"compare servers on the same completion requests, comma-separated from {', '.join(PEERS)}")
     parser.add_argument("--llama_server", default=str(REPO / "artifacts" / "llama-server"),
                         help="llama.cpp's server binary (make llama-server builds it here)")
     args = parser.parse_args()
