@@ -3,7 +3,7 @@ and after QLoRA on the shipped sample data, with the project's own scripts.
 
     python benchmarks/real_model.py                         # the full experiment
     python benchmarks/real_model.py --bfcl_limit 0           # every BFCL simple/irrelevance question (GPU)
-    python benchmarks/real_model.py --max_steps 2 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # a smoke run
+    python benchmarks/real_model.py --max_steps 2 --max_length 512 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # a smoke run
 
 Steps, each a subprocess as a user would run it: build ``artifacts/smollm2-135m`` when missing
 (fcmistral.artifacts.smollm2); evaluate it zero-shot in the glaive format on the held-out sample
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--eval_data", type=Path, default=REPO / "data" / "sample_heldout.jsonl")
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "real-model")
     parser.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0: all)")
-    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of 1,024 tokens (120: about 1.1 epochs of the sample data)")
+    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of --max_length tokens (120: about 1.1 epochs of the sample data)")
+    parser.add_argument("--max_length", type=int, default=1024, help="tokens per packed training row")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
     parser.add_argument("--bfcl_limit", type=int, default=100,
@@ -141,7 +142,7 @@ def main() -> None:
     adapter, merged = out / "qlora", out / "merged"
     report["train_s"], report["train_peak_mib"] = run(
         "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
-        "--overwrite_output_dir", "--packing", "true", "--max_length", "1024", "--max_steps", str(args.max_steps),
+        "--overwrite_output_dir", "--packing", "true", "--max_length", str(args.max_length), "--max_steps", str(args.max_steps),
         "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", "2",
         "--gradient_accumulation_steps", "1", "--eval_steps", str(max(1, args.max_steps // 3)),
         "--save_steps", str(max(1, args.max_steps // 3)), "--logging_steps", "10", "--report_to", "none",

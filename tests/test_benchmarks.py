@@ -95,7 +95,7 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
         pytest.skip("BFCL is not installed: pip install --no-deps bfcl-eval==2026.3.23 nvidia-bfcl==26.3")
     out = tmp_path / "real"
     report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
-                           "--max_steps", "2", "--eval_limit", "2", "--train_rows", "40", "--bfcl_limit", "1",
+                           "--max_steps", "2", "--max_length", "512", "--eval_limit", "2", "--train_rows", "40", "--bfcl_limit", "1",
                            "--skip_zero_shot", "--max_new_tokens", "24", "--gguf_types", "f32" if importlib.util.find_spec("llama_cpp") else "")
     assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
     rows = json.loads((out / "report.json").read_text())["rows"]
