@@ -41,7 +41,7 @@ class InferenceArguments:
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature (with --do_sample)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling (with --do_sample)"})
-    max_calls: int = field(default=3, metadata={"help": "function calls per user message at most"})
+    max_calls: int = field(default=3, metadata={"help": "call turns per user message at most (a turn may hold several calls, run in parallel order)"})
     tool_time_limit: float = field(default=30.0, metadata={
         "help": "seconds a function call may take; past it the model is told the call timed out"})
     constrained_calls: bool = field(default=False, metadata={
@@ -74,8 +74,7 @@ def resolve_functions(args: InferenceArguments):
 
 
 def turn_record(turn: Turn) -> dict:
-    call = asdict(turn.call) if turn.call else None
-    return {"role": turn.role, "content": turn.content, "call": call}
+    return {"role": turn.role, "content": turn.content, "calls": [asdict(call) for call in turn.calls]}
 
 
 def print_turn(turn: Turn) -> None:
@@ -122,7 +121,7 @@ def main() -> None:
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
     # One call per turn: the chat runs a turn's call, then the model reads its result.
-    grammar = call_grammar(functions, "auto", parallel=False) if args.constrained_calls and functions else None
+    grammar = call_grammar(functions, "auto") if args.constrained_calls and functions else None
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG, constraint=CallConstraint(grammar, args.call_bias) or None)
     session = ChatSession(complete, functions, callables, args.max_calls, stream=not args.prompt,

@@ -103,9 +103,12 @@ class DataArguments:
         "help": "fraction of train rows whose functions and parameters are renamed to random identifiers in "
                 "schemas and calls (descriptions kept)"})
     shuffle_functions: bool = field(default=False, metadata={"help": "shuffle the offered functions of each train row"})
+    parallel_rate: float = field(default=0.0, metadata={
+        "help": "fraction of train rows with one call made parallel: a second row's request joins the user "
+                "message, both calls in one assistant turn (a call per line), both results, both answers"})
 
     def __post_init__(self) -> None:
-        for name in ("irrelevance_rate", "rename_rate"):
+        for name in ("irrelevance_rate", "rename_rate", "parallel_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name} must be between 0 and 1")
 

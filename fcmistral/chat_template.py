@@ -6,9 +6,9 @@ template is built here from prompt.py's constants, never written by hand, and th
 against prompt.py's rendering on every shipped sample row.
 
 Messages are OpenAI-style: ``system`` messages are ignored (the glaive system prompt is built from
-the tools, as in training); ``user``; ``assistant`` with ``content`` and/or ``tool_calls`` (each call
-is its own assistant turn, after the content's; ``arguments`` a mapping or a JSON string, used as
-given); ``tool`` (a FUNCTION RESPONSE). ``tools`` are OpenAI tool objects or plain schemas.
+the tools, as in training); ``user``; ``assistant`` with ``content`` and/or ``tool_calls`` (the calls
+are one assistant turn after the content's, one per line when several; ``arguments`` a mapping or a
+JSON string, used as given); ``tool`` (a FUNCTION RESPONSE, one per call). ``tools`` are OpenAI tool objects or plain schemas.
 
 The same tokenizers carry a ``response_template`` (transformers' declarative reply parser, saved in
 tokenizer_config.json), so ``tokenizer.parse_response(reply, prefix=prompt)`` and its streaming
@@ -27,6 +27,7 @@ from typing import Any
 
 from fcmistral.prompt import (
     ASSISTANT_TAG,
+    CALL_SEPARATOR,
     END_OF_TURN,
     FUNCTION_CALL_MARKER,
     FUNCTION_RESPONSE_TAG,
@@ -67,12 +68,14 @@ def chat_template() -> str:
         "{%- elif message.role == 'assistant' -%}",
         "{%- if message.content -%}{% generation %}{{ ", assistant, " + message.content + ", end, " }}"
         "{% endgeneration %}{{ ", sep, " }}{%- endif -%}",
-        "{%- for call in message.tool_calls or [] -%}",
+        # Its calls: one turn, CALL_SEPARATOR between them (fcmistral.prompt.format_calls).
+        "{%- if message.tool_calls -%}{% generation %}{{ ", assistant, " }}",
+        "{%- for call in message.tool_calls -%}",
         "{%- set call = call.function if call.function is defined else call -%}",
         "{%- set arguments = call.arguments if call.arguments is string else (call.arguments | tojson) -%}",
-        "{% generation %}{{ ", assistant, " + ", call_open, " }}{{ call.name | tojson }}",
-        "{{ \", \\\"arguments\\\": '\" + arguments + \"'}\" + ", end, " }}{% endgeneration %}{{ ", sep, " }}",
-        "{%- endfor -%}",
+        "{%- if not loop.first -%}{{ ", _literal(CALL_SEPARATOR), " }}{%- endif -%}",
+        "{{ ", call_open, " }}{{ call.name | tojson }}{{ \", \\\"arguments\\\": '\" + arguments + \"'}\" }}",
+        "{%- endfor -%}{{ ", end, " }}{% endgeneration %}{{ ", sep, " }}{%- endif -%}",
         "{%- endif -%}",
         "{%- endfor -%}",
         "{%- if add_generation_prompt -%}{{ ", _literal(ASSISTANT_TAG), " }}{%- endif -%}",

@@ -49,13 +49,14 @@ class Turn:
 
     ``content`` is the text after the role tag and its space, without the separator and, for
     assistant turns, without the trailing `` <|endoftext|>``. Keeping the raw text (rather than
-    only a parsed call) is what lets a parsed row render back byte for byte; ``call`` holds the
-    parsed function call of a ``function_call`` turn.
+    only parsed calls) is what lets a parsed row render back byte for byte; ``calls`` holds the
+    parsed function calls of a ``function_call`` turn (several in a parallel turn), empty when
+    they were not read or could not be.
     """
 
     role: Role
     content: str
-    call: "FunctionCall | None" = None
+    calls: "list[FunctionCall]" = field(default_factory=list)
 
     @property
     def is_assistant(self) -> bool:
@@ -74,8 +75,10 @@ def format_call(name: str, arguments: dict[str, Any]) -> str:
     return f"{FUNCTION_CALL_MARKER} {{\"name\": {json.dumps(name, ensure_ascii=False)}, \"arguments\": '{payload}'}}"
 
 
-# Several calls in one assistant turn (BFCL's parallel questions): each call on its own line, one end
-# marker after the last. A turn with one call renders as it always has.
+# Parallel calls, the one convention every consumer follows (training rows, chat template, parsers,
+# vLLM plugin, server, terminal, Ollama template, grammar): several calls in one assistant turn, each
+# on its own line, one end marker after the last; their results come back as one FUNCTION RESPONSE
+# turn per call, in the calls' order. glaive v2 has one call per turn, which renders as it always has.
 CALL_SEPARATOR = "\n"
 
 
@@ -84,8 +87,9 @@ def format_calls(calls: list[FunctionCall]) -> str:
     return CALL_SEPARATOR.join(format_call(call.name, call.arguments) for call in calls)
 
 
-def call_turn(name: str, arguments: dict[str, Any]) -> Turn:
-    return Turn("function_call", format_call(name, arguments), FunctionCall(name, arguments))
+def call_turn(calls: list[FunctionCall]) -> Turn:
+    """An assistant turn making ``calls`` (one, or several in parallel), in the canonical text."""
+    return Turn("function_call", format_calls(calls), list(calls))
 
 
 def build_system_prompt(functions: list[dict[str, Any]]) -> str:

@@ -6,7 +6,16 @@ import pytest
 
 from fcmistral.chat_template import add_chat_template
 from fcmistral.format.glaive import openai_messages, parse_row
-from fcmistral.prompt import END_OF_TURN, Turn, generation_prompt, render_chat, render_turn
+from fcmistral.prompt import (
+    END_OF_TURN,
+    FunctionCall,
+    Turn,
+    build_system_prompt,
+    call_turn,
+    generation_prompt,
+    render_chat,
+    render_turn,
+)
 from tests.conftest import REPO, read_jsonl
 
 ROWS = [parse_row(r) for name in ("sample_train.jsonl", "sample_heldout.jsonl") for r in read_jsonl(REPO / "data" / name)]
@@ -61,7 +70,7 @@ def test_generation_markers_cover_the_assistant_turns(tokenizer):
 def expected_message(turn: Turn) -> dict:
     if turn.role == "function_call":
         return {"role": "assistant", "tool_calls": [
-            {"type": "function", "function": {"name": turn.call.name, "arguments": turn.call.arguments}}]}
+            {"type": "function", "function": {"name": call.name, "arguments": call.arguments}} for call in turn.calls]}
     return {"role": "assistant", "content": turn.content}
 
 
@@ -97,6 +106,29 @@ def test_streamed_replies_parse_to_the_same_message(tokenizer):
     assert message == {"role": "assistant", "content": "Let me check.", "tool_calls": expected_message(turn)["tool_calls"]}
     assert [call for _, call in calls_closed] == message["tool_calls"]
     assert calls_closed[0][0] < reply.index(END_OF_TURN)  # closed at the call's end, not at the end of the reply
+
+
+WEATHER = {"name": "get_weather", "description": "Weather now", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+PARALLEL = [Turn("user", "Weather in Paris and in Zoë's town?"),
+            call_turn([FunctionCall("get_weather", {"city": "Paris"}), FunctionCall("get_weather", {"city": "Zoë's"})]),
+            Turn("function_response", '{"temp": 12}'), Turn("function_response", '{"temp": 9}'),
+            Turn("assistant", "12 degrees in Paris, 9 in Zoë's town.")]
+
+
+def test_parallel_calls_are_one_turn_in_template_parser_and_mask(tokenizer):
+    """Several tool_calls in one message: one assistant turn, calls on their own lines (prompt.py's
+    convention), rendered byte for byte, read back as both calls, and supervised as one turn."""
+    system = build_system_prompt([WEATHER])
+    assert PARALLEL[1].content.count("\n") == 1
+    text = tokenizer.apply_chat_template(openai_messages(PARALLEL), tools=[WEATHER], tokenize=False)
+    assert text == system + render_chat(PARALLEL)
+    reply = " " + PARALLEL[1].content + " " + END_OF_TURN
+    assert tokenizer.parse_response(reply, prefix=generation_prompt(system, PARALLEL[:1])) == expected_message(PARALLEL[1])
+    out = tokenizer.apply_chat_template(openai_messages(PARALLEL[:2]), tools=[WEATHER], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    supervised = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tokenizer.decode(supervised) == render_turn(PARALLEL[1])
 
 
 def test_response_template_is_saved_with_the_tokenizer(tokenizer, tmp_path):

@@ -116,7 +116,7 @@ def test_real_loop_on_the_tiny_model(tiny_model_dir):
                         "--max_calls", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     turns = json.loads(result.stdout)["turns"]
-    assert turns[0] == {"role": "user", "content": "What's the weather like in Paris right now?", "call": None}
+    assert turns[0] == {"role": "user", "content": "What's the weather like in Paris right now?", "calls": []}
     assert turns[1]["role"] in ("assistant", "function_call") and len(turns) >= 2
 
 

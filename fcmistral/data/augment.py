@@ -9,8 +9,12 @@ Two of Hammer's recipes (Lin et al., 2024), which no training framework ships:
 - **renaming**: functions and their parameters renamed to random identifiers, consistently in the
   schemas and the calls (descriptions kept), so the model must read the schema rather than recall a
   name; and **shuffling** the order of the offered functions.
-Each row draws from its own generator, seeded by the run's seed and the row's index: the same
-options give the same rows (and the same ``datasets`` cache entry), whichever order they come in.
+And one of our own, as glaive v2 has one call per turn: **parallel** rows, two requests in one user
+message (the row's and a partner row's), both rows' functions offered, both calls in one assistant
+turn (prompt.py's parallel convention), both results, then both answers.
+Each row draws from its own generator, seeded by the run's seed and the row's index, each
+augmentation independently at its rate: the same options give the same rows (and the same
+``datasets`` cache entry), whichever order they come in.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from fcmistral.format.glaive import GlaiveRow, parse_row
-from fcmistral.prompt import Turn, build_system_prompt, call_turn
+from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, call_turn
 
 # Glaive's own refusal style ("I'm sorry, but I can't order a pizza. My capabilities are limited to the
 # functions provided to me."), naming the task from the removed function's description.
@@ -40,9 +44,10 @@ class Augmentation:
     irrelevance_rate: float = 0.0
     rename_rate: float = 0.0
     shuffle_functions: bool = False
+    parallel_rate: float = 0.0
 
     def __bool__(self) -> bool:
-        return bool(self.irrelevance_rate or self.rename_rate or self.shuffle_functions)
+        return bool(self.irrelevance_rate or self.rename_rate or self.shuffle_functions or self.parallel_rate)
 
     @classmethod
     def of(cls, options: Any) -> Augmentation:
@@ -59,19 +64,63 @@ def _task(function: dict[str, Any]) -> str:
 
 
 def without_called_function(row: GlaiveRow, rng: random.Random) -> GlaiveRow | None:
-    """The row up to its first call, with the called function no longer offered and a refusal instead
+    """The row up to its first call, with the called functions no longer offered and a refusal instead
     of the call; None when the row makes no call."""
     index = next((i for i, turn in enumerate(row.turns) if turn.role == "function_call"), None)
     if index is None:
         return None
-    called = row.turns[index].call.name
-    removed = next((f for f in row.functions if f.get("name") == called), {"name": called})
-    functions = [f for f in row.functions if f.get("name") != called]
+    called = {call.name for call in row.turns[index].calls}
+    first = row.turns[index].calls[0].name
+    removed = next((f for f in row.functions if f.get("name") == first), {"name": first})
+    functions = [f for f in row.functions if f.get("name") not in called]
     kept = row.turns[:index]
     while kept and kept[-1].is_assistant:  # "Let me check that for you." belongs to the call
         kept = kept[:-1]
     refusal = Turn("assistant", rng.choice(REFUSALS).format(task=_task(removed)))
     return replace(row, system=build_system_prompt(functions), functions=functions, turns=kept + [refusal])
+
+
+# How the two requests of a parallel row are joined in one user message.
+JOINS = ("{a} Also, {b}", "{a}\n{b}", "{a} And one more thing: {b}", "Two things. {a} And: {b}")
+PARTNER_TRIES = 8  # partner rows tried before a row stays single
+
+
+def _single_exchange(row: GlaiveRow) -> tuple[list[Turn], Turn, Turn, Turn, Turn] | None:
+    """(turns before the request, request, call, result, answer) of a row whose first call is
+    one call answered by one result and one answer, or None."""
+    index = next((i for i, turn in enumerate(row.turns) if turn.role == "function_call"), None)
+    if index is None or len(row.turns[index].calls) != 1 or len(row.turns) < index + 3:
+        return None
+    result, answer = row.turns[index + 1], row.turns[index + 2]
+    if result.role != "function_response" or answer.role != "assistant":
+        return None
+    request = index - 1
+    while request >= 0 and row.turns[request].is_assistant:  # "Let me check." belongs to the call
+        request -= 1
+    if request < 0 or row.turns[request].role != "user":
+        return None
+    return row.turns[:request], row.turns[request], row.turns[index], result, answer
+
+
+def with_parallel_calls(row: GlaiveRow, partner: GlaiveRow, rng: random.Random) -> GlaiveRow | None:
+    """The row's request and the partner's in one user message, answered by both calls in one turn,
+    both results and both answers; None when either has no single call exchange or their functions
+    share a name with different schemas."""
+    ours, theirs = _single_exchange(row), _single_exchange(partner)
+    if ours is None or theirs is None:
+        return None
+    offered = {f.get("name"): f for f in row.functions}
+    if any(f.get("name") in offered and offered[f.get("name")] != f for f in partner.functions):
+        return None
+    functions = row.functions + [f for f in partner.functions if f.get("name") not in offered]
+    context, request, call, result, answer = ours
+    _, their_request, their_call, their_result, their_answer = theirs
+    if call.calls == their_call.calls:
+        return None
+    turns = [*context, Turn("user", rng.choice(JOINS).format(a=request.content, b=their_request.content)),
+             call_turn(call.calls + their_call.calls), result, their_result,
+             Turn("assistant", f"{answer.content} {their_answer.content}")]
+    return replace(row, system=build_system_prompt(functions), functions=functions, turns=turns)
 
 
 def _identifier(rng: random.Random, taken: set[str]) -> str:
@@ -101,9 +150,10 @@ def renamed(row: GlaiveRow, rng: random.Random) -> GlaiveRow:
         functions.append(schema)
     turns = []
     for turn in row.turns:
-        if turn.role == "function_call" and turn.call.name in names:
-            mapping = parameters.get(turn.call.name, {})
-            turn = call_turn(names[turn.call.name], {mapping.get(k, k): v for k, v in turn.call.arguments.items()})
+        if turn.role == "function_call" and any(call.name in names for call in turn.calls):
+            turn = call_turn([FunctionCall(names.get(call.name, call.name),
+                                           {parameters.get(call.name, {}).get(k, k): v for k, v in call.arguments.items()})
+                              for call in turn.calls])
         turns.append(turn)
     return replace(row, system=build_system_prompt(functions), functions=functions, turns=turns)
 
@@ -113,18 +163,34 @@ def shuffled(row: GlaiveRow, rng: random.Random) -> GlaiveRow:
     return replace(row, system=build_system_prompt(functions), functions=functions)
 
 
-def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, seed: int) -> dict[str, Any]:
-    """One ``{system, chat}`` row, augmented as ``augmentation`` draws for it (its own generator)."""
-    if not augmentation or not isinstance(row.get("system"), str) or not isinstance(row.get("chat"), str):
-        return row
+def _parsed(row: dict[str, Any]) -> GlaiveRow | None:
+    if not isinstance(row.get("system"), str) or not isinstance(row.get("chat"), str):
+        return None
     try:
-        parsed = parse_row(row)
+        return parse_row(row)
     except ValueError:  # left as it is: tokenization skips and reports it like any bad row
+        return None
+
+
+def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, seed: int,
+                partners: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """One ``{system, chat}`` row, augmented as ``augmentation`` draws for it (its own generator);
+    a parallel row takes its second request from one of ``partners`` (other rows of the data)."""
+    parsed = _parsed(row) if augmentation else None
+    if parsed is None:
         return row
     rng = random.Random(f"{seed}:{index}")
-    if rng.random() < augmentation.irrelevance_rate and (declined := without_called_function(parsed, rng)):
+    parallel, irrelevance, rename = (rng.random() < rate for rate in (
+        augmentation.parallel_rate, augmentation.irrelevance_rate, augmentation.rename_rate))
+    if parallel and partners:
+        for _ in range(PARTNER_TRIES):
+            partner = _parsed(rng.choice(partners))
+            if partner is not None and (paired := with_parallel_calls(parsed, partner, rng)):
+                parsed = paired
+                break
+    if irrelevance and (declined := without_called_function(parsed, rng)):
         parsed = declined
-    elif rng.random() < augmentation.rename_rate:
+    if rename:
         parsed = renamed(parsed, rng)
     if augmentation.shuffle_functions and len(parsed.functions) > 1:
         parsed = shuffled(parsed, rng)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
@@ -96,8 +99,9 @@ TOKENIZED_FEATURES = Features({
 
 def _tokenize_batch(
     systems: list[str], chats: list[str], row_index: list[int], encoder: SharedPrefixEncoder, max_length: int,
-    overflow: Overflow,
+    overflow: Overflow, code: str,
 ) -> dict[str, list]:
+    """``code``: row_code_digest(), unused here but part of the cache key."""
     out: dict[str, list] = {"input_ids": [], "labels": [], "prompt_tokens": [], "skip_reason": [], "row_index": row_index}
     parsed, slots = [], []
     for system, chat in zip(systems, chats):
@@ -147,7 +151,8 @@ def tokenize_rows(
             input_columns=["system", "chat", "row_index"],
             remove_columns=ds.column_names,
             features=TOKENIZED_FEATURES,
-            fn_kwargs={"encoder": SharedPrefixEncoder(tokenizer), "max_length": max_length, "overflow": overflow},
+            fn_kwargs={"encoder": SharedPrefixEncoder(tokenizer), "max_length": max_length, "overflow": overflow,
+                       "code": row_code_digest()},
             desc="tokenizing",
         )
     # One Arrow read per column (iterating a column object would build a Python row per value).
@@ -179,8 +184,30 @@ def report_skipped(skipped: list[tuple[int, str]], total: int, where: str, path:
                 f.write(json.dumps({"row_index": index, "reason": reason}) + "\n")
 
 
-def _augment(row: dict, augmentation: Augmentation, seed: int) -> dict:
-    return augment_row(row, row["row_index"], augmentation, seed)
+def _augment_batch(batch: dict[str, list], augmentation: Augmentation, seed: int, code: str) -> dict[str, list]:
+    """Augment a batch of rows, each its own draw; a parallel row's partner comes from the batch
+    (``code``: row_code_digest(), unused here but part of the cache key)."""
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    augmented = [augment_row(row, row["row_index"], augmentation, seed, rows) for row in rows]
+    return {column: [row[column] for row in augmented] for column in batch}
+
+
+@lru_cache(maxsize=1)
+def row_code_digest() -> str:
+    """A digest of the source of every module that shapes a row's text, tokens or labels.
+
+    Passed to the cached maps as an argument: ``datasets`` fingerprints a module's function by
+    its name, not its code, so without it a new version of the format, the augmentation or the
+    label mask would be served its predecessor's cached rows.
+    """
+    from fcmistral import prompt
+    from fcmistral.data import augment, encoding, labels
+    from fcmistral.format import calls, glaive
+
+    digest = hashlib.sha256()
+    for module in (prompt, glaive, calls, augment, encoding, labels, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def prepare_splits(
@@ -197,8 +224,8 @@ def prepare_splits(
     if report:
         log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
     if augmentation:  # the dev rows stay as they are: the dev loss stays comparable across runs
-        splits["train"] = splits["train"].map(_augment, fn_kwargs={"augmentation": augmentation, "seed": seed},
-                                              desc="augmenting")
+        splits["train"] = splits["train"].map(_augment_batch, batched=True, batch_size=1000, desc="augmenting", fn_kwargs={
+            "augmentation": augmentation, "seed": seed, "code": row_code_digest()})
         if report:
             log.info("augmentation: %s", augmentation)
     tokenized = {name: tokenize_rows(splits[key], tokenizer, max_length, overflow)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fcmistral.prompt import Turn, build_system_prompt, call_turn, render_chat
+from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, call_turn, render_chat
 
 
 def _schema(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict:
@@ -187,7 +187,7 @@ def _function_row(r: random.Random) -> dict[str, str]:
     target = chosen[0]
     r.shuffle(chosen)
     ask, args, response, answer = target.sample(r)
-    call = call_turn(target.name, args)
+    call = call_turn([FunctionCall(target.name, args)])
     after = [call, Turn("function_response", json.dumps(response, ensure_ascii=False)), Turn("assistant", answer)]
     pattern = r.random()
     if pattern < 0.55:

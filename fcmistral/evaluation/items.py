@@ -66,9 +66,12 @@ def glaive_items(rows: Iterable[dict[str, Any]]) -> tuple[list[EvalItem], list[t
         if first is None:
             skipped.append((index, "no function call"))
             continue
+        if len(parsed.turns[first].calls) > 1:  # scored as BFCL scores its parallel categories: not here
+            skipped.append((index, "parallel calls"))
+            continue
         turns = parsed.turns[:first]
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
-        items.append(EvalItem(str(index), query, parsed.system, turns, parsed.turns[first].call))
+        items.append(EvalItem(str(index), query, parsed.system, turns, parsed.turns[first].calls[0]))
     return items, skipped
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from fcmistral.errors import UserError
 from fcmistral.prompt import (
     ASSISTANT_TAG,
+    CALL_SEPARATOR,
     END_OF_TURN,
     FUNCTION_CALL_MARKER,
     FUNCTION_RESPONSE_TAG,
@@ -45,8 +46,11 @@ def template() -> str:
         "{{- else if eq .Role \"tool\" }}", _go(FUNCTION_RESPONSE_TAG + " "), "{{ .Content }}", sep,
         "{{- else if eq .Role \"assistant\" }}",
         "{{- if .Content }}", _go(ASSISTANT_TAG + " "), "{{ .Content }}", end, sep, "{{- end }}",
-        "{{- range .ToolCalls }}", _go(ASSISTANT_TAG + " " + FUNCTION_CALL_MARKER + ' {"name": "'),
-        "{{ .Function.Name }}", _go('", "arguments": \''), "{{ json .Function.Arguments }}", _go("'}"), end, sep,
+        # Its calls: one turn, CALL_SEPARATOR between them (fcmistral.prompt.format_calls).
+        "{{- if .ToolCalls }}", _go(ASSISTANT_TAG + " "),
+        "{{- range $j, $call := .ToolCalls }}{{- if $j }}", _go(CALL_SEPARATOR), "{{- end }}",
+        _go(FUNCTION_CALL_MARKER + ' {"name": "'), "{{ .Function.Name }}", _go('", "arguments": \''),
+        "{{ json .Function.Arguments }}", _go("'}"), "{{- end }}", end, sep,
         "{{- end }}",
         "{{- end }}",
         "{{- end }}",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from fcmistral.format.calls import CallParseError, contains_call, parse_call
+from fcmistral.format.calls import CallParseError, contains_call, parse_calls
 from fcmistral.prompt import (
     END_OF_TURN,
     SYSTEM_NO_FUNCTIONS,
@@ -105,7 +105,7 @@ def parse_turns(chat: str) -> tuple[list[Turn], str, str]:
         turn = Turn(role, content)
         if role == "assistant" and contains_call(content):
             try:
-                turn = Turn("function_call", content, parse_call(content))
+                turn = Turn("function_call", content, parse_calls(content))
             except CallParseError as err:
                 raise RowParseError(f"turn {i}: {err}") from err
         turns.append(turn)
@@ -131,9 +131,11 @@ def openai_messages(turns: list[Turn], arguments_as_text: bool = False) -> list[
     messages: list[dict[str, Any]] = [{"role": "system", "content": "ignored: the system prompt comes from the tools"}]
     for turn in turns:
         if turn.role == "function_call":
-            arguments = json.dumps(turn.call.arguments, ensure_ascii=False) if arguments_as_text else turn.call.arguments
             messages.append({"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_0", "type": "function", "function": {"name": turn.call.name, "arguments": arguments}}]})
+                {"id": f"call_{i}", "type": "function", "function": {
+                    "name": call.name,
+                    "arguments": json.dumps(call.arguments, ensure_ascii=False) if arguments_as_text else call.arguments}}
+                for i, call in enumerate(turn.calls)]})
         else:
             messages.append({"role": {"function_response": "tool"}.get(turn.role, turn.role), "content": turn.content})
     return messages

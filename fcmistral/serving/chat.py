@@ -11,9 +11,9 @@ import json
 import threading
 from typing import Any, Callable, Protocol
 
-from fcmistral.format.calls import try_parse_call
+from fcmistral.format.calls import try_parse_calls
 from fcmistral.format.checks import call_problem
-from fcmistral.prompt import Turn, build_system_prompt
+from fcmistral.prompt import FunctionCall, Turn, build_system_prompt
 from fcmistral.serving.turns import CHAT_POLICY, Ask, assistant_turns, run_turns
 
 
@@ -74,19 +74,27 @@ def result_json(name: str, result: Any) -> str:
         return json.dumps({"error": f"the result of {name} cannot be sent as JSON: {type(err).__name__}: {err}"})
 
 
-def execute_call(turn: Turn, schemas: dict[str, dict[str, Any]], callables: dict[str, Callable[..., Any]],
-                 time_limit: float = 30.0) -> str:
-    """Run a call turn's function and return the FUNCTION RESPONSE text (JSON).
+def execute_calls(turn: Turn, schemas: dict[str, dict[str, Any]], callables: dict[str, Callable[..., Any]],
+                  time_limit: float = 30.0) -> list[str]:
+    """Run a call turn's functions, in order, and return one FUNCTION RESPONSE text (JSON) per call
+    (the parallel-calls convention of ``fcmistral.prompt``).
 
     Only registered functions run, with the parsed arguments as keyword values; model output is
     never evaluated as code. Every failure (bad call, exception, time limit, a result JSON cannot
-    hold) becomes a JSON error object for the model to read.
+    hold) becomes a JSON error object for the model to read; a turn that cannot be read gets one.
     """
-    if turn.call is None:
-        _, reason = try_parse_call(turn.content)
-        return json.dumps({"error": f"the function call could not be parsed: {reason}"})
-    name, arguments = turn.call.name, turn.call.arguments
-    problem = call_problem(turn.call, {n: schema for n, schema in schemas.items() if n in callables})
+    calls, reason = try_parse_calls(turn.content)
+    if reason:
+        return [json.dumps({"error": f"the function call could not be parsed: {reason}"})]
+    runnable = {n: schema for n, schema in schemas.items() if n in callables}
+    return [execute_call(call, runnable, callables, time_limit) for call in calls]
+
+
+def execute_call(call: FunctionCall, schemas: dict[str, dict[str, Any]], callables: dict[str, Callable[..., Any]],
+                 time_limit: float) -> str:
+    """One checked call run (``schemas``: the functions that may run); its FUNCTION RESPONSE text."""
+    name, arguments = call.name, call.arguments
+    problem = call_problem(call, schemas)
     if problem:
         return json.dumps({"error": problem}, ensure_ascii=False)
     try:
@@ -121,8 +129,8 @@ class ChatSession:
                 self._append(turn, on_turn)
             if step[-1].role != "function_call" or calls == self.max_calls:
                 break
-            self._append(Turn("function_response", execute_call(step[-1], self.schemas, self.callables,
-                                                                        self.tool_time_limit)), on_turn)
+            for response in execute_calls(step[-1], self.schemas, self.callables, self.tool_time_limit):
+                self._append(Turn("function_response", response), on_turn)
         return self.turns[start:]
 
     def _append(self, turn: Turn, on_turn: Callable[[Turn], None] | None) -> None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from fcmistral.errors import UserError
 from fcmistral.format.schemas import normalize_schema
-from fcmistral.prompt import FunctionCall, Turn, format_call
+from fcmistral.prompt import FunctionCall, Turn, call_turn
 
 MAX_TOOLS = 128  # as OpenAI's API: each tool's schema is checked (bounded, but ~8 us per byte)
 
@@ -179,6 +179,7 @@ def request_turns(request: ChatRequest) -> list[Turn]:
         elif message.role == "assistant":
             if text.strip():
                 turns.append(Turn("assistant", text.strip()))
+            calls = []
             for call in message.tool_calls or []:
                 try:
                     arguments = json.loads(call.function.arguments or "{}")
@@ -188,7 +189,9 @@ def request_turns(request: ChatRequest) -> list[Turn]:
                     raise RequestError("tool_call arguments are nested too deeply", param="messages") from None
                 if not isinstance(arguments, dict):
                     raise RequestError("tool_call arguments must be a JSON object", param="messages")
-                turns.append(Turn("function_call", format_call(call.function.name, arguments)))
+                calls.append(FunctionCall(call.function.name, arguments))
+            if calls:  # several: one turn (the parallel-calls convention of fcmistral.prompt)
+                turns.append(call_turn(calls))
     return turns
 
 

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Mapping
 
-from fcmistral.format.calls import try_parse_call
+from fcmistral.format.calls import try_parse_calls
 from fcmistral.format.checks import check_calls
 from fcmistral.prompt import (
     ASSISTANT_TAG,
@@ -120,7 +120,7 @@ def _checked(system: str, context: list[Turn], text: str, finish: str, policy: T
     if marker < 0 or finish == "length":  # text, or a call cut short: text
         return Turn("assistant", text), [], finish
     if schemas is None:  # checked where it runs
-        return Turn("function_call", text, try_parse_call(text)[0]), [], "tool_calls"
+        return Turn("function_call", text, try_parse_calls(text)[0]), [], "tool_calls"
     calls, problem = check_calls(text, schemas)
     retries = policy.call_retries
     while problem and retries:
@@ -135,7 +135,7 @@ def _checked(system: str, context: list[Turn], text: str, finish: str, policy: T
     if problem:
         log.info("the call stays unusable, returned as text: %s", problem)
         return Turn("assistant", text), [], "stop"
-    return Turn("function_call", text), calls, "tool_calls"
+    return Turn("function_call", text, calls), calls, "tool_calls"
 
 
 def run_turns(policy: Generator[Ask, Generated, Outcome], answer: Callable[[Ask], Generated]) -> Outcome:

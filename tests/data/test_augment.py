@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 
-from fcmistral.data.augment import Augmentation, augment_row, renamed, without_called_function
+from fcmistral.data import augment
+from fcmistral.data.augment import Augmentation, augment_row, renamed, with_parallel_calls, without_called_function
 from fcmistral.data.loading import prepare_splits
 from fcmistral.format.checks import call_problem
 from fcmistral.format.glaive import parse_row
-from fcmistral.prompt import FUNCTION_CALL_MARKER, SYSTEM_NO_FUNCTIONS
+from fcmistral.prompt import CALL_SEPARATOR, FUNCTION_CALL_MARKER, SYSTEM_NO_FUNCTIONS
 from tests.conftest import REPO
 
 
@@ -21,7 +22,7 @@ def test_irrelevance_removes_the_called_function_and_declines(sample_rows):
     rng = random.Random(0)
     for raw in rows_with_calls(sample_rows):
         row = parse_row(raw)
-        called = next(t.call.name for t in row.turns if t.role == "function_call")
+        called = next(t.calls[0].name for t in row.turns if t.role == "function_call")
         declined = without_called_function(row, rng)
         again = parse_row({"system": declined.system, "chat": declined.chat})  # a valid glaive row
         assert called not in {f["name"] for f in again.functions} and FUNCTION_CALL_MARKER not in declined.chat
@@ -40,7 +41,7 @@ def test_renamed_calls_fit_their_renamed_schemas(sample_rows):
         row = parse_row(raw)
         new = parse_row({"system": (r := renamed(row, rng)).system, "chat": r.chat})
         schemas = {f["name"]: f for f in new.functions}
-        calls = [t.call for t in new.turns if t.role == "function_call"]
+        calls = [c for t in new.turns if t.role == "function_call" for c in t.calls]
         assert calls and all(call_problem(call, schemas) is None for call in calls)
         assert not {f["name"] for f in row.functions} & set(schemas)
         assert [f.get("description") for f in new.functions] == [f.get("description") for f in row.functions]
@@ -71,3 +72,71 @@ def test_augmented_train_rows_are_tokenized_and_masked_as_others(tiny_tokenizer,
     assert calls == 0 < sum(FUNCTION_CALL_MARKER in tiny_tokenizer.decode(ids) for ids in plain_train["input_ids"])
     supervised = [tiny_tokenizer.decode([t for t in labels if t != -100]) for labels in train["labels"]]
     assert sum("I'm sorry" in s or "Unfortunately" in s or "I'm afraid" in s for s in supervised) > 0
+
+
+def test_parallel_rows_ask_twice_and_call_twice_in_one_turn(sample_rows):
+    """Two rows' requests in one message; both calls in one turn (a call per line), each valid for the
+    offered schemas; a result per call, in order; both answers; a valid glaive row."""
+    rng = random.Random(2)
+    rows = [parse_row(r) for r in rows_with_calls(sample_rows)]
+    made = 0
+    for row, partner in zip(rows, rows[1:]):
+        paired = with_parallel_calls(row, partner, rng)
+        if paired is None:
+            continue
+        made += 1
+        again = parse_row({"system": paired.system, "chat": paired.chat})
+        assert again.chat == paired.chat and again.functions == paired.functions
+        (turn,) = [t for t in again.turns if t.role == "function_call"]
+        first, second = (next(t for t in r.turns if t.role == "function_call").calls[0] for r in (row, partner))
+        assert turn.calls == [first, second] and turn.content.count(CALL_SEPARATOR + FUNCTION_CALL_MARKER) == 1
+        schemas = {f["name"]: f for f in again.functions}
+        assert all(call_problem(call, schemas) is None for call in turn.calls)
+        index = again.turns.index(turn)
+        assert [t.role for t in again.turns[index - 1:]] == ["user", "function_call", "function_response",
+                                                             "function_response", "assistant"]
+    assert made > len(rows) // 2
+
+
+def test_parallel_rate_draws_partners_from_the_other_rows(sample_rows):
+    rows = sample_rows[:100]
+    out = [augment_row(r, i, Augmentation(parallel_rate=1.0), 5, rows) for i, r in enumerate(rows)]
+    parallel = sum(CALL_SEPARATOR + FUNCTION_CALL_MARKER in r["chat"] for r in out)
+    assert parallel > 0.5 * len(rows_with_calls(rows)) and out == [
+        augment_row(r, i, Augmentation(parallel_rate=1.0), 5, rows) for i, r in enumerate(rows)]
+    assert [augment_row(r, i, Augmentation(parallel_rate=1.0), 5) for i, r in enumerate(rows)] == rows  # no partners
+
+
+def test_each_augmentation_applies_at_its_own_rate(sample_rows):
+    """Drawn independently: renaming is not limited to the rows irrelevance left alone."""
+    rows = [r for r in rows_with_calls(sample_rows) if len(parse_row(r).functions) > 1]  # one is left to rename
+    out = [augment_row(r, i, Augmentation(irrelevance_rate=0.5, rename_rate=0.5), 9) for i, r in enumerate(rows)]
+    original = {f["name"] for r in rows for f in parse_row(r).functions}
+    renamed_rows = [not {f["name"] for f in parse_row(r).functions} <= original for r in out]
+    declined = [FUNCTION_CALL_MARKER not in r["chat"] for r in out]
+    assert 0.4 < sum(renamed_rows) / len(rows) < 0.6 and 0.4 < sum(declined) / len(rows) < 0.6
+    assert 0.15 < sum(a and b for a, b in zip(renamed_rows, declined)) / len(rows) < 0.35
+
+
+def test_cached_rows_are_rebuilt_when_the_code_that_shapes_them_changes(tiny_tokenizer, tmp_path, monkeypatch):
+    """datasets keys a cached map by the function's name, not its code: the digest of the row code is
+    part of the key, so a new refusal text (here: patched in, with the digest a new version would have)
+    reaches the rows instead of the cached ones."""
+    from fcmistral.data import loading
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text((REPO / "data" / "sample_train.jsonl").read_text())
+    refuses = Augmentation(irrelevance_rate=1.0)
+    before, _ = prepare_splits(str(data), tiny_tokenizer, 1024, 0.1, 3, report=False, augmentation=refuses)
+    monkeypatch.setattr(augment, "REFUSALS", ("Nope, I cannot {task}.",))
+    monkeypatch.setattr(loading, "row_code_digest", lambda: "a new version")
+    after, _ = prepare_splits(str(data), tiny_tokenizer, 1024, 0.1, 3, report=False, augmentation=refuses)
+    assert not any("Nope" in tiny_tokenizer.decode(ids) for ids in before["input_ids"])
+    assert any("Nope" in tiny_tokenizer.decode(ids) for ids in after["input_ids"])
+
+
+def test_parallel_rows_are_supervised_as_one_call_turn(tiny_tokenizer):
+    train, _ = prepare_splits(str(REPO / "data" / "sample_train.jsonl"), tiny_tokenizer, 1024, 0.1, 3, report=False,
+                              augmentation=Augmentation(parallel_rate=1.0))
+    supervised = [tiny_tokenizer.decode([t for t in labels if t != -100]) for labels in train["labels"]]
+    assert sum("'}" + CALL_SEPARATOR + FUNCTION_CALL_MARKER in s for s in supervised) > len(train) // 3

@@ -8,12 +8,12 @@ import pytest
 
 from fcmistral.data.labels import IGNORE_INDEX, examples_from_rows
 from fcmistral.format.glaive import parse_row
-from fcmistral.prompt import Turn, build_system_prompt, call_turn, render_chat
+from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, call_turn, render_chat
 from tests.tokenizer_kinds import metaspace_tokenizer
 
 SCHEMA = {"name": "check_exam", "description": "Did a student PASS?", "parameters": {"type": "object", "properties": {"student": {"type": "string"}}}}
 ACK = "Sure, let me check whether the CLASS will PASS. <|endoftext|>"
-CALL = call_turn("check_exam", {"student": "Zoë O'Brien"})
+CALL = call_turn([FunctionCall("check_exam", {"student": "Zoë O'Brien"})])
 ANSWER = "Zoë passed — USER and FUNCTION are just words here. <|endoftext|>"
 
 

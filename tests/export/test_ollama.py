@@ -15,8 +15,20 @@ import subprocess
 import pytest
 
 from fcmistral.export.ollama import modelfile, template
-from fcmistral.format.glaive import parse_row
-from fcmistral.prompt import ASSISTANT_TAG, SYSTEM_WITH_FUNCTIONS, Turn, build_system_prompt, format_call, render_chat
+from fcmistral.format.glaive import GlaiveRow, parse_row
+from fcmistral.prompt import (
+    ASSISTANT_TAG,
+    CALL_SEPARATOR,
+    FUNCTION_CALL_MARKER,
+    SYSTEM_WITH_FUNCTIONS,
+    TURN_SEPARATOR,
+    FunctionCall,
+    Turn,
+    build_system_prompt,
+    call_turn,
+    format_call,
+    render_chat,
+)
 from tests.conftest import REPO, read_jsonl
 
 HARNESS = REPO / "tests" / "export" / "ollama_render"
@@ -99,11 +111,11 @@ def chat_request(row) -> dict:
     messages: list[dict] = []
     for turn in row.turns:
         if turn.role == "function_call":
-            call = {"function": {"name": turn.call.name, "arguments": turn.call.arguments}}
+            calls = [{"function": {"name": call.name, "arguments": call.arguments}} for call in turn.calls]
             if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
-                messages[-1]["tool_calls"] = [call]
+                messages[-1]["tool_calls"] = calls
             else:
-                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+                messages.append({"role": "assistant", "content": "", "tool_calls": calls})
         else:
             messages.append({"role": {"function_response": "tool"}.get(turn.role, turn.role), "content": turn.content})
     return {"messages": messages, "tools": [{"type": "function", "function": f} for f in row.functions]}
@@ -116,7 +128,8 @@ def expected_render(row) -> str:
         system = SYSTEM_WITH_FUNCTIONS + "".join(go_json(ollama_function(f)) + separator for f in row.functions)
     else:
         system = build_system_prompt([])
-    turns = [Turn("function_call", format_call(t.call.name, {}).replace("'{}'", f"'{go_json(go_value(t.call.arguments))}'"))
+    turns = [Turn("function_call", CALL_SEPARATOR.join(
+                 format_call(c.name, {}).replace("'{}'", f"'{go_json(go_value(c.arguments))}'") for c in t.calls))
              if t.role == "function_call" else t for t in row.turns]
     return system + render_chat(turns) + ASSISTANT_TAG
 
@@ -132,6 +145,18 @@ def test_go_renders_the_template_as_prompt_py_writes_the_format(go_render):
     renders = go_render(template(), [chat_request(r) for r in rows])
     for row, rendered in zip(rows, renders):
         assert rendered == expected_render(row)
+
+
+def test_parallel_calls_render_as_one_turn(go_render):
+    """Two tool_calls in one message: one assistant turn, a call per line, then a response per call."""
+    weather = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    calls = [FunctionCall("get_weather", {"city": "Paris"}), FunctionCall("get_weather", {"city": "Zoë's"})]
+    row = GlaiveRow(build_system_prompt([weather]), [weather],
+                    [Turn("user", "Paris and Zoë's town?"), call_turn(calls), Turn("function_response", '{"t": 1}'),
+                     Turn("function_response", '{"t": 2}')], TURN_SEPARATOR, TURN_SEPARATOR)
+    (rendered,) = go_render(template(), [chat_request(row)])
+    assert rendered == expected_render(row) and rendered.count(FUNCTION_CALL_MARKER) == 2
+    assert "'}\n<functioncall>" in rendered and rendered.count(" <|endoftext|>") == 1
 
 
 def test_a_template_changed_by_one_character_fails(go_render):

@@ -12,6 +12,7 @@ from fcmistral.prompt import (
     Turn,
     build_system_prompt,
     format_call,
+    format_calls,
     generation_prompt,
     render_chat,
 )
@@ -25,8 +26,9 @@ def test_real_row_round_trips_byte_for_byte(real_row):
     assert row.text == real_row["system"] + real_row["chat"]
     assert build_system_prompt(row.functions) == real_row["system"]
     assert [t.role for t in row.turns] == ["user", "assistant", "user", "function_call", "function_response", "assistant"]
-    assert row.turns[3].call.arguments == {"text": "Je suis un étudiant"}
-    assert format_call(row.turns[3].call.name, row.turns[3].call.arguments) == row.turns[3].content
+    (call,) = row.turns[3].calls
+    assert call.arguments == {"text": "Je suis un étudiant"}
+    assert format_call(call.name, call.arguments) == row.turns[3].content
 
 
 def test_every_shipped_sample_row_round_trips(sample_rows):
@@ -35,8 +37,8 @@ def test_every_shipped_sample_row_round_trips(sample_rows):
         assert row.text == raw["system"] + raw["chat"]
         assert build_system_prompt(row.functions) == raw["system"]
         for turn in row.turns:
-            if turn.call is not None:
-                assert format_call(turn.call.name, turn.call.arguments) == turn.content
+            if turn.role == "function_call":
+                assert format_calls(turn.calls) == turn.content
 
 
 def test_shipped_sample_files_are_what_the_generator_writes(sample_rows):

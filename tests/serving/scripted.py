@@ -90,6 +90,8 @@ def reply_after(prompt: str) -> str:
         return " " + weather(location="Rome", unit="celsius") + " " + END_OF_TURN  # the retry
     if last_user.startswith("acknowledge"):  # a text turn, then (after the peek) a call turn
         return " " + weather() + " " + END_OF_TURN if "Let me check." in last_user else " Let me check. " + END_OF_TURN
+    if last_user.startswith("parallel"):  # two calls in one turn (prompt.py's parallel convention)
+        return " " + weather() + "\n" + weather(location="Rome", unit="celsius") + " " + END_OF_TURN
     if last_user.startswith("call "):
         return " " + last_user.split("\n")[0][5:] + " " + END_OF_TURN
     return " It is 18 degrees in Paris. \n" + END_OF_TURN + "\n\n\nUSER: more"

@@ -92,3 +92,20 @@ def test_results_json_can_hold_are_sent():
     assert _response(lambda unit: datetime.date(2026, 11, 29)) == {"result": "2026-11-29"}  # via str()
     assert _response(lambda unit: None) == {"result": None}
 
+
+
+def test_parallel_calls_each_run_and_answer_in_order():
+    """A turn of two calls (prompt.py's parallel convention): both run, in order, one FUNCTION
+    RESPONSE each; a bad call among them gets its error without stopping the other, and the model
+    then reads both results in its next prompt."""
+    parallel = "\n".join([format_call("echo", {"unit": "celsius"}), format_call("echo", {"unit": "kelvin"}),
+                          format_call("echo", {"unit": "fahrenheit", "days": 2})])
+    model = Scripted([parallel, "Done."])
+    ran = []
+    turns = ChatSession(model, [ECHO], {"echo": lambda **kw: ran.append(kw) or kw}).send("Go")
+    assert [t.role for t in turns] == ["user", "function_call"] + ["function_response"] * 3 + ["assistant"]
+    assert ran == [{"unit": "celsius"}, {"unit": "fahrenheit", "days": 2}]
+    responses = [json.loads(t.content) for t in turns[2:5]]
+    assert responses[0] == {"unit": "celsius"} and responses[2] == {"unit": "fahrenheit", "days": 2}
+    assert "kelvin" in responses[1]["error"]
+    assert model.prompts[-1].count("FUNCTION RESPONSE: ") == 3

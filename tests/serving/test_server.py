@@ -69,6 +69,9 @@ def same(a: dict, b: dict) -> None:
                                        "calls": [("get_current_weather", {"location": "Paris", "unit": "celsius"})]}),
         ("acknowledge first", "auto", {"content": "Let me check.", "finish": "tool_calls",
                                        "calls": [("get_current_weather", {"location": "Paris", "unit": "celsius"})]}),
+        ("parallel", "auto", {"content": None, "finish": "tool_calls",
+                              "calls": [("get_current_weather", {"location": "Paris", "unit": "celsius"}),
+                                        ("get_current_weather", {"location": "Rome", "unit": "celsius"})]}),
         ("call " + weather(), "none", {"content": None, "calls": [], "finish": "stop"}),  # stopped at the marker
         ("Weather?", "required", {"content": None, "finish": "tool_calls",
                                   "calls": [("get_current_weather", {"location": "Oslo", "unit": "celsius"})]}),
@@ -93,6 +96,21 @@ def test_tool_choice_streamed_and_plain(serve, content, tool_choice, expected):
         assert model.prompts[0].endswith('ASSISTANT: <functioncall> {"name": "')
     if isinstance(tool_choice, dict):
         assert model.prompts[0].endswith('ASSISTANT: <functioncall> {"name": "get_current_weather", "arguments": \'')
+
+
+def test_parallel_calls_sent_back_are_one_turn_with_a_response_each(serve):
+    """A client returns a parallel reply's two tool_calls and two results: the model reads one call
+    turn (the calls on their own lines, as it writes them) and then both FUNCTION RESPONSE turns."""
+    client, model, _ = serve()
+    first = client.chat.completions.create(model="scripted", tools=TOOLS, messages=[
+        {"role": "user", "content": "parallel"}]).choices[0].message
+    assert len(first.tool_calls) == 2
+    messages = [{"role": "user", "content": "parallel"}, first.model_dump(exclude_none=True),
+                *({"role": "tool", "tool_call_id": c.id, "content": f'{{"n": {i}}}'} for i, c in enumerate(first.tool_calls))]
+    client.chat.completions.create(model="scripted", tools=TOOLS, messages=messages)
+    calls = "\n".join(c.function.arguments and weather(**json.loads(c.function.arguments)) for c in first.tool_calls)
+    assert model.prompts[-1].endswith(f"ASSISTANT: {calls} <|endoftext|>\n\n\nFUNCTION RESPONSE: {{\"n\": 0}}\n\n\n"
+                                      'FUNCTION RESPONSE: {"n": 1}\n\n\nASSISTANT:')
 
 
 def test_text_streams_as_generated_and_markers_never_leak(serve):

@@ -60,7 +60,7 @@ def test_a_call_unusable_after_its_retries_is_text_and_the_chat_leaves_checking_
     outcome, _ = drive(replies, policy=SERVER_POLICY, schemas=SCHEMAS)
     assert outcome.finish_reason == "stop" and not outcome.calls and outcome.turns[0].role == "assistant"
     outcome, asks = drive([(" " + BAD, "stop")], policy=CHAT_POLICY)  # no schemas: checked where it runs
-    assert outcome.turns[0].role == "function_call" and outcome.turns[0].call.name == "rm_rf" and len(asks) == 1
+    assert outcome.turns[0].role == "function_call" and outcome.turns[0].calls[0].name == "rm_rf" and len(asks) == 1
 
 
 def test_a_call_cut_by_the_length_limit_is_text_and_a_forced_call_is_one_turn():

@@ -31,7 +31,7 @@ from vllm.tool_parsers import ToolParserManager  # noqa: E402
 
 from fcmistral.format.calls import split_reply, try_parse_calls  # noqa: E402
 from fcmistral.format.streams import partial_marker_length  # noqa: E402
-from fcmistral.prompt import END_OF_TURN, FUNCTION_CALL_MARKER, format_call  # noqa: E402
+from fcmistral.prompt import END_OF_TURN, FUNCTION_CALL_MARKER, FunctionCall, format_call, format_calls  # noqa: E402
 
 WEATHER = format_call("get_current_weather", {"location": "Zoë's \"flat\", Paris", "note": "it's {'quoted'} \\ ok"})
 TAX = format_call("calculate_tax", {"income": 50000, "rates": [0.1, 0.2], "nested": {"a": None}})
@@ -42,6 +42,7 @@ REPLIES = [  # what the model writes (vLLM has cut it at the <|endoftext|> stop 
     f" {WEATHER}",
     f" Let me check. {WEATHER}",
     f" {WEATHER} {TAX}",
+    f" {format_calls([FunctionCall('calculate_tax', {'income': 1}), FunctionCall('calculate_tax', {'income': 2})])}",  # parallel
     f" {WEATHER}\n\n\nASSISTANT: {TAX}",
     " The <function is not a call, and neither is <functioncall",
     ' <functioncall> {"name": "x", "arguments": \'{"a',  # cut short: text
