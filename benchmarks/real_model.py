@@ -1,18 +1,23 @@
-"""Does the pipeline teach a real pretrained LM to call functions? SmolLM2-135M-Instruct, before
-and after QLoRA on the shipped sample data, with the project's own scripts.
+"""Does the pipeline teach a real pretrained LM to call functions, and to know when not to?
+SmolLM2-135M-Instruct, zero-shot and after QLoRA, with the project's own scripts: an ablation, each
+row trained with the same steps and evaluated the same way.
 
-    python benchmarks/real_model.py                         # the full experiment
-    python benchmarks/real_model.py --bfcl_limit 0           # every BFCL simple/irrelevance question (GPU)
-    python benchmarks/real_model.py --max_steps 2 --max_length 512 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # a smoke run
+    python benchmarks/real_model.py                     # every row, one after the other (hours on 2 cores)
+    python benchmarks/real_model.py --only b            # one row; its results join OUTPUT_DIR/report.json
+    python benchmarks/real_model.py --only a --max_steps 2 --max_length 512 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # smoke
 
-Steps, each a subprocess as a user would run it: build ``artifacts/smollm2-135m`` when missing
-(fcmistral.artifacts.smollm2); evaluate it zero-shot in the glaive format on the held-out sample
-rows and on BFCL ``simple`` and ``irrelevance`` (evaluate.py, ``--benchmark bfcl``; the first
-``--bfcl_limit`` questions of each on CPU); QLoRA-train it with packing (train.py); merge
-(convert_weights.py); evaluate the merged model the same way; export it as GGUF (f32, f16, q8_0)
-and count the held-out replies whose calls in llama.cpp are transformers' (llama-cpp-python). Prints a before/after table
-(call-name accuracy, exact argument match, BFCL AST and irrelevance accuracy, wall times, peak
-memory of the steps) and writes it as JSON to ``OUTPUT_DIR/report.json``.
+Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 functions); ``b`` on
+the wide generated data (fcmistral.demo.wide_data: 210 functions); ``c`` wide + ``--irrelevance_rate
+0.1``; ``d`` wide + every augmentation (irrelevance 0.1, rename 0.6, shuffled functions, parallel
+0.1). Steps, each a subprocess as a user would run it: build ``artifacts/smollm2-135m`` when missing
+(fcmistral.artifacts.smollm2) and the wide data when missing; train with packing (train.py); merge
+(convert_weights.py); evaluate (evaluate.py) on the wide held-out rows, whose 40 functions no row
+trains on (call names, exact arguments), and on BFCL: the first ``--bfcl_limit`` questions of
+``simple`` and ``irrelevance`` and half as many of ``multiple``, ``parallel`` and ``parallel_multiple``.
+With ``--gguf_types``, the merged model is exported as GGUF and its held-out calls in llama.cpp are
+compared with transformers' (llama-cpp-python). Rows run one at a time (``--only``), so the table can
+be filled across sessions: each row's results are merged into ``OUTPUT_DIR/report.json`` and the
+whole table is printed.
 """
 
 from __future__ import annotations
@@ -46,19 +51,29 @@ def run(*args: str, log: Path) -> tuple[float, float]:
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def evaluate(model: Path, out: Path, args: argparse.Namespace) -> tuple[dict, dict, float, float]:
-    """Held-out sample rows, then BFCL simple and irrelevance: (summary, BFCL summary, wall s, peak MiB)."""
+def evaluate(model: Path, out: Path, args: argparse.Namespace) -> dict:
+    """Held-out rows, then BFCL (two runs: the first ``bfcl_limit`` of simple and irrelevance, half as
+    many of the multiple and parallel categories): the figures of one table row, and the wall time."""
     common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", str(args.max_new_tokens),
               "--compute_dtype", args.compute_dtype]
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
-    wall, _ = run("evaluate.py", *common, "--dataset", str(args.eval_data), "--output_dir", str(out), *limit,
-                  log=out.with_suffix(".log"))
-    bfcl_out = out.with_name(out.name + "_bfcl")
-    bfcl_limit = ["--limit", str(args.bfcl_limit)] if args.bfcl_limit else []
-    bfcl_wall, peak = run("evaluate.py", *common, "--benchmark", "bfcl", "--categories", "simple,irrelevance",
-                          "--output_dir", str(bfcl_out), *bfcl_limit, log=bfcl_out.with_suffix(".log"))
-    return (json.loads((out / "summary.json").read_text()), json.loads((bfcl_out / "summary.json").read_text()),
-            wall + bfcl_wall, peak)
+    held_out = out / "held_out"
+    wall, _ = run("evaluate.py", *common, "--dataset", str(args.eval_data), "--output_dir", str(held_out), *limit,
+                  log=out / "held_out.log")
+    summary = json.loads((held_out / "summary.json").read_text())
+    row = {"held_out_items": summary["n"], "call_name_accuracy": round(summary["name_accuracy"], 3),
+           "exact_argument_match": round(summary["exact_match"], 3), "parse_failures": summary["parse_failures"],
+           "no_call": summary["no_call"]}
+    for name, categories, n in (("bfcl_a", BFCL_FULL, args.bfcl_limit), ("bfcl_b", BFCL_HALF, (args.bfcl_limit + 1) // 2)):
+        bfcl_limit = ["--limit", str(n)] if args.bfcl_limit else []
+        bfcl_wall, _ = run("evaluate.py", *common, "--benchmark", "bfcl", "--categories", categories,
+                           "--output_dir", str(out / name), *bfcl_limit, log=out / f"{name}.log")
+        wall += bfcl_wall
+        for category, figures in json.loads((out / name / "summary.json").read_text())["per_category"].items():
+            row[f"bfcl_{category}"] = {"n": figures["n"], "accuracy": round(figures["accuracy"], 3),
+                                       "unreadable": figures["parse_failure"]}
+    row["eval_s"] = round(wall, 1)
+    return row
 
 
 def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: Path, types: list[str],
@@ -102,81 +117,118 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
     return agreement
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_path", type=Path, default=REPO / "artifacts" / "smollm2-135m",
-                        help="SmolLM2 folder (built when missing)")
-    parser.add_argument("--train_data", type=Path, default=REPO / "data" / "sample_train.jsonl")
-    parser.add_argument("--eval_data", type=Path, default=REPO / "data" / "sample_heldout.jsonl")
-    parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "real-model")
-    parser.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0: all)")
-    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of --max_length tokens (120: about 1.1 epochs of the sample data)")
-    parser.add_argument("--max_length", type=int, default=1024, help="tokens per packed training row")
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
-    parser.add_argument("--bfcl_limit", type=int, default=100,
-                        help="BFCL questions per category (simple, irrelevance), the first N (0: all 400 + 240)")
-    parser.add_argument("--max_new_tokens", type=int, default=160, help="tokens per reply (evaluate.py and llama.cpp)")
-    parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--gguf_types", default="f32,f16,q8_0",
-                        help="export the fine-tuned model as these GGUF types and compare its held-out calls in llama.cpp "
-                             "with transformers' (needs llama-cpp-python; empty: skip)")
-    parser.add_argument("--skip_zero_shot", action="store_true",
-                        help="evaluate the fine-tuned model only (the zero-shot row is in an earlier report)")
-    args = parser.parse_args()
+ROWS = {
+    "zero": ("zero-shot", None),
+    "a": ("sample data (10 functions)", []),
+    "b": ("wide data (210 functions)", []),
+    "c": ("wide + irrelevance", ["--irrelevance_rate", "0.1"]),
+    "d": ("wide + every augmentation", ["--irrelevance_rate", "0.1", "--rename_rate", "0.6", "--shuffle_functions",
+                                        "--parallel_rate", "0.1"]),
+}
+BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
+COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
 
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"model": "SmolLM2-135M-Instruct", "max_steps": args.max_steps}
-    if not (args.model_path / "config.json").is_file():
-        report["build_s"], _ = run("-m", "fcmistral.artifacts.smollm2", "--output", str(args.model_path),
-                                   log=out / "build.log")
-    train_data = args.train_data
-    if args.train_rows:
-        train_data = out / "train_rows.jsonl"
-        train_data.write_text("".join(args.train_data.read_text().splitlines(keepends=True)[: args.train_rows]))
-    rows = []
-    if not args.skip_zero_shot:
-        before, before_bfcl, report["zero_shot_eval_s"], _ = evaluate(args.model_path, out / "zero_shot", args)
-        rows.append(("zero-shot", before, before_bfcl))
+
+def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namespace) -> tuple[Path, dict]:
+    """QLoRA with the row's augmentation options, then the merged model: (its folder, timings)."""
     adapter, merged = out / "qlora", out / "merged"
-    report["train_s"], report["train_peak_mib"] = run(
+    figures: dict = {}
+    figures["train_s"], figures["train_peak_mib"] = run(
         "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
         "--overwrite_output_dir", "--packing", "true", "--max_length", str(args.max_length), "--max_steps", str(args.max_steps),
         "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", "2",
         "--gradient_accumulation_steps", "1", "--eval_steps", str(max(1, args.max_steps // 3)),
         "--save_steps", str(max(1, args.max_steps // 3)), "--logging_steps", "10", "--report_to", "none",
-        "--compute_dtype", args.compute_dtype, "--test_size", "0.05", log=out / "train.log")
-    report["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
-                               str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
-    after, after_bfcl, report["fine_tuned_eval_s"], report["peak_mib_so_far"] = evaluate(merged, out / "fine_tuned",
-                                                                                          args)
-    rows.append(("after QLoRA", after, after_bfcl))
-    types = [t for t in args.gguf_types.split(",") if t]
-    if types:
+        "--compute_dtype", args.compute_dtype, "--test_size", "0.05", *ROWS[key][1], log=out / "train.log")
+    figures["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
+                                str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
+    return merged, figures
+
+
+def first_rows(path: Path, n: int, out: Path) -> Path:
+    """``path`` itself, or its first ``n`` rows copied into ``out`` (n = 0: all)."""
+    if not n:
+        return path
+    out.write_text("".join(path.read_text().splitlines(keepends=True)[:n]))
+    return out
+
+
+def print_table(report: dict) -> None:
+    print("| row | steps | held-out calls (unseen functions) | exact arguments | " +
+          " | ".join(f"BFCL {c}" for c in COLUMNS) + " | train | evaluation |")
+    print("|---" * (6 + len(COLUMNS)) + "|")
+    for key, row in report["rows"].items():
+        bfcl = [f"{row[f'bfcl_{c}']['accuracy']:.0%} of {row[f'bfcl_{c}']['n']}" if f"bfcl_{c}" in row else "-"
+                for c in COLUMNS]
+        train = f"{row['train_s'] / 60:.1f} min" if "train_s" in row else "-"
+        print(f"| {key}: {ROWS[key][0]} | {row.get('max_steps', 0)} | {row['call_name_accuracy']:.1%} of "
+              f"{row['held_out_items']} | {row['exact_argument_match']:.1%} | {' | '.join(bfcl)} | {train} | "
+              f"{row['eval_s'] / 60:.1f} min |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(ROWS), help=f"the rows to run, in order ({', '.join(ROWS)})")
+    parser.add_argument("--model_path", type=Path, default=REPO / "artifacts" / "smollm2-135m",
+                        help="SmolLM2 folder (built when missing)")
+    parser.add_argument("--sample_data", type=Path, default=REPO / "data" / "sample_train.jsonl", help="row a's training data")
+    parser.add_argument("--wide_dir", type=Path, default=REPO / "outputs" / "wide",
+                        help="the wide data (written by fcmistral.demo.wide_data when missing)")
+    parser.add_argument("--eval_data", type=Path, default=None,
+                        help="held-out rows (default: WIDE_DIR/wide_heldout.jsonl, functions no row trains on)")
+    parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "real-model")
+    parser.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0: all)")
+    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of --max_length tokens")
+    parser.add_argument("--max_length", type=int, default=1024, help="tokens per packed training row")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
+    parser.add_argument("--bfcl_limit", type=int, default=100,
+                        help="BFCL questions of simple and irrelevance, the first N, and N/2 of multiple, parallel and "
+                             "parallel_multiple (0: all of each)")
+    parser.add_argument("--max_new_tokens", type=int, default=160, help="tokens per reply (evaluate.py and llama.cpp)")
+    parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--gguf_types", default="",
+                        help="export each trained row's model as these GGUF types (e.g. f32,f16,q8_0) and compare its "
+                             "held-out calls in llama.cpp with transformers' (needs llama-cpp-python; empty: skip)")
+    args = parser.parse_args()
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    if not keys or any(k not in ROWS for k in keys):
+        raise SystemExit(f"error: --only takes rows among {', '.join(ROWS)}, got {args.only!r}")
+
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "report.json"
+    report: dict = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report.setdefault("model", "SmolLM2-135M-Instruct")
+    report.setdefault("rows", {})
+    if not (args.model_path / "config.json").is_file():
+        report["build_s"], _ = run("-m", "fcmistral.artifacts.smollm2", "--output", str(args.model_path),
+                                   log=out / "build.log")
+    wide_train, wide_heldout = args.wide_dir / "wide_train.jsonl", args.wide_dir / "wide_heldout.jsonl"
+    if not (wide_train.is_file() and wide_heldout.is_file()):
+        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(args.wide_dir), log=out / "wide_data.log")
+    args.eval_data = args.eval_data or wide_heldout
+    for key in keys:
+        row_dir = out / key
+        row_dir.mkdir(exist_ok=True)
         start = time.perf_counter()
-        report["llama_cpp_same_calls_as_transformers"] = llama_cpp_agreement(
-            merged, out / "fine_tuned" / "predictions.jsonl", args.eval_data, out, types, args.max_new_tokens)
-        report["llama_cpp_s"] = round(time.perf_counter() - start, 1)
-    report["rows"] = [
-        {"model": name, "held_out_items": s["n"], "call_name_accuracy": round(s["name_accuracy"], 3),
-         "exact_argument_match": round(s["exact_match"], 3), "parse_failures": s["parse_failures"],
-         "no_call": s["no_call"], "bfcl_simple_questions": b["per_category"]["simple"]["n"],
-         "bfcl_simple_ast_accuracy": round(b["per_category"]["simple"]["accuracy"], 3),
-         "bfcl_irrelevance_questions": b["per_category"]["irrelevance"]["n"],
-         "bfcl_irrelevance_accuracy": round(b["per_category"]["irrelevance"]["accuracy"], 3)}
-        for name, s, b in rows
-    ]
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print("| model | held-out items | call-name accuracy | exact argument match | parse failures | no call "
-          "| BFCL simple (AST) | BFCL irrelevance |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in report["rows"]:
-        print(f"| {row['model']} | {row['held_out_items']} | {row['call_name_accuracy']:.1%} | "
-              f"{row['exact_argument_match']:.1%} | {row['parse_failures']} | {row['no_call']} | "
-              f"{row['bfcl_simple_ast_accuracy']:.1%} of {row['bfcl_simple_questions']} | "
-              f"{row['bfcl_irrelevance_accuracy']:.1%} of {row['bfcl_irrelevance_questions']} |")
-    print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
+        model, row = args.model_path, {}
+        if ROWS[key][1] is not None:
+            source = args.sample_data if key == "a" else wide_train
+            train_data = first_rows(source, args.train_rows, row_dir / "train_rows.jsonl")
+            model, row = train_and_merge(key, train_data, row_dir, args)
+            row["max_steps"] = args.max_steps
+        row.update(evaluate(model, row_dir, args))
+        types = [t for t in args.gguf_types.split(",") if t]
+        if types and ROWS[key][1] is not None:
+            row["llama_cpp_same_calls_as_transformers"] = llama_cpp_agreement(
+                model, row_dir / "held_out" / "predictions.jsonl", args.eval_data, row_dir, types, args.max_new_tokens)
+        row["row_s"] = round(time.perf_counter() - start, 1)
+        report["rows"][key] = row
+        report["rows"] = {k: report["rows"][k] for k in ROWS if k in report["rows"]}
+        report_path.write_text(json.dumps(report, indent=2))
+        print(f"row {key} ({ROWS[key][0]}) done in {row['row_s'] / 60:.1f} min", flush=True)
+    print_table(report)
 
 
 if __name__ == "__main__":

@@ -89,18 +89,25 @@ def test_server_load_benchmark_reports_each_level():
 
 
 def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
-    """The SmolLM2 experiment end to end on a few rows and steps, the fine-tuned model evaluated
-    (the zero-shot evaluation is the same evaluate.py runs on another folder; figures: docs)."""
+    """The SmolLM2 ablation end to end on a few rows and steps: row a trained, merged and evaluated on the
+    wide held-out rows and the five BFCL categories, its results merged into a report holding an earlier
+    run's row (figures: docs)."""
     if installed_data_dir() is None or importlib.util.find_spec("bfcl") is None:
         pytest.skip("BFCL is not installed: pip install --no-deps bfcl-eval==2026.3.23 nvidia-bfcl==26.3")
     out = tmp_path / "real"
-    report = run_benchmark("real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out),
-                           "--max_steps", "2", "--max_length", "512", "--eval_limit", "2", "--train_rows", "40", "--bfcl_limit", "1",
-                           "--skip_zero_shot", "--max_new_tokens", "24", "--gguf_types", "f32" if importlib.util.find_spec("llama_cpp") else "")
-    assert report["train_s"] > 0 and report["train_peak_mib"] > 0 and "build_s" not in report  # the fixture's model
+    out.mkdir()
+    earlier = {"held_out_items": 9, "call_name_accuracy": 0.0, "exact_argument_match": 0.0, "eval_s": 60.0}
+    (out / "report.json").write_text(json.dumps({"model": "SmolLM2-135M-Instruct", "rows": {"zero": earlier}}))
+    result = run_script("benchmarks/real_model.py", "--model_path", str(smollm2_dir), "--wide_dir", str(tmp_path / "wide"),
+                        "--eval_limit", "2", "--bfcl_limit", "1", "--max_new_tokens", "24", "--output_dir", str(out),
+                        "--only", "a", "--max_steps", "2", "--max_length", "512", "--train_rows", "40",
+                        "--gguf_types", "f32" if importlib.util.find_spec("llama_cpp") else "")
+    assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((out / "report.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == ["after QLoRA"] and all(r["held_out_items"] == 2 for r in rows)
-    assert all(r["bfcl_simple_questions"] == r["bfcl_irrelevance_questions"] == 1 for r in rows)
-    assert (out / "merged" / "model.safetensors").is_file()
+    assert list(rows) == ["zero", "a"] and rows["zero"] == earlier  # an earlier session's row is kept
+    assert rows["a"]["held_out_items"] == 2 and rows["a"]["train_s"] > 0 and rows["a"]["max_steps"] == 2
+    assert all(rows["a"][f"bfcl_{c}"]["n"] == 1 for c in ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple"))
+    assert (out / "a" / "merged" / "model.safetensors").is_file() and (tmp_path / "wide" / "wide_heldout.jsonl").is_file()
+    assert "| zero: zero-shot |" in result.stdout and "| a: sample data (10 functions) | 2 |" in result.stdout
     if importlib.util.find_spec("llama_cpp"):  # the 2 held-out replies, from the f32 GGUF in llama.cpp
-        assert report["llama_cpp_same_calls_as_transformers"]["f32"].endswith("/2")
+        assert rows["a"]["llama_cpp_same_calls_as_transformers"]["f32"].endswith("/2")

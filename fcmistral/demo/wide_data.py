@@ -1,0 +1,333 @@
+"""Wider generated glaive rows: 240 functions over 30 kinds of bookable thing, for experiments that
+must measure reading a schema rather than recalling a name.
+
+The shipped sample data (``sample_data.py``) has 10 functions: a model trained on it learns names,
+not judgment. Here each of 30 kinds (flights, hotel rooms, tennis courts...) has the same eight
+operations (search, details, book, cancel, update, rate, availability, cost), so 240 functions with
+every JSON type among their parameters: strings, integers with bounds, numbers, booleans, enums
+(each kind its own), arrays of strings, a nested object (the booking contact), optional arguments.
+Requests are composed from a phrase per argument, so optional arguments appear in some requests and
+not others and the values (names with apostrophes and accents, quotes in comments) must be copied.
+
+Rows follow the glaive format byte for byte (prompt.py) with its patterns and a few more: direct
+calls, "acknowledge, then call", a clarifying question for a missing required argument, two requests
+answered by parallel calls in one turn (prompt.py's convention), refusals of requests no offered
+function serves (many different ones: another kind's operation), and chit-chat without functions.
+Distractor functions are often the same kind's other operations, so the choice is a real one.
+
+``--heldout_kinds`` kinds (the last ones) never occur in the training rows: the held-out file
+measures new schemas, as BFCL does.
+
+    python -m fcmistral.demo.wide_data --out_dir outputs/wide    # wide_train.jsonl, wide_heldout.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fcmistral.demo.sample_data import _chitchat_row, _function_row, _prop, _schema, write_jsonl
+from fcmistral.format.glaive import parse_functions
+from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, call_turn, render_chat
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A bookable thing: its name in function names, how many of it a booking takes (the parameter
+    and its noun), and its own option (an enum)."""
+
+    name: str
+    plural: str
+    quantity: str  # parameter name, also the noun in requests ("3 seats")
+    option: str
+    choices: tuple[str, ...]
+    extras: tuple[str, ...]
+
+    @property
+    def noun(self) -> str:
+        return self.name.replace("_", " ")
+
+
+KINDS = [
+    Kind("flight", "flights", "seats", "cabin", ("economy", "premium", "business", "first"), ("window seat", "extra legroom", "vegetarian meal")),
+    Kind("hotel_room", "hotel rooms", "guests", "room_type", ("single", "double", "suite"), ("breakfast", "late checkout", "parking")),
+    Kind("restaurant_table", "restaurant tables", "party_size", "seating", ("indoor", "outdoor", "bar"), ("high chair", "birthday cake", "quiet corner")),
+    Kind("movie_ticket", "movie tickets", "tickets", "screen_format", ("2D", "3D", "IMAX"), ("popcorn", "recliner seat")),
+    Kind("rental_car", "rental cars", "days", "car_class", ("compact", "suv", "van", "electric"), ("child seat", "GPS", "snow chains")),
+    Kind("gym_class", "gym classes", "spots", "level", ("beginner", "intermediate", "advanced"), ("towel", "locker")),
+    Kind("concert_ticket", "concert tickets", "tickets", "section", ("floor", "balcony", "box"), ("parking pass", "merch bundle")),
+    Kind("train_ticket", "train tickets", "passengers", "travel_class", ("first", "second"), ("bicycle space", "quiet coach", "power socket")),
+    Kind("bike_rental", "bike rentals", "hours", "bike_type", ("city", "mountain", "electric"), ("helmet", "lock", "child seat")),
+    Kind("parking_spot", "parking spots", "hours", "spot_type", ("standard", "covered", "ev_charging"), ("car wash", "valet")),
+    Kind("cooking_class", "cooking classes", "participants", "cuisine", ("italian", "thai", "mexican", "japanese"), ("apron", "recipe booklet")),
+    Kind("museum_tour", "museum tours", "visitors", "tour_language", ("english", "french", "spanish", "german"), ("audio guide", "wheelchair")),
+    Kind("boat_trip", "boat trips", "passengers", "trip_type", ("sunset", "fishing", "island"), ("life jacket", "lunch box")),
+    Kind("spa_treatment", "spa treatments", "guests", "treatment", ("massage", "facial", "sauna"), ("robe", "herbal tea")),
+    Kind("coworking_desk", "coworking desks", "desks", "desk_type", ("hot", "fixed", "private_office"), ("monitor", "locker", "coffee")),
+    Kind("tennis_court", "tennis courts", "hours", "surface", ("clay", "grass", "hard"), ("racket rental", "ball machine")),
+    Kind("ski_pass", "ski passes", "days", "pass_type", ("adult", "child", "senior"), ("insurance", "locker")),
+    Kind("camping_site", "camping sites", "nights", "site_type", ("tent", "caravan", "cabin"), ("electricity", "firewood")),
+    Kind("language_lesson", "language lessons", "lessons", "language", ("english", "spanish", "mandarin", "arabic"),
+         ("textbook", "recording")),
+    Kind("piano_lesson", "piano lessons", "lessons", "lesson_level", ("beginner", "intermediate", "advanced"), ("sheet music",)),
+    Kind("dog_walker", "dog walkers", "walks", "dog_size", ("small", "medium", "large"), ("photo updates", "treats")),
+    Kind("moving_van", "moving vans", "hours", "van_size", ("small", "medium", "large"), ("dolly", "blankets", "two helpers")),
+    Kind("photography_session", "photography sessions", "hours", "style", ("portrait", "wedding", "product"), ("prints", "retouching")),
+    Kind("escape_room", "escape rooms", "players", "difficulty", ("easy", "medium", "hard"), ("hint pack", "photo")),
+    Kind("wine_tasting", "wine tastings", "guests", "wine", ("red", "white", "sparkling"), ("cheese plate", "bottle to take home")),
+    Kind("bowling_lane", "bowling lanes", "players", "lane_type", ("standard", "vip"), ("shoe rental", "pizza")),
+    Kind("laundry_pickup", "laundry pickups", "bags", "service", ("wash", "dry_clean", "iron"), ("fragrance free", "express")),
+    Kind("ferry_ticket", "ferry tickets", "passengers", "deck", ("upper", "lower"), ("cabin", "car space")),
+    Kind("karaoke_room", "karaoke rooms", "singers", "room_size", ("small", "medium", "party"), ("snacks", "extra microphone")),
+    Kind("golf_tee_time", "golf tee times", "golfers", "holes", ("9", "18"), ("cart", "club rental")),
+]
+HELDOUT_KINDS = 5
+
+CITIES = ["Paris", "New York", "Zürich", "São Paulo", "Tokyo", "Cairo", "Reykjavík", "Denver", "Kraków", "Lagos", "Lyon",
+          "Osaka", "Seville", "Québec"]
+PEOPLE = [("Zoë O'Brien", "zoe.obrien@example.com"), ("José Álvarez", "jose@example.es"), ("Mei Chen", "mei.chen@example.cn"),
+          ("Liam O'Connor", "liam@example.ie"), ("Ana Łukasz", "ana.l@example.pl"), ("Sam Smith", "sam@example.com")]
+REASONS = ["my plans changed", "I'm ill", "the weather looks bad", "we found a cheaper option", "my flight was cancelled"]
+COMMENTS = ["Great, would book again!", "It was \"fine\", nothing more.", "Staff didn't show up on time.", "Loved it - 10/10",
+            "Too noisy for my taste"]
+
+
+def _date(r: random.Random) -> str:
+    return f"2026-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
+
+
+def _code(kind: Kind, r: random.Random) -> str:
+    return "".join(w[0] for w in kind.name.split("_")).upper() + f"-{r.randint(100, 9999)}"
+
+
+def _booking(r: random.Random) -> str:
+    return f"BK{r.randint(100000, 999999)}"
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# An argument: (name, JSON Schema, required, value sampler, phrase naming the value in a request).
+Argument = tuple[str, dict[str, Any], bool, Callable[[random.Random], Any], Callable[[Any], str]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One of the eight functions of a kind: its name and description, its arguments, how a
+    request opens, and the function's result and the assistant's answer for given arguments."""
+
+    name: str
+    description: str
+    arguments: list[Argument]
+    openings: tuple[str, ...]
+    result: Callable[[dict[str, Any], random.Random], dict[str, Any]]
+    answer: Callable[[dict[str, Any], dict[str, Any]], str]
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return _schema(self.name, self.description, {a[0]: a[1] for a in self.arguments},
+                       [a[0] for a in self.arguments if a[2]])
+
+
+def operations(kind: Kind) -> list[Operation]:
+    """The eight functions of ``kind``."""
+    n, ident, q = kind.noun, f"{kind.name}_id", kind.quantity
+    identifier: Argument = (ident, _prop("string", f"The {n} identifier"), True, lambda r: _code(kind, r),
+                            lambda v: f"{n} {v}")
+    booking: Argument = ("booking_id", _prop("string", "The booking reference"), True, _booking, lambda v: f"booking {v}")
+    quantity: Argument = (q, _prop("integer", f"Number of {q.replace('_', ' ')}", minimum=1, maximum=12), True,
+                          lambda r: r.randint(1, 8), lambda v: f"for {v} {q.replace('_', ' ')}")
+    date: Argument = ("date", _prop("string", "The date, YYYY-MM-DD"), True, _date, lambda v: f"on {v}")
+    option: Argument = (kind.option, _prop("string", f"The {kind.option.replace('_', ' ')}", enum=list(kind.choices)), True,
+                        lambda r: r.choice(kind.choices), lambda v: f"with {kind.option.replace('_', ' ')} {v}")
+
+    def optional(argument: Argument) -> Argument:
+        return (argument[0], argument[1], False, *argument[3:])
+
+    price = lambda r: round(r.uniform(20, 400), 2)  # noqa: E731
+    return [
+        Operation(f"search_{kind.plural.replace(' ', '_')}", f"Search for {kind.plural} in a city", [
+            ("city", _prop("string", "The city"), True, lambda r: r.choice(CITIES), lambda v: f"in {v}"),
+            ("max_price", _prop("number", "The highest price in USD"), False, lambda r: float(r.choice([50, 99.5, 150, 250])),
+             lambda v: f"under {v:g} dollars"),
+            optional(option),
+            ("limit", _prop("integer", "How many results at most", minimum=1, maximum=10), False, lambda r: r.randint(2, 5),
+             lambda v: f"showing at most {v} results")],
+            (f"Find {kind.plural}", f"Search for {kind.plural}", f"Can you look up {kind.plural}", f"I'm looking for {kind.plural}"),
+            lambda a, r: {"results": [{"id": _code(kind, r), "price": price(r)} for _ in range(2)]},
+            lambda a, res: f"I found 2 {kind.plural} in {a['city']}: {res['results'][0]['id']} at ${res['results'][0]['price']} "
+                           f"and {res['results'][1]['id']} at ${res['results'][1]['price']}."),
+        Operation(f"get_{kind.name}_details", f"Get the details of a {n}", [identifier],
+                  ("Tell me more about", "What are the details of", "Show me the details of"),
+                  lambda a, r: {"id": a[ident], "city": r.choice(CITIES), "price": price(r), "rating": round(r.uniform(2, 5), 1)},
+                  lambda a, res: f"{n.capitalize()} {a[ident]} is in {res['city']}, costs ${res['price']} and is rated "
+                                 f"{res['rating']}."),
+        Operation(f"book_{kind.name}", f"Book a {n}", [
+            identifier, date, quantity,
+            ("contact", {"type": "object", "description": "Who the booking is for", "properties": {
+                "name": _prop("string", "Full name"), "email": _prop("string", "Email address")},
+                "required": ["name", "email"]}, True,
+             lambda r: dict(zip(("name", "email"), r.choice(PEOPLE))), lambda v: f"under the name {v['name']} ({v['email']})"),
+            ("extras", {"type": "array", "description": "Extras to add", "items": {"type": "string"}}, False,
+             lambda r: r.sample(kind.extras, r.randint(1, len(kind.extras))), lambda v: f"with {_and(v)}")],
+            ("Book", "Please book", "I'd like to book"),
+            lambda a, r: {"status": "confirmed", "booking_id": _booking(r)},
+            lambda a, res: f"Your {n} {a[ident]} is booked for {a['date']}. Your booking reference is {res['booking_id']}."),
+        Operation(f"cancel_{kind.name}_booking", f"Cancel a {n} booking", [
+            booking,
+            ("reason", _prop("string", "Why the booking is cancelled"), False, lambda r: r.choice(REASONS), lambda v: f"because {v}"),
+            ("notify", _prop("boolean", "Whether to send a confirmation email"), False, lambda r: r.random() < 0.5,
+             lambda v: "and email me a confirmation" if v else "without any email")],
+            (f"Cancel my {n}", f"Please cancel my {n}", f"I need to cancel my {n}"),
+            lambda a, r: {"status": "cancelled", "booking_id": a["booking_id"]},
+            lambda a, res: f"Your {n} booking {a['booking_id']} has been cancelled."),
+        Operation(f"update_{kind.name}_booking", f"Change the date or the size of a {n} booking", [
+            booking, ("new_date", _prop("string", "The new date, YYYY-MM-DD"), True, _date, lambda v: f"to {v}"),
+            optional(quantity)],
+            (f"Move my {n}", f"Change my {n}", f"Please reschedule my {n}"),
+            lambda a, r: {"status": "updated", "booking_id": a["booking_id"], "date": a["new_date"]},
+            lambda a, res: f"Done: your {n} booking {a['booking_id']} is now on {a['new_date']}."),
+        Operation(f"rate_{kind.name}", f"Rate a {n} from 1 to 5 stars", [
+            identifier, ("stars", _prop("integer", "The rating", minimum=1, maximum=5), True, lambda r: r.randint(1, 5),
+                         lambda v: f"{v} stars"),
+            ("comment", _prop("string", "A short review"), False, lambda r: r.choice(COMMENTS), lambda v: f"saying: {v}")],
+            ("Rate", "Please give", "I want to give"),
+            lambda a, r: {"status": "recorded"},
+            lambda a, res: f"Thanks! Your {a['stars']}-star rating of {n} {a[ident]} has been recorded."),
+        Operation(f"check_{kind.name}_availability", f"Check whether a {n} is available on a date", [
+            identifier, date, optional(quantity)],
+            ("Is there room at", "Check availability of", "Can I still get"),
+            lambda a, r: {"available": r.random() < 0.7},
+            lambda a, res: f"{'Yes' if res['available'] else 'Sorry, no'}: {n} {a[ident]} is "
+                           f"{'' if res['available'] else 'not '}available on {a['date']}."),
+        Operation(f"estimate_{kind.name}_cost", f"Estimate the cost of a {n}", [
+            option, quantity,
+            ("include_tax", _prop("boolean", "Whether the estimate includes tax"), False, lambda r: r.random() < 0.5,
+             lambda v: "including tax" if v else "before tax")],
+            ("How much would it cost to get a", "Estimate the price of a", "What would I pay for a"),
+            lambda a, r: {"total": price(r), "currency": "USD"},
+            lambda a, res: f"That would cost about ${res['total']}."),
+    ]
+
+
+def _request(op: Operation, arguments: dict[str, Any], r: random.Random, omit: str | None = None) -> str:
+    phrases = [say(arguments[name]) for name, _, _, _, say in op.arguments if name in arguments and name != omit]
+    opening = r.choice(op.openings)
+    return r.choice(["{o} {p}.", "{o} {p}, please.", "Hi! {o} {p}.", "{o} {p}?"]).format(o=opening, p=" ".join(phrases))
+
+
+def _arguments(op: Operation, r: random.Random) -> dict[str, Any]:
+    return {name: sample(r) for name, _, required, sample, _ in op.arguments if required or r.random() < 0.5}
+
+
+def _exchange(op: Operation, r: random.Random) -> tuple[str, dict[str, Any], str, str]:
+    arguments = _arguments(op, r)
+    result = op.result(arguments, r)
+    return _request(op, arguments, r), arguments, json.dumps(result, ensure_ascii=False), op.answer(arguments, result)
+
+
+def _offered(op: Operation, pool: list[list[Operation]], r: random.Random) -> list[Operation]:
+    """The target and 0-2 distractors, often the same kind's other operations."""
+    same = next(ops for ops in pool if op in ops)
+    others = [o for o in (same if r.random() < 0.6 else [o for ops in pool for o in ops]) if o is not op]
+    chosen = [op, *r.sample(others, r.choice([0, 1, 1, 2]))]
+    r.shuffle(chosen)
+    return chosen
+
+
+REFUSALS = ("I'm sorry, but I can't help with that. My capabilities are limited to the functions provided to me.",
+            "I'm sorry, but I don't have a function to {task}.",
+            "Unfortunately I can't {task}: none of my functions does that. Is there anything else I can help with?")
+ACKS = ["Sure, let me check that for you.", "Of course, one moment please.", "Let me take care of that."]
+
+
+def _row(pool: list[list[Operation]], r: random.Random) -> dict[str, str]:
+    ops = [o for group in pool for o in group]
+    op = r.choice(ops)
+    functions = _offered(op, pool, r)
+    pattern = r.random()
+    request, arguments, result, answer = _exchange(op, r)
+    if pattern < 0.1:  # a request no offered function serves
+        other = r.choice([o for o in ops if o not in functions])
+        task = other.description[0].lower() + other.description[1:]
+        turns = [Turn("user", _exchange(other, r)[0]), Turn("assistant", r.choice(REFUSALS).format(task=task))]
+    elif pattern < 0.22:  # two requests, parallel calls
+        second = r.choice(functions)
+        request2, arguments2, result2, answer2 = _exchange(second, r)
+        if arguments2 == arguments:
+            request2, arguments2, result2, answer2 = _exchange(second, r)
+        turns = [Turn("user", f"{request} {r.choice(['Also,', 'And', 'Then'])} {request2[0].lower()}{request2[1:]}"),
+                 call_turn([FunctionCall(op.name, arguments), FunctionCall(second.name, arguments2)]),
+                 Turn("function_response", result), Turn("function_response", result2),
+                 Turn("assistant", f"{answer} {answer2}")]
+    else:
+        after = [call_turn([FunctionCall(op.name, arguments)]), Turn("function_response", result), Turn("assistant", answer)]
+        required = [name for name, _, req, _, _ in op.arguments if req]
+        if pattern < 0.32 and len(required) > 1:  # a required argument missing: the assistant asks for it
+            missing = r.choice(required)
+            schema = next(a for a in op.arguments if a[0] == missing)
+            described = schema[1]["description"][0].lower() + schema[1]["description"][1:]
+            turns = [Turn("user", _request(op, arguments, r, omit=missing)),
+                     Turn("assistant", f"Sure. Could you tell me {described}?"),
+                     Turn("user", _sentence(schema[4](arguments[missing])))] + after
+        elif pattern < 0.45:
+            turns = [Turn("user", request), Turn("assistant", r.choice(ACKS))] + after
+        else:
+            turns = [Turn("user", request)] + after
+    return {"system": build_system_prompt([f.schema for f in functions]), "chat": render_chat(turns)}
+
+
+def _sentence(phrase: str) -> str:
+    return phrase[0].upper() + phrase[1:] + "."
+
+
+def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS,
+             seed: int = 2024) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Train rows over the first kinds (plus 10% chit-chat and 10% of the sample data's everyday
+    functions), held-out rows over the last ``heldout_kinds`` kinds only."""
+    r = random.Random(seed)
+    pool = [operations(kind) for kind in KINDS]
+    seen, unseen = pool[:-heldout_kinds], pool[-heldout_kinds:]
+    train = []
+    for _ in range(train_rows):
+        draw = r.random()
+        # the sample data's ten everyday functions (weather, stocks...) for variety
+        train.append(_chitchat_row(r) if draw < 0.1 else _function_row(r) if draw < 0.2 else _row(seen, r))
+    heldout = [_row(unseen, r) for _ in range(heldout_rows)]
+    return train, heldout
+
+
+def function_names(rows: list[dict[str, str]]) -> set[str]:
+    return {f["name"] for row in rows for f in parse_functions(row["system"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write wide_train.jsonl and wide_heldout.jsonl (glaive format, "
+                                                 "240 functions; the held-out kinds never occur in training).")
+    parser.add_argument("--out_dir", type=Path, default=Path("outputs/wide"))
+    parser.add_argument("--train_rows", type=int, default=3000)
+    parser.add_argument("--heldout_rows", type=int, default=200)
+    parser.add_argument("--heldout_kinds", type=int, default=HELDOUT_KINDS)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files")
+    args = parser.parse_args()
+    paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not args.overwrite:
+        raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
+    if not 0 < args.heldout_kinds < len(KINDS):
+        raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
+    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for rows, path in zip((train, heldout), paths):
+        write_jsonl(rows, path)
+    print(f"wrote {len(train)} rows ({len(function_names(train))} functions) and {len(heldout)} held-out rows "
+          f"({len(function_names(heldout))} functions, none in training) to {args.out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The wide generated data (fcmistral/demo/wide_data.py): valid glaive rows whose calls fit their
+schemas, at least 200 functions of every JSON type, and held-out functions never seen in training."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from fcmistral.demo.wide_data import function_names, generate
+from fcmistral.format.checks import call_problem
+from fcmistral.format.glaive import parse_row
+from tests.conftest import REPO
+
+
+def _types(schema: dict) -> set[str]:
+    found = {"enum"} if "enum" in schema else set()
+    found.add(schema.get("type", "?"))
+    for child in (schema.get("properties") or {}).values():
+        found |= _types(child)
+    return found | (_types(schema["items"]) if isinstance(schema.get("items"), dict) else set())
+
+
+def test_rows_are_valid_wide_and_held_out_functions_are_unseen():
+    train, heldout = generate(1500, 150)
+    assert len(function_names(train)) >= 200 and not function_names(train) & function_names(heldout)
+    assert len(function_names(heldout)) == 40
+    kinds, types, optional_left_out = set(), set(), 0
+    for raw in train + heldout:
+        row = parse_row(raw)
+        assert row.text == raw["system"] + raw["chat"]
+        schemas = {f["name"]: f for f in row.functions}
+        for function in row.functions:
+            types |= _types(function["parameters"])
+        calls = [c for t in row.turns if t.role == "function_call" for c in t.calls]
+        assert all(call_problem(call, schemas) is None for call in calls), raw
+        kinds.add(tuple(t.role for t in row.turns) + (len(calls),))
+        optional_left_out += any(set(schemas[c.name]["parameters"]["properties"]) - set(c.arguments) for c in calls)
+    assert {"string", "integer", "number", "boolean", "array", "object", "enum"} <= types
+    patterns = {k[:-1] for k in kinds}
+    assert ("user", "function_call", "function_response", "function_response", "assistant") in patterns  # parallel
+    assert ("user", "assistant", "user", "function_call", "function_response", "assistant") in patterns  # clarify
+    assert ("user", "assistant") in patterns and optional_left_out > 100  # refusals; optional arguments vary
+    refusals = {row.turns[-1].content for row in map(parse_row, train) if [t.role for t in row.turns] == ["user", "assistant"]
+                and row.functions}
+    assert len(refusals) > 30  # many different requests declined, not one
+
+
+def test_the_command_writes_both_files_and_never_overwrites(tmp_path):
+    command = [sys.executable, "-m", "fcmistral.demo.wide_data", "--out_dir", str(tmp_path), "--train_rows", "50",
+               "--heldout_rows", "5"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    rows = [json.loads(line) for line in (tmp_path / "wide_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 50 and len((tmp_path / "wide_heldout.jsonl").read_text().splitlines()) == 5
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.startswith("error: ") and "--overwrite" in again.stderr
