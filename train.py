@@ -54,6 +54,12 @@ class QLoRAArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that already holds files (its checkpoints and adapter may be replaced)"})
+    call_eval_data: str = field(default=None, metadata={
+        "help": "held-out glaive rows (file): at each evaluation, greedy replies to a fixed sample of their prompts "
+                "are scored (eval_call_accuracy: the right call, or no call where the row declines; eval_call_exact, "
+                "eval_no_call_accuracy), usable as --metric_for_best_model call_accuracy --greater_is_better true"})
+    call_eval_limit: int = field(default=32, metadata={"help": "prompts of --call_eval_data scored at each evaluation"})
+    call_eval_max_new_tokens: int = field(default=96, metadata={"help": "tokens per reply in --call_eval_data scoring"})
 
     def __post_init__(self) -> None:
         self.model_path = check_model_path(self.model_path)
@@ -90,7 +96,9 @@ TRAINING_DEFAULTS = dict(
 # Options that must be above 0: a 0 crashes later with a traceback, or (eval_steps, save_steps)
 # is quietly replaced by another value.
 POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "eval_steps",
-            "save_steps", "logging_steps", "max_length", "lora_r", "lora_alpha")
+            "save_steps", "logging_steps", "max_length", "lora_r", "lora_alpha", "call_eval_limit",
+            "call_eval_max_new_tokens")
+CALL_METRICS = ("call_accuracy", "call_exact", "no_call_accuracy")  # fcmistral.evaluation.probes
 
 
 def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArguments, TrainingArguments]:
@@ -130,6 +138,12 @@ def check_settings(script: QLoRAArguments, data: DataArguments, training: Traini
     unknown = [r for r in training.report_to if r not in ("none", "all", *INTEGRATION_TO_CALLBACK)]
     if unknown:
         raise UserError(f"--report_to {', '.join(unknown)}: choose from none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
+    metric = training.metric_for_best_model.removeprefix("eval_")
+    if metric in CALL_METRICS:
+        if not script.call_eval_data:
+            raise UserError(f"--metric_for_best_model {metric} is computed from --call_eval_data: give that file")
+        if not training.greater_is_better:
+            raise UserError(f"--metric_for_best_model {metric}: higher is better; add --greater_is_better true")
 
 
 def _resume_target(args: TrainingArguments) -> str | None:
@@ -145,12 +159,31 @@ def _resume_target(args: TrainingArguments) -> str | None:
     return args.resume_from_checkpoint
 
 
+def call_scoring(script: QLoRAArguments, tokenizer):
+    """The --call_eval_data metrics for the Trainer's evaluations, or None."""
+    if not script.call_eval_data:
+        return None
+    from fcmistral.data.loading import load_rows
+    from fcmistral.evaluation.probes import call_metrics, load_probes
+    from fcmistral.training.metrics import generation_metrics
+
+    rows = load_rows(script.call_eval_data, required=())
+    probes = load_probes([dict(row) for row in rows], script.call_eval_limit)
+    if not probes:
+        raise UserError(f"--call_eval_data {script.call_eval_data!r} holds no row with a call or a refusal to score")
+    log.info("call scoring at each evaluation: %d held-out prompts (%d calls, %d declines)", len(probes),
+             sum(p.gold is not None for p in probes), sum(p.gold is None for p in probes))
+    return generation_metrics([p.prompt for p in probes], lambda outputs: call_metrics(outputs, probes), tokenizer,
+                              script.call_eval_max_new_tokens, batch_size=8)
+
+
 def main() -> None:
     # Imported here, under run_cli's logging set-up: importing them loads bitsandbytes, which warns
     # about an optional kernel package users cannot act on.
-    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+    from transformers import DataCollatorForSeq2Seq, set_seed
 
     from fcmistral.training.callbacks import SaveOnSignal
+    from fcmistral.training.metrics import TrainerWithMetrics
 
     script, data, args = parse_all()
     check_output_dir(args.output_dir, "--output_dir", script.overwrite_output_dir or args.resume_from_checkpoint,
@@ -175,7 +208,7 @@ def main() -> None:
         model, lora_config(script.lora_r, script.lora_alpha, script.lora_dropout),
         quantized=script.load_in_4bit, gradient_checkpointing=bool(args.activation_checkpointing),
     )
-    trainer = Trainer(
+    trainer = TrainerWithMetrics(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -183,6 +216,7 @@ def main() -> None:
         processing_class=tokenizer,
         data_collator=collator,
         callbacks=[stop := SaveOnSignal()],
+        extra_metrics=call_scoring(script, tokenizer),
     )
     trainer.train(resume_from_checkpoint=resume)
     if stop.requested:  # not a finished run: no final adapter, no summary, a non-zero exit
@@ -193,14 +227,16 @@ def main() -> None:
     trainer.save_model(args.output_dir)  # the best adapter (load_best_model_at_end) and the tokenizer
     summary = {
         "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_eval_loss": trainer.state.best_metric,
+        "metric_for_best_model": args.metric_for_best_model,
+        "best_metric": trainer.state.best_metric,
+        "best_eval_loss": min((h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h), default=None),
         "global_step": trainer.state.global_step,
         "eval_history": [h for h in trainer.state.log_history if "eval_loss" in h],
         "train_metrics": next((h for h in reversed(trainer.state.log_history) if "train_runtime" in h), {}),
     }
     Path(args.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("best eval loss %s at %s; adapter and tokenizer saved to %s",
-             summary["best_eval_loss"], summary["best_checkpoint"], args.output_dir)
+    log.info("best %s %s at %s; adapter and tokenizer saved to %s", args.metric_for_best_model,
+             summary["best_metric"], summary["best_checkpoint"], args.output_dir)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
     figures["train_s"], figures["train_peak_mib"] = run(
         "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
         "--overwrite_output_dir", "--packing", "true", "--max_length", str(args.max_length), "--max_steps", str(args.max_steps),
-        "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", "2",
+        "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", str(args.batch_size),
         "--gradient_accumulation_steps", "1", "--eval_steps", str(max(1, args.max_steps // 3)),
         "--save_steps", str(max(1, args.max_steps // 3)), "--logging_steps", "10", "--report_to", "none",
         "--compute_dtype", args.compute_dtype, "--test_size", "0.05", *ROWS[key][1], log=out / "train.log")
@@ -178,8 +178,10 @@ def main() -> None:
                         help="held-out rows (default: WIDE_DIR/wide_heldout.jsonl, functions no row trains on)")
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "real-model")
     parser.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0: all)")
-    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of 2 packed rows of --max_length tokens")
-    parser.add_argument("--max_length", type=int, default=1024, help="tokens per packed training row")
+    parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of --batch_size packed rows")
+    parser.add_argument("--max_length", type=int, default=2048,
+                        help="tokens per packed training row (2,048: the wide rows with parallel calls offer up to 6 functions)")
+    parser.add_argument("--batch_size", type=int, default=1, help="packed rows per step")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--eval_limit", type=int, default=0, help="evaluate the first N held-out items only (0: all)")
     parser.add_argument("--bfcl_limit", type=int, default=100,

@@ -60,6 +60,27 @@ def test_train_keeps_best_adapter_with_tokenizer_and_resumes(tiny_model_dir, sma
     assert steps == [0, 4, 8, 12]  # the history of the first run was restored, not restarted
 
 
+@pytest.mark.slow
+def test_checkpoint_picked_by_call_accuracy(tiny_model_dir, small_data, tmp_path):
+    """--call_eval_data: each evaluation logs the call metrics beside eval_loss, and the adapter kept is the
+    checkpoint with the highest call accuracy (the first of equals), not the lowest loss."""
+    out = tmp_path / "run"
+    result = run("train.py", "--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir", str(out),
+                 "--eval_steps", "3", "--save_steps", "3", "--max_steps", "9", *FAST, "--call_eval_limit", "12",
+                 "--call_eval_data", str(REPO / "data" / "sample_heldout.jsonl"), "--call_eval_max_new_tokens", "48",
+                 "--metric_for_best_model", "call_accuracy", "--greater_is_better", "true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "call scoring at each evaluation: 12 held-out prompts" in result.stderr
+    summary = json.loads((out / "train_summary.json").read_text())
+    history = summary["eval_history"]
+    assert [h["step"] for h in history] == [3, 6, 9]
+    assert all(0 <= h[k] <= 1 for h in history for k in ("eval_call_accuracy", "eval_call_exact", "eval_no_call_accuracy"))
+    accuracies = [h["eval_call_accuracy"] for h in history]
+    assert summary["metric_for_best_model"] == "call_accuracy" and summary["best_metric"] == max(accuracies)
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{3 * (1 + accuracies.index(max(accuracies)))}")
+    assert summary["best_eval_loss"] == min(h["eval_loss"] for h in history)
+
+
 def _logged_losses(checkpoint: Path) -> dict[int, tuple[float, float]]:
     """Step -> (training loss, gradient norm) at full precision, from a checkpoint's trainer state."""
     history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
@@ -138,6 +159,9 @@ def run_main_in_this_process(script: str, args: list[str], capsys, monkeypatch) 
         ({"--data_path": "BROKEN_LINE"}, "line 3 is not valid JSON: Expecting ',' delimiter"),
         ({"--model_path": "A_FILE"}, "is a file: give the model's folder"),
         ({"--model_path": "./no/such/model"}, "no such folder"),
+        ({"--metric_for_best_model": "call_accuracy"}, "is computed from --call_eval_data: give that file"),
+        ({"--metric_for_best_model": "eval_call_exact", "--call_eval_data": "HELDOUT"},
+         "higher is better; add --greater_is_better true"),
     ],
 )
 def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_data, tmp_path, capsys, monkeypatch):
@@ -158,7 +182,8 @@ def test_bad_input_gives_one_clear_error(change, message, tiny_model_dir, small_
     (tmp_path / "latin1.jsonl").write_bytes(rows[0].encode() + b'{"system": "caf\xe9", "chat": ""}\n')
     (tmp_path / "broken.jsonl").write_text(rows[0] + rows[1] + '{"system": "a" "chat": "b"}\n' + rows[2])
     named = {"WRONG_COLUMNS": wrong, "NO_ASSISTANT": no_assistant, "ONE_ROW": one_row, "A_FILE": a_file,
-             "EMPTY": tmp_path / "empty.jsonl", "LATIN1": tmp_path / "latin1.jsonl", "BROKEN_LINE": tmp_path / "broken.jsonl"}
+             "EMPTY": tmp_path / "empty.jsonl", "LATIN1": tmp_path / "latin1.jsonl", "BROKEN_LINE": tmp_path / "broken.jsonl",
+             "HELDOUT": REPO / "data" / "sample_heldout.jsonl"}
     args = [x for kv in {option: str(named.get(value, value)) for option, value in args.items()}.items() for x in kv]
     if change in IN_A_PROCESS_OF_ITS_OWN:
         result = run("train.py", *args)

@@ -1,0 +1,57 @@
+"""Metrics beside the dev loss at each evaluation, computed by generating with the model in training
+(train.py's ``--call_eval_data``: fcmistral.evaluation.probes)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from transformers import Trainer
+
+from fcmistral.generation import generate_batch, length_sorted_batches
+
+ExtraMetrics = Callable[[torch.nn.Module], dict[str, float]]
+
+
+class TrainerWithMetrics(Trainer):
+    """A Trainer whose evaluations add ``extra_metrics(model)``, prefixed as the loss is (``eval_``).
+
+    Added in ``evaluation_loop``, before the Trainer logs the metrics and compares them for the best
+    checkpoint, so each one is logged beside ``eval_loss`` and can be ``--metric_for_best_model``
+    (a callback's ``on_evaluate`` runs after both).
+    """
+
+    def __init__(self, *args, extra_metrics: ExtraMetrics | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.extra_metrics = extra_metrics
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.extra_metrics is not None:
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            output.metrics.update({f"{prefix}_{k}": v for k, v in self.extra_metrics(self.model).items()})
+        return output
+
+
+def generation_metrics(prompts: list[str], score: Callable[[list[str]], dict[str, float]], tokenizer,
+                       max_new_tokens: int, batch_size: int) -> ExtraMetrics:
+    """Greedy replies to ``prompts`` from the model as it is, scored by ``score``.
+
+    The model is put in eval mode with its KV cache on for the generation (training runs without
+    either), then restored.
+    """
+    def metrics(model: torch.nn.Module) -> dict[str, float]:
+        was_training, use_cache = model.training, model.config.use_cache
+        model.eval()
+        model.config.use_cache = True
+        try:
+            outputs = [""] * len(prompts)
+            for indices in length_sorted_batches(prompts, batch_size):
+                for i, reply in zip(indices, generate_batch(model, tokenizer, [prompts[i] for i in indices], max_new_tokens)):
+                    outputs[i] = reply
+        finally:
+            model.config.use_cache = use_cache
+            model.train(was_training)
+        return score(outputs)
+
+    return metrics
