@@ -25,6 +25,15 @@ def timed(results: dict, key: str):
     results[key] = min(results.get(key, float("inf")), time.perf_counter() - start)
 
 
+def model_or_tiny(model_path: str | None, tmp: str) -> str:
+    """``model_path``, or the tiny model built in the folder ``tmp`` (each script's quick default)."""
+    if model_path is not None:
+        return str(model_path)
+    from fcmistral.demo.tiny import build_tiny_model
+
+    return str(build_tiny_model(f"{tmp}/tiny"))
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -69,10 +78,7 @@ def quantile(values: list[float], q: float) -> float | None:
 def running_server(model_path: str | None, tmp: str, *options: str) -> Iterator[tuple[subprocess.Popen, str, str]]:
     """``serve.py`` on a free port with ``options`` (the tiny model, built in ``tmp``, unless
     ``model_path``); yields the process, its base URL and the model's path, and stops it after."""
-    if model_path is None:
-        from fcmistral.demo.tiny import build_tiny_model
-
-        model_path = str(build_tiny_model(f"{tmp}/tiny"))
+    model_path = model_or_tiny(model_path, tmp)
     log = Path(tmp) / "server.log"  # a file: a pipe nobody reads fills up and blocks the server's log
     server = subprocess.Popen([sys.executable, "serve.py", "--model_path", model_path, "--port", "0", *options],
                               cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)

@@ -21,6 +21,7 @@ import time
 from typing import Callable
 
 import torch
+from common import model_or_tiny
 from transformers import DataCollatorForSeq2Seq
 
 from fcmistral.data.labels import IGNORE_INDEX
@@ -95,11 +96,7 @@ def main() -> None:
         report[f"matmul_4096x256x1024_ms_{name}"] = matmul_ms(dtype, args.repeats)
         report[f"linear4bit_fwd_bwd_ms_{name}"] = linear4bit_ms(dtype, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from fcmistral.demo.tiny import build_tiny_model
-
-            model_path = str(build_tiny_model(f"{tmp}/tiny"))
+        model_path = model_or_tiny(args.model_path, tmp)
         hidden_size = model_hidden_size(model_path)
         report["auto_choice"] = f"{choose_compute_dtype(hardware, hidden_size)} (model width {hidden_size})"
         tokenizer = load_tokenizer(model_path)

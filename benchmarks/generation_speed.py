@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 
-from common import peak_rss_mib
+from common import model_or_tiny, peak_rss_mib
 
 from fcmistral.data.loading import load_rows
 from fcmistral.evaluation.items import eval_items
@@ -32,11 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from fcmistral.demo.tiny import build_tiny_model
-
-            model_path = str(build_tiny_model(f"{tmp}/tiny"))
+        model_path = model_or_tiny(args.model_path, tmp)
         items, _ = eval_items(load_rows(args.dataset), None)
         prompts = [items[i % len(items)].prompt for i in range(args.prompts)]
         model, tokenizer = load_for_generation(model_path, args.adapter_path)

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 import torch
-from common import peak_rss_mib
+from common import model_or_tiny, peak_rss_mib
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq
 
@@ -56,11 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = args.model_path
-        if model_path is None:
-            from fcmistral.demo.tiny import build_tiny_model
-
-            model_path = str(build_tiny_model(f"{tmp}/tiny"))
+        model_path = model_or_tiny(args.model_path, tmp)
         tokenizer = load_tokenizer(model_path)
         ds, _, _ = tokenize_rows(load_rows(args.data_path), tokenizer, args.max_length)
         examples = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in ds]

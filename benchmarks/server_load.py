@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from benchmarks.common import (  # noqa: E402
     free_port,
+    model_or_tiny,
     quantile,
     rss_mib,
     run_together,
@@ -183,11 +184,7 @@ def peer_server(peer: str, model_path: str, batch: int, tmp: str, args: argparse
 
 def compare_peers(args: argparse.Namespace, levels: list[int], tmp: str) -> dict:
     """Every server of ``--peer`` in turn, the same levels of the same completion requests; one table."""
-    model_path = args.model_path
-    if model_path is None:
-        from fcmistral.demo.tiny import build_tiny_model
-
-        model_path = str(build_tiny_model(f"{tmp}/tiny"))
+    model_path = model_or_tiny(args.model_path, tmp)
     report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
                     "requests": "/v1/completions, prompt.py's prompt without tools (the peers parse no glaive calls, "
                                 "and llama-server refuses the glaive chat template: docs/interop.md)", "peers": {}}
@@ -242,11 +239,7 @@ def main() -> None:
             print(json.dumps(report, indent=2))
             return
         if args.engine_only:
-            model_path = args.model_path
-            if model_path is None:
-                from fcmistral.demo.tiny import build_tiny_model
-
-                model_path = str(build_tiny_model(f"{tmp}/tiny"))
+            model_path = model_or_tiny(args.model_path, tmp)
             print(json.dumps(engine_only(model_path, levels, args.max_tokens, tools, args.constrained), indent=2))
             return
         constrained = ("--constrained_calls", "strict") if args.constrained else ()
