@@ -137,11 +137,12 @@ class Operation:
 def operations(kind: Kind) -> list[Operation]:
     """The eight functions of ``kind``."""
     n, ident, q = kind.noun, f"{kind.name}_id", kind.quantity
+    a_n = ("an " if n[0] in "aeiou" else "a ") + n
     identifier: Argument = (ident, _prop("string", f"The {n} identifier"), True, lambda r: _code(kind, r),
                             lambda v: f"{n} {v}")
     booking: Argument = ("booking_id", _prop("string", "The booking reference"), True, _booking, lambda v: f"booking {v}")
     quantity: Argument = (q, _prop("integer", f"Number of {q.replace('_', ' ')}", minimum=1, maximum=12), True,
-                          lambda r: r.randint(1, 8), lambda v: f"for {v} {q.replace('_', ' ')}")
+                          lambda r: r.randint(2, 8), lambda v: f"for {v} {q.replace('_', ' ')}")
     date: Argument = ("date", _prop("string", "The date, YYYY-MM-DD"), True, _date, lambda v: f"on {v}")
     option: Argument = (kind.option, _prop("string", f"The {kind.option.replace('_', ' ')}", enum=list(kind.choices)), True,
                         lambda r: r.choice(kind.choices), lambda v: f"with {kind.option.replace('_', ' ')} {v}")
@@ -162,12 +163,12 @@ def operations(kind: Kind) -> list[Operation]:
             lambda a, r: {"results": [{"id": _code(kind, r), "price": price(r)} for _ in range(2)]},
             lambda a, res: f"I found 2 {kind.plural} in {a['city']}: {res['results'][0]['id']} at ${res['results'][0]['price']} "
                            f"and {res['results'][1]['id']} at ${res['results'][1]['price']}."),
-        Operation(f"get_{kind.name}_details", f"Get the details of a {n}", [identifier],
+        Operation(f"get_{kind.name}_details", f"Get the details of {a_n}", [identifier],
                   ("Tell me more about", "What are the details of", "Show me the details of"),
                   lambda a, r: {"id": a[ident], "city": r.choice(CITIES), "price": price(r), "rating": round(r.uniform(2, 5), 1)},
                   lambda a, res: f"{n.capitalize()} {a[ident]} is in {res['city']}, costs ${res['price']} and is rated "
                                  f"{res['rating']}."),
-        Operation(f"book_{kind.name}", f"Book a {n}", [
+        Operation(f"book_{kind.name}", f"Book {a_n}", [
             identifier, date, quantity,
             ("contact", {"type": "object", "description": "Who the booking is for", "properties": {
                 "name": _prop("string", "Full name"), "email": _prop("string", "Email address")},
@@ -178,7 +179,7 @@ def operations(kind: Kind) -> list[Operation]:
             ("Book", "Please book", "I'd like to book"),
             lambda a, r: {"status": "confirmed", "booking_id": _booking(r)},
             lambda a, res: f"Your {n} {a[ident]} is booked for {a['date']}. Your booking reference is {res['booking_id']}."),
-        Operation(f"cancel_{kind.name}_booking", f"Cancel a {n} booking", [
+        Operation(f"cancel_{kind.name}_booking", f"Cancel {a_n} booking", [
             booking,
             ("reason", _prop("string", "Why the booking is cancelled"), False, lambda r: r.choice(REASONS), lambda v: f"because {v}"),
             ("notify", _prop("boolean", "Whether to send a confirmation email"), False, lambda r: r.random() < 0.5,
@@ -186,30 +187,30 @@ def operations(kind: Kind) -> list[Operation]:
             (f"Cancel my {n}", f"Please cancel my {n}", f"I need to cancel my {n}"),
             lambda a, r: {"status": "cancelled", "booking_id": a["booking_id"]},
             lambda a, res: f"Your {n} booking {a['booking_id']} has been cancelled."),
-        Operation(f"update_{kind.name}_booking", f"Change the date or the size of a {n} booking", [
+        Operation(f"update_{kind.name}_booking", f"Change the date or the size of {a_n} booking", [
             booking, ("new_date", _prop("string", "The new date, YYYY-MM-DD"), True, _date, lambda v: f"to {v}"),
             optional(quantity)],
             (f"Move my {n}", f"Change my {n}", f"Please reschedule my {n}"),
             lambda a, r: {"status": "updated", "booking_id": a["booking_id"], "date": a["new_date"]},
             lambda a, res: f"Done: your {n} booking {a['booking_id']} is now on {a['new_date']}."),
-        Operation(f"rate_{kind.name}", f"Rate a {n} from 1 to 5 stars", [
+        Operation(f"rate_{kind.name}", f"Rate {a_n} from 1 to 5 stars", [
             identifier, ("stars", _prop("integer", "The rating", minimum=1, maximum=5), True, lambda r: r.randint(1, 5),
                          lambda v: f"{v} stars"),
             ("comment", _prop("string", "A short review"), False, lambda r: r.choice(COMMENTS), lambda v: f"saying: {v}")],
             ("Rate", "Please give", "I want to give"),
             lambda a, r: {"status": "recorded"},
             lambda a, res: f"Thanks! Your {a['stars']}-star rating of {n} {a[ident]} has been recorded."),
-        Operation(f"check_{kind.name}_availability", f"Check whether a {n} is available on a date", [
+        Operation(f"check_{kind.name}_availability", f"Check whether {a_n} is available on a date", [
             identifier, date, optional(quantity)],
             ("Is there room at", "Check availability of", "Can I still get"),
             lambda a, r: {"available": r.random() < 0.7},
             lambda a, res: f"{'Yes' if res['available'] else 'Sorry, no'}: {n} {a[ident]} is "
                            f"{'' if res['available'] else 'not '}available on {a['date']}."),
-        Operation(f"estimate_{kind.name}_cost", f"Estimate the cost of a {n}", [
+        Operation(f"estimate_{kind.name}_cost", f"Estimate the cost of {a_n}", [
             option, quantity,
             ("include_tax", _prop("boolean", "Whether the estimate includes tax"), False, lambda r: r.random() < 0.5,
              lambda v: "including tax" if v else "before tax")],
-            ("How much would it cost to get a", "Estimate the price of a", "What would I pay for a"),
+            (f"How much would it cost to get {a_n}", f"Estimate the price of {a_n}", f"What would I pay for {a_n}"),
             lambda a, r: {"total": price(r), "currency": "USD"},
             lambda a, res: f"That would cost about ${res['total']}."),
     ]
@@ -272,6 +273,7 @@ def _row(pool: list[list[Operation]], r: random.Random) -> dict[str, str]:
             missing = r.choice(required)
             schema = next(a for a in op.arguments if a[0] == missing)
             described = schema[1]["description"][0].lower() + schema[1]["description"][1:]
+            described = described if described.startswith("the ") else "the " + described
             turns = [Turn("user", _request(op, arguments, r, omit=missing)),
                      Turn("assistant", f"Sure. Could you tell me {described}?"),
                      Turn("user", _sentence(schema[4](arguments[missing])))] + after
