@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from benchmarks.common import free_port, running_process_server  # noqa: E402
+
 HELD_OUT = REPO / "data" / "sample_heldout.jsonl"
 
 
@@ -153,36 +156,21 @@ def streamed_tool_request(base_url: str, model: str) -> tuple[str, list[dict]]:
 
 
 def vllm_serve(c: Check) -> str:
-    merged = str(c.work / "merged")
+    merged, port = str(c.work / "merged"), free_port()
     if c.cpu:  # dry: the same client against serve.py
-        command = [c.python, "serve.py", "--model_path", merged, "--port", "0"]
+        command = [c.python, "serve.py", "--model_path", merged, "--port", str(port)]
     else:
         needs("vllm", " (see vllm_eval)")
-        command = [c.python, "-m", "vllm.entrypoints.cli.main", "serve", merged, "--port", "8765", "--enforce-eager",
+        command = [c.python, "-m", "vllm.entrypoints.cli.main", "serve", merged, "--port", str(port), "--enforce-eager",
                    "--gpu-memory-utilization", "0.2", "--enable-auto-tool-choice", "--tool-call-parser", "glaive",
                    "--tool-parser-plugin", str(REPO / "fcmistral/serving/vllm_tool_parser.py")]
-    log = c.work / "serve.log"
-    server = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise Failed(f"the server exited: {log.read_text().strip().splitlines()[-1:]}")
-            if time.monotonic() > deadline:
-                raise Failed("the server did not answer within 300 s")
-            found = re.search(r"serving \S+ on (http://\S+/v1)", log.read_text())
-            base = found[1] if found else ("http://127.0.0.1:8765/v1" if c.gpu else None)
-            if base:
-                try:
-                    model = json.load(urllib.request.urlopen(f"{base}/models", timeout=5))["data"][0]["id"]
-                    break
-                except OSError:
-                    pass
-            time.sleep(1)
-        text, calls = streamed_tool_request(base, model)
-    finally:
-        server.terminate()
-        server.wait(60)
+        with running_process_server(command, f"{base}/models", c.work / "serve.log"):
+            model = json.load(urllib.request.urlopen(f"{base}/models", timeout=5))["data"][0]["id"]
+            text, calls = streamed_tool_request(base, model)
+    except SystemExit as err:  # the server exited or never answered: this part fails, the table goes on
+        raise Failed(str(err).strip().splitlines()[-1]) from None
     return f"{'serve.py (dry: vLLM needs a GPU)' if c.cpu else 'vllm serve'}: " + (
         f"{len(calls)} streamed call(s): {calls[0]['name']}({calls[0]['arguments'][:60]})" if calls
         else f"no call, text {text[:60]!r}")
