@@ -158,6 +158,18 @@ def test_eval_items_from_each_shape():
         eval_items(io_rows, None)
 
 
+def test_glaive_rows_with_parallel_calls_are_left_to_bfcl_parallel_scoring():
+    """A held-out row whose first call turn holds two calls has no single gold call: reported as skipped."""
+    from fcmistral.prompt import Turn, build_system_prompt, call_turn, render_chat
+
+    schema = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}
+    turns = [Turn("user", "f of 1 and of 2"), call_turn([FunctionCall("f", {"x": 1}), FunctionCall("f", {"x": 2})])]
+    single = [Turn("user", "f of 1"), call_turn([FunctionCall("f", {"x": 1})])]
+    rows = [{"system": build_system_prompt([schema]), "chat": render_chat(t)} for t in (turns, single)]
+    items, skipped = eval_items(rows, None)
+    assert [i.gold for i in items] == [FunctionCall("f", {"x": 1})] and skipped == [(0, "parallel calls")]
+
+
 def run_evaluate(*args: str) -> subprocess.CompletedProcess:
     return run_script("evaluate.py", *args)
 
