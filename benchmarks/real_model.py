@@ -137,6 +137,7 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
         "train.py", "--model_path", str(args.model_path), "--data_path", str(train_data), "--output_dir", str(adapter),
         "--overwrite_output_dir", "--packing", "true", "--max_length", str(args.max_length), "--max_steps", str(args.max_steps),
         "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", str(args.batch_size),
+        "--per_device_eval_batch_size", "8",  # the dev loss of 150 rows one at a time took 3 min of each evaluation
         "--gradient_accumulation_steps", "1", "--eval_steps", str(max(1, args.max_steps // 3)),
         "--save_steps", str(max(1, args.max_steps // 3)), "--logging_steps", "10", "--report_to", "none",
         "--compute_dtype", args.compute_dtype, "--test_size", "0.05", *ROWS[key][1], log=out / "train.log")
