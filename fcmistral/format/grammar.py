@@ -17,6 +17,7 @@ by hand; xgrammar compiles each function's JSON schema itself.)
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -48,8 +49,15 @@ def _arguments_grammar(schema: str) -> str:
 
     # strict_mode=False: keys a schema does not name are allowed, as JSON Schema (and the call
     # checker, fcmistral.format.checks) allow them, so the grammar refuses nothing the checker accepts.
-    return str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False, separators=(", ", ": "),
+    text = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False, separators=(", ", ": "),
                                                  strict_mode=False))
+    # xgrammar prints a character below U+0100 in a literal as \xNN, and its parser reads \x greedily:
+    # an enum value "Québec" came back as "Qu\xe9bec", read as U+0E9B + "ec", and the right call was
+    # refused. Four-digit escapes read back as printed.
+    return _HEX_ESCAPE.sub(lambda m: f"{m[1]}\\u00{m[2]}", text)
+
+
+_HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([0-9a-fA-F]{2})")
 
 
 def _call(function: dict[str, Any]) -> dict[str, Any]:

@@ -209,3 +209,14 @@ def test_grammar_is_json_text_fit_for_vllm():
     """The structural tag vLLM's structured outputs take (its ``structural_tag`` field): JSON text."""
     tag = json.loads(call_grammar([WEATHER], "required"))
     assert tag["type"] == "structural_tag" and tag["format"]["type"] == "sequence"
+
+
+def test_enum_values_with_latin1_letters_before_hex_digits_are_accepted(tiny_guides):
+    """xgrammar prints "é" as \\xe9 and reads "\\xe9b" back as one character: "Québec" was refused.
+    (Found by the random-schema test above on a CI run: an enum value "\\x80" + "0".)"""
+    for value in ("Québec", "\x800", "Zürich", "a\\xe9b"):
+        function = {"name": "f", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "enum": [value, "Oslo"]}}, "required": ["city"]}}
+        reply = " " + format_calls([FunctionCall("f", {"city": value})]) + " " + END_OF_TURN
+        tokens = turn_tokens(tiny_guides.tokenizer, "USER: hi\n\n\nASSISTANT:", reply)
+        assert refused_at(tiny_guides, call_grammar([function], "auto"), tokens) is None, value
