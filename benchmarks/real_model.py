@@ -54,20 +54,23 @@ def run(*args: str, log: Path) -> tuple[float, float]:
 def evaluate(model: Path, out: Path, args: argparse.Namespace) -> dict:
     """Held-out rows, then BFCL (two runs: the first ``bfcl_limit`` of simple and irrelevance, half as
     many of the multiple and parallel categories): the figures of one table row, and the wall time."""
-    common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--max_new_tokens", str(args.max_new_tokens),
-              "--compute_dtype", args.compute_dtype]
+    common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--compute_dtype", args.compute_dtype]
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
     held_out = out / "held_out"
-    wall, _ = run("evaluate.py", *common, "--dataset", str(args.eval_data), "--output_dir", str(held_out), *limit,
-                  log=out / "held_out.log")
+    wall, _ = run("evaluate.py", *common, "--max_new_tokens", str(args.max_new_tokens), "--dataset", str(args.eval_data),
+                  "--output_dir", str(held_out), *limit, log=out / "held_out.log")
     summary = json.loads((held_out / "summary.json").read_text())
     row = {"held_out_items": summary["n"], "call_name_accuracy": round(summary["name_accuracy"], 3),
            "exact_argument_match": round(summary["exact_match"], 3), "parse_failures": summary["parse_failures"],
            "no_call": summary["no_call"]}
-    for name, categories, n in (("bfcl_a", BFCL_FULL, args.bfcl_limit), ("bfcl_b", BFCL_HALF, (args.bfcl_limit + 1) // 2)):
+    # The multiple/parallel run gets twice the tokens: two to four calls of 40-80 tokens each (row d's
+    # first evaluation, at 160, cut 9 of 50 parallel replies into unreadable calls).
+    for name, categories, n, tokens in (("bfcl_a", BFCL_FULL, args.bfcl_limit, args.max_new_tokens),
+                                        ("bfcl_b", BFCL_HALF, (args.bfcl_limit + 1) // 2, 2 * args.max_new_tokens)):
         bfcl_limit = ["--limit", str(n)] if args.bfcl_limit else []
-        bfcl_wall, _ = run("evaluate.py", *common, "--benchmark", "bfcl", "--categories", categories,
-                           "--output_dir", str(out / name), *bfcl_limit, log=out / f"{name}.log")
+        bfcl_wall, _ = run("evaluate.py", *common, "--max_new_tokens", str(tokens), "--benchmark", "bfcl",
+                           "--categories", categories, "--output_dir", str(out / name), *bfcl_limit,
+                           log=out / f"{name}.log")
         wall += bfcl_wall
         for category, figures in json.loads((out / name / "summary.json").read_text())["per_category"].items():
             row[f"bfcl_{category}"] = {"n": figures["n"], "accuracy": round(figures["accuracy"], 3),
@@ -188,7 +191,8 @@ def main() -> None:
     parser.add_argument("--bfcl_limit", type=int, default=100,
                         help="BFCL questions of simple and irrelevance, the first N, and N/2 of multiple, parallel and "
                              "parallel_multiple (0: all of each)")
-    parser.add_argument("--max_new_tokens", type=int, default=160, help="tokens per reply (evaluate.py and llama.cpp)")
+    parser.add_argument("--max_new_tokens", type=int, default=160,
+                        help="tokens per reply (evaluate.py and llama.cpp; twice as many for BFCL multiple and parallel)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--gguf_types", default="",
                         help="export each trained row's model as these GGUF types (e.g. f32,f16,q8_0) and compare its "

@@ -66,11 +66,11 @@ def test_checkpoint_picked_by_call_accuracy(tiny_model_dir, small_data, tmp_path
     checkpoint with the highest call accuracy (the first of equals), not the lowest loss."""
     out = tmp_path / "run"
     result = run("train.py", "--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir", str(out),
-                 "--eval_steps", "3", "--save_steps", "3", "--max_steps", "9", *FAST, "--call_eval_limit", "12",
-                 "--call_eval_data", str(REPO / "data" / "sample_heldout.jsonl"), "--call_eval_max_new_tokens", "48",
+                 "--eval_steps", "3", "--save_steps", "3", "--max_steps", "9", *FAST, "--call_eval_limit", "8",
+                 "--call_eval_data", str(REPO / "data" / "sample_heldout.jsonl"), "--call_eval_max_new_tokens", "32",
                  "--metric_for_best_model", "call_accuracy", "--greater_is_better", "true")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "call scoring at each evaluation: 12 held-out prompts" in result.stderr
+    assert "call scoring at each evaluation: 8 held-out prompts" in result.stderr
     summary = json.loads((out / "train_summary.json").read_text())
     history = summary["eval_history"]
     assert [h["step"] for h in history] == [3, 6, 9]
