@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=160,
                         help="tokens per reply (evaluate.py and llama.cpp; twice as many for BFCL multiple and parallel)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--overwrite", action="store_true", help="run again rows that already have results")
     parser.add_argument("--gguf_types", default="",
                         help="export each trained row's model as these GGUF types (e.g. f32,f16,q8_0) and compare its "
                              "held-out calls in llama.cpp with transformers' (needs llama-cpp-python; empty: skip)")
@@ -201,6 +202,10 @@ def main() -> None:
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     if not keys or any(k not in ROWS for k in keys):
         raise SystemExit(f"error: --only takes rows among {', '.join(ROWS)}, got {args.only!r}")
+    done = [k for k in keys if (args.output_dir / k).is_dir() and any((args.output_dir / k).iterdir())]
+    if done and not args.overwrite:  # a row is an hour of training: never replaced unasked
+        raise SystemExit(f"error: row {done[0]} already has results in {args.output_dir / done[0]}; "
+                         "pass --overwrite to run it again")
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,5 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     assert all(rows["a"][f"bfcl_{c}"]["n"] == 1 for c in ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple"))
     assert (out / "a" / "merged" / "model.safetensors").is_file() and (tmp_path / "wide" / "wide_heldout.jsonl").is_file()
     assert "| zero: zero-shot |" in result.stdout and "| a: sample data (10 functions) | 2 |" in result.stdout
+    again = run_script("benchmarks/real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out), "--only", "a")
+    assert again.returncode == 1 and again.stderr.startswith("error: row a already has results")  # never replaced unasked
