@@ -24,6 +24,7 @@ import torch
 from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.augment import Augmentation
+from fcmistral.data.epochs import EpochDraws
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
@@ -182,7 +183,7 @@ def main() -> None:
     # about an optional kernel package users cannot act on.
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from fcmistral.training.callbacks import SaveOnSignal
+    from fcmistral.training.callbacks import EpochDrawCallback, SaveOnSignal
     from fcmistral.training.metrics import TrainerWithMetrics
 
     script, data, args = parse_all()
@@ -215,7 +216,7 @@ def main() -> None:
         eval_dataset=dev_ds,
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=[stop := SaveOnSignal()],
+        callbacks=[stop := SaveOnSignal(), *([EpochDrawCallback(train_ds)] if isinstance(train_ds, EpochDraws) else [])],
         extra_metrics=call_scoring(script, tokenizer),
     )
     trainer.train(resume_from_checkpoint=resume)

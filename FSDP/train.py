@@ -25,6 +25,7 @@ from tqdm import tqdm
 from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.augment import Augmentation
+from fcmistral.data.epochs import EpochDraws
 from fcmistral.data.labels import IGNORE_INDEX
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
@@ -195,6 +196,8 @@ def main() -> None:
     while state["step"] < total_steps:
         epoch, step_in_epoch = divmod(state["step"], steps_per_epoch)
         sampler.set_epoch(epoch)
+        if isinstance(train_ds, EpochDraws):  # each epoch its own augmentation draw
+            train_ds.set_epoch(epoch)
         micro_batches = iter(loader)
         for _ in range(step_in_epoch * args.gradient_accumulation_steps):  # data position on resume
             next(micro_batches)

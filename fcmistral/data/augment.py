@@ -12,9 +12,9 @@ Two of Hammer's recipes (Lin et al., 2024), which no training framework ships:
 And one of our own, as glaive v2 has one call per turn: **parallel** rows, two requests in one user
 message (the row's and a partner row's), both rows' functions offered, both calls in one assistant
 turn (prompt.py's parallel convention), both results, then both answers.
-Each row draws from its own generator, seeded by the run's seed and the row's index, each
-augmentation independently at its rate: the same options give the same rows (and the same
-``datasets`` cache entry), whichever order they come in.
+Each row draws from its own generator, seeded by the run's seed, the epoch (fcmistral/data/epochs.py:
+each epoch its own draw) and the row's index, each augmentation independently at its rate: the same
+options give the same rows (and the same ``datasets`` cache entry), whichever order they come in.
 """
 
 from __future__ import annotations
@@ -172,10 +172,11 @@ def _parsed(row: dict[str, Any]) -> GlaiveRow | None:
         return None
 
 
-def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, seed: int,
+def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, seed: int | str,
                 partners: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """One ``{system, chat}`` row, augmented as ``augmentation`` draws for it (its own generator);
-    a parallel row takes its second request from one of ``partners`` (other rows of the data)."""
+    """One ``{system, chat}`` row, augmented as ``augmentation`` draws for it (its own generator,
+    seeded by ``seed``: the run's seed, and the epoch after the first); a parallel row takes its second
+    request from one of ``partners`` (other rows of the data)."""
     parsed = _parsed(row) if augmentation else None
     if parsed is None:
         return row

@@ -17,6 +17,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
 
 from fcmistral.data.augment import Augmentation, augment_row
 from fcmistral.data.encoding import SharedPrefixEncoder
+from fcmistral.data.epochs import EpochDraws
 from fcmistral.data.labels import Example, Overflow, Skipped, examples_from_rows
 from fcmistral.errors import UserError, first_line
 from fcmistral.format.glaive import RowParseError, parse_row
@@ -184,7 +185,7 @@ def report_skipped(skipped: list[tuple[int, str]], total: int, where: str, path:
                 f.write(json.dumps({"row_index": index, "reason": reason}) + "\n")
 
 
-def _augment_batch(batch: dict[str, list], augmentation: Augmentation, seed: int, code: str) -> dict[str, list]:
+def _augment_batch(batch: dict[str, list], augmentation: Augmentation, seed: str, code: str) -> dict[str, list]:
     """Augment a batch of rows, each its own draw; a parallel row's partner comes from the batch
     (``code``: row_code_digest(), unused here but part of the cache key)."""
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
@@ -210,26 +211,36 @@ def row_code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def _train_draw(rows: Dataset, tokenizer, max_length: int, overflow: Overflow, augmentation: Augmentation,
+                seed: int, epoch: int) -> tuple[Dataset, list[tuple[int, str]], int]:
+    """The train rows as epoch ``epoch`` sees them: augmented with that epoch's draw, tokenized."""
+    if augmentation:
+        draw_seed = str(seed) if epoch == 0 else f"{seed}.{epoch}"  # epoch 0: the draw of single-draw runs
+        rows = rows.map(_augment_batch, batched=True, batch_size=1000, desc=f"augmenting (epoch {epoch})", fn_kwargs={
+            "augmentation": augmentation, "seed": draw_seed, "code": row_code_digest()})
+    return tokenize_rows(rows, tokenizer, max_length, overflow)
+
+
 def prepare_splits(
     data_path: str, tokenizer, max_length: int, test_size: float, seed: int, overflow: Overflow = "truncate",
     report_dir: Path | None = None, report: bool = True, augmentation: Augmentation = Augmentation(),
-) -> tuple[Dataset, Dataset]:
+) -> tuple[Dataset | EpochDraws, Dataset]:
     """Train and dev examples from raw rows: load, split, augment the train rows, tokenize, report what
     was skipped.
 
-    Shared by train.py and FSDP/train.py (``report=False`` on all ranks but the first). Refuses a
-    ``max_length`` that cannot hold the longest system prompt, and a split left empty.
+    Shared by train.py and FSDP/train.py (``report=False`` on all ranks but the first). With an
+    augmentation, the train examples are an ``EpochDraws``: each epoch augments the rows with its own
+    draw (fcmistral/data/epochs.py); the dev rows stay as they are, so the dev loss stays comparable
+    across epochs and runs. Refuses a ``max_length`` that cannot hold the longest system prompt, and a
+    split left empty.
     """
     splits = split_rows(load_rows(data_path), test_size, seed)
     if report:
         log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
-    if augmentation:  # the dev rows stay as they are: the dev loss stays comparable across runs
-        splits["train"] = splits["train"].map(_augment_batch, batched=True, batch_size=1000, desc="augmenting", fn_kwargs={
-            "augmentation": augmentation, "seed": seed, "code": row_code_digest()})
-        if report:
-            log.info("augmentation: %s", augmentation)
-    tokenized = {name: tokenize_rows(splits[key], tokenizer, max_length, overflow)
-                 for name, key in (("train", "train"), ("dev", "test"))}
+        if augmentation:
+            log.info("augmentation: %s, a new draw each epoch", augmentation)
+    tokenized = {"train": _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, 0),
+                 "dev": tokenize_rows(splits["test"], tokenizer, max_length, overflow)}
     longest_prompt = max(longest for _, _, longest in tokenized.values())
     if longest_prompt >= max_length:
         raise UserError(f"--max_length {max_length} is smaller than the longest system prompt ({longest_prompt} tokens)")
@@ -239,4 +250,15 @@ def prepare_splits(
             report_skipped(skipped, len(ds) + len(skipped), name, path)
         if len(ds) == 0:
             raise UserError(f"no {name} example left after filtering {data_path!r} (see the skipped rows above)")
-    return tokenized["train"][0].remove_columns("row_index"), tokenized["dev"][0].remove_columns("row_index")
+    train = tokenized["train"][0].remove_columns("row_index")
+    if augmentation:
+        first = train
+
+        def make(epoch: int) -> Dataset:
+            if epoch == 0:
+                return first
+            draw, _, _ = _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, epoch)
+            return draw.remove_columns("row_index")
+
+        train = EpochDraws(make, seed)
+    return train, tokenized["dev"][0].remove_columns("row_index")

@@ -20,6 +20,7 @@ so attention silently spans the whole packed row. The batch therefore carries ``
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DataCollatorWithFlattening
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from fcmistral.data.epochs import EpochDraws
 
 VARLEN_SDPA = "sdpa_varlen"
 
@@ -109,4 +112,7 @@ def padding_free_training(model, dataset, max_length: int, pack: bool) -> tuple[
     each step sees few kinds: the demo learnt measurably less per example that way (README).
     """
     model.set_attn_implementation(packed_attention())
-    return (pack_examples(dataset, max_length) if pack else dataset), PackedCollator()
+    if pack:  # each epoch's augmentation draw is packed on its own
+        pack_draw = partial(pack_examples, max_length=max_length)
+        dataset = dataset.then(pack_draw) if isinstance(dataset, EpochDraws) else pack_draw(dataset)
+    return dataset, PackedCollator()

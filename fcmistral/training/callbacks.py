@@ -7,6 +7,8 @@ import signal
 
 from transformers import TrainerCallback
 
+from fcmistral.data.epochs import EpochDraws
+
 log = logging.getLogger(__name__)
 
 
@@ -36,4 +38,22 @@ class SaveOnSignal(TrainerCallback):
         if self.requested:
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+
+class EpochDrawCallback(TrainerCallback):
+    """Gives each epoch its own augmentation draw (fcmistral/data/epochs.py).
+
+    In one process, accelerate's loader forwards the Trainer's ``set_epoch`` to the dataset; with
+    several (torchrun), the batch sampler is sharded and accelerate (1.x, ``DataLoaderShard.set_epoch``)
+    tells the inner sampler *instead of* the dataset. So the dataset is told here, before the epoch's
+    first batch is read, in every case (also when a run resumes in the middle of an epoch:
+    ``state.epoch`` then counts the epochs begun).
+    """
+
+    def __init__(self, dataset: EpochDraws) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
         return control

@@ -65,8 +65,9 @@ def test_augmented_train_rows_are_tokenized_and_masked_as_others(tiny_tokenizer,
     """prepare_splits augments the train split only; a refusal is supervised like any assistant turn."""
     data = REPO / "data" / "sample_train.jsonl"
     plain_train, plain_dev = prepare_splits(str(data), tiny_tokenizer, 1024, 0.1, 3, report=False)
-    train, dev = prepare_splits(str(data), tiny_tokenizer, 1024, 0.1, 3, report=False,
+    draws, dev = prepare_splits(str(data), tiny_tokenizer, 1024, 0.1, 3, report=False,
                                 augmentation=Augmentation(irrelevance_rate=1.0))
+    train = draws.draw  # the first epoch's
     assert dev["input_ids"] == plain_dev["input_ids"] and len(train) == len(plain_train)
     calls = sum(FUNCTION_CALL_MARKER in tiny_tokenizer.decode(ids) for ids in train["input_ids"])
     assert calls == 0 < sum(FUNCTION_CALL_MARKER in tiny_tokenizer.decode(ids) for ids in plain_train["input_ids"])
@@ -131,12 +132,13 @@ def test_cached_rows_are_rebuilt_when_the_code_that_shapes_them_changes(tiny_tok
     monkeypatch.setattr(augment, "REFUSALS", ("Nope, I cannot {task}.",))
     monkeypatch.setattr(loading, "row_code_digest", lambda: "a new version")
     after, _ = prepare_splits(str(data), tiny_tokenizer, 1024, 0.1, 3, report=False, augmentation=refuses)
-    assert not any("Nope" in tiny_tokenizer.decode(ids) for ids in before["input_ids"])
-    assert any("Nope" in tiny_tokenizer.decode(ids) for ids in after["input_ids"])
+    assert not any("Nope" in tiny_tokenizer.decode(ids) for ids in before.draw["input_ids"])
+    assert any("Nope" in tiny_tokenizer.decode(ids) for ids in after.draw["input_ids"])
 
 
 def test_parallel_rows_are_supervised_as_one_call_turn(tiny_tokenizer):
-    train, _ = prepare_splits(str(REPO / "data" / "sample_train.jsonl"), tiny_tokenizer, 1024, 0.1, 3, report=False,
+    draws, _ = prepare_splits(str(REPO / "data" / "sample_train.jsonl"), tiny_tokenizer, 1024, 0.1, 3, report=False,
                               augmentation=Augmentation(parallel_rate=1.0))
+    train = draws.draw
     supervised = [tiny_tokenizer.decode([t for t in labels if t != -100]) for labels in train["labels"]]
     assert sum("'}" + CALL_SEPARATOR + FUNCTION_CALL_MARKER in s for s in supervised) > len(train) // 3
