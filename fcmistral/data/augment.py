@@ -34,6 +34,8 @@ REFUSALS = (
     "I'm sorry, but I am unable to {task} as I don't have a function for that.",
     "Unfortunately, none of the functions available to me can {task}. Is there anything else I can help with?",
     "I'm afraid I can't help with that: I have no function to {task}.",
+    "I'm sorry, but I don't have a function to {task}.",
+    "Unfortunately I can't {task}: none of my functions does that. Is there anything else I can help with?",
 )
 
 
@@ -80,8 +82,9 @@ def without_called_function(row: GlaiveRow, rng: random.Random) -> GlaiveRow | N
     return replace(row, system=build_system_prompt(functions), functions=functions, turns=kept + [refusal])
 
 
-# How the two requests of a parallel row are joined in one user message.
-JOINS = ("{a} Also, {b}", "{a}\n{b}", "{a} And one more thing: {b}", "Two things. {a} And: {b}")
+# How the two requests of a parallel row are asked in one user message ({b_}: the second request with
+# a lower-case first letter, where it continues the sentence).
+JOINS = ("{a} Also, {b_}", "{a}\n{b}", "{a} And one more thing: {b}", "Two things. {a} And {b_}", "{a} Then {b_}")
 PARTNER_TRIES = 8  # partner rows tried before a row stays single
 
 
@@ -102,6 +105,11 @@ def _single_exchange(row: GlaiveRow) -> tuple[list[Turn], Turn, Turn, Turn, Turn
     return row.turns[:request], row.turns[request], row.turns[index], result, answer
 
 
+def join_requests(first: str, second: str, rng: random.Random) -> str:
+    """Two requests as one user message (a parallel row's, here and in the demo's wide data)."""
+    return rng.choice(JOINS).format(a=first, b=second, b_=second[:1].lower() + second[1:])
+
+
 def with_parallel_calls(row: GlaiveRow, partner: GlaiveRow, rng: random.Random) -> GlaiveRow | None:
     """The row's request and the partner's in one user message, answered by both calls in one turn,
     both results and both answers; None when either has no single call exchange or their functions
@@ -117,7 +125,7 @@ def with_parallel_calls(row: GlaiveRow, partner: GlaiveRow, rng: random.Random) 
     _, their_request, their_call, their_result, their_answer = theirs
     if call.calls == their_call.calls:
         return None
-    turns = [*context, Turn("user", rng.choice(JOINS).format(a=request.content, b=their_request.content)),
+    turns = [*context, Turn("user", join_requests(request.content, their_request.content, rng)),
              call_turn(call.calls + their_call.calls), result, their_result,
              Turn("assistant", f"{answer.content} {their_answer.content}")]
     return replace(row, system=build_system_prompt(functions), functions=functions, turns=turns)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fcmistral.data.augment import REFUSALS, join_requests
 from fcmistral.demo.sample_data import _chitchat_row, _function_row, _prop, _schema, write_jsonl
 from fcmistral.format.glaive import parse_functions
 from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, call_turn, render_chat
@@ -241,9 +242,6 @@ def _offered(op: Operation, pool: list[list[Operation]], r: random.Random) -> li
     return chosen
 
 
-REFUSALS = ("I'm sorry, but I can't help with that. My capabilities are limited to the functions provided to me.",
-            "I'm sorry, but I don't have a function to {task}.",
-            "Unfortunately I can't {task}: none of my functions does that. Is there anything else I can help with?")
 ACKS = ["Sure, let me check that for you.", "Of course, one moment please.", "Let me take care of that."]
 
 
@@ -262,7 +260,7 @@ def _row(pool: list[list[Operation]], r: random.Random) -> dict[str, str]:
         request2, arguments2, result2, answer2 = _exchange(second, r)
         if arguments2 == arguments:
             request2, arguments2, result2, answer2 = _exchange(second, r)
-        turns = [Turn("user", f"{request} {r.choice(['Also,', 'And', 'Then'])} {request2[0].lower()}{request2[1:]}"),
+        turns = [Turn("user", join_requests(request, request2, r)),
                  call_turn([FunctionCall(op.name, arguments), FunctionCall(second.name, arguments2)]),
                  Turn("function_response", result), Turn("function_response", result2),
                  Turn("assistant", f"{answer} {answer2}")]
