@@ -25,7 +25,7 @@ from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_f
 from fcmistral.cli import run_cli
 from fcmistral.data.augment import Augmentation
 from fcmistral.data.epochs import EpochDraws
-from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.data.labels import IGNORE_INDEX, SupervisedLogits
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
@@ -215,7 +215,7 @@ def main() -> None:
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=SupervisedLogits(collator),
         callbacks=[stop := SaveOnSignal(), *([EpochDrawCallback(train_ds)] if isinstance(train_ds, EpochDraws) else [])],
         extra_metrics=call_scoring(script, tokenizer),
     )

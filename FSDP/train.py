@@ -26,7 +26,7 @@ from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_f
 from fcmistral.cli import run_cli
 from fcmistral.data.augment import Augmentation
 from fcmistral.data.epochs import EpochDraws
-from fcmistral.data.labels import IGNORE_INDEX
+from fcmistral.data.labels import IGNORE_INDEX, SupervisedLogits, with_supervised_logits
 from fcmistral.data.loading import prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
@@ -109,7 +109,7 @@ def dev_batches(dev, collate, env: fsdp.DistEnv, batch_size: int) -> list[dict[s
     while len(batches) < per_rank:  # no example left here: a forward that adds no loss
         filler = collate([dev[0]])
         filler["labels"].fill_(IGNORE_INDEX)
-        batches.append(filler)
+        batches.append(with_supervised_logits(filler))
     return batches
 
 
@@ -153,6 +153,7 @@ def main() -> None:
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
     if data.packing or data.padding_free:
         train_ds, collate = padding_free_training(model, train_ds, data.max_length, pack=data.packing)
+    collate = SupervisedLogits(collate)
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collate)

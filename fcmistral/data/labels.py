@@ -135,3 +135,34 @@ def examples_from_rows(
             labels[first:stop] = ids[first:stop]
         results.append(Example(ids[:keep], labels, prompt_tokens))
     return results
+
+
+def with_supervised_logits(batch: dict) -> dict:
+    """``batch`` with transformers' ``logits_to_keep`` (a boolean batch x length mask of the positions
+    that predict a supervised token) and the matching ``shift_labels`` (those targets), derived
+    from its labels: see ``SupervisedLogits``."""
+    import torch.nn.functional as F
+
+    targets = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+    keep = targets != IGNORE_INDEX
+    batch["logits_to_keep"], batch["shift_labels"] = keep, targets[keep]
+    return batch
+
+
+class SupervisedLogits:
+    """A collator wrapper: the model computes its head (the projection onto the vocabulary) only at
+    the positions that predict a supervised token.
+
+    Prompts (function schemas, user turns, function responses) are most of a glaive row's tokens, and
+    their logits feed no loss; at SmolLM2's 49,152-token vocabulary the head and its fp32 loss
+    buffers are a large part of a step's time and memory. The batch carries transformers' own
+    ``logits_to_keep`` and ``shift_labels`` (``with_supervised_logits``), so the model's own loss, its
+    ``num_items_in_batch`` reduction and the Trainer's and FSDP loop's scaling stay as they are: the
+    same loss and gradients, fewer logits.
+    """
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, rows):
+        return with_supervised_logits(self.collate(rows))

@@ -131,3 +131,43 @@ def test_special_tokens_written_in_text_are_text(tokenizer):
     specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
     assert [i for i, t in enumerate(example.input_ids) if t in specials] == [0, len(example.input_ids) - 1]
     assert tokenizer.decode(example.input_ids, skip_special_tokens=True) == row["system"] + row["chat"]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_head_only_at_supervised_positions_gives_the_same_loss_and_gradients(tiny_model_dir, tiny_tokenizer, packed):
+    """SupervisedLogits: logits only where a supervised token is predicted, and the model's own loss
+    and gradients unchanged (padded batches and packed, flattened ones)."""
+    import torch
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+
+    from fcmistral.data.labels import SupervisedLogits, with_supervised_logits
+    from fcmistral.data.loading import prepare_splits
+    from fcmistral.data.packing import PackedCollator
+    from tests.conftest import REPO
+
+    train, _ = prepare_splits(str(REPO / "data" / "sample_train.jsonl"), tiny_tokenizer, 1024, 0.1, 3, report=False)
+    rows = [train[i] for i in range(4)]
+    collate = PackedCollator() if packed else DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=IGNORE_INDEX)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if packed:
+        from fcmistral.data.packing import packed_attention
+
+        model.set_attn_implementation(packed_attention())
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        outputs = model(**batch, num_items_in_batch=supervised)
+        outputs.loss.backward()
+        return outputs, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, plain_grads = loss_and_grads(collate(rows))
+    batch = SupervisedLogits(collate)(rows)
+    kept, kept_grads = loss_and_grads(batch)
+    assert kept.logits.shape[0] == int(batch["logits_to_keep"].sum()) < plain.logits.shape[:2].numel() // 2
+    assert torch.allclose(kept.loss, plain.loss, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(kept_grads, plain_grads))
+    blank = collate(rows[:1])  # FSDP's filler batch: no supervised token, no loss
+    blank["labels"].fill_(IGNORE_INDEX)
+    with torch.no_grad():
+        assert float(model(**with_supervised_logits(blank), num_items_in_batch=1).loss) == 0.0
