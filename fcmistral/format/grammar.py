@@ -39,12 +39,8 @@ def arguments_grammar(schema: dict[str, Any]) -> str:
 def _arguments_grammar(schema: str) -> str:
     """The EBNF of JSON valid for ``schema`` in ``json.dumps``'s spacing (``", "``, ``": "``, no
     other whitespace): the model writes what it was trained on, and a weak model cannot wander into
-    endless whitespace, a known failure of JSON-constrained decoding.
-
-    Known and left: a string value may hold the end marker (only xgrammar's structural-tag JSON
-    format takes ``excludes``, and it allows free whitespace and refused 196 of the 515 sample
-    calls' tokenizations in a trial); a model that writes the marker inside a value ends its reply
-    there, and the call is unreadable."""
+    endless whitespace, a known failure of JSON-constrained decoding. A string never holds the end
+    marker (see ``_without_markers``)."""
     import xgrammar
 
     # strict_mode=False: keys a schema does not name are allowed, as JSON Schema (and the call
@@ -54,10 +50,74 @@ def _arguments_grammar(schema: str) -> str:
     # xgrammar prints a character below U+0100 in a literal as \xNN, and its parser reads \x greedily:
     # an enum value "Québec" came back as "Qu\xe9bec", read as U+0E9B + "ec", and the right call was
     # refused. Four-digit escapes read back as printed.
-    return _HEX_ESCAPE.sub(lambda m: f"{m[1]}\\u00{m[2]}", text)
+    return _without_markers(_HEX_ESCAPE.sub(lambda m: f"{m[1]}\\u00{m[2]}", text))
 
 
 _HEX_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\x([0-9a-fA-F]{2})")
+_STRING_RULE = re.compile(r'^basic_string_sub ::= \(\("\\""\) \| \(\[\^(?P<banned>[^\]]*)\] basic_string_sub\) \| '
+                          r'\("\\\\" basic_escape basic_string_sub\)\)(?P<lookahead> \(=.*\))?$', re.MULTILINE)
+
+
+# Texts no string of a call may hold: generation stops at the end marker's text wherever it appears,
+# so a value holding it cuts the call short. It is excluded by its first two characters, "<|", which
+# also open every special token of the usual chat tokenizers (<|im_end|>, <|eot_id|>...): each
+# character of an excluded text is a rule of the grammar. Known and left: the call marker inside a
+# value, which the parser reads as the next call; excluding it too (13 more rules) made compiling
+# 2x slower on the toy schemas and 5-9x on the sample and BFCL tests' (xgrammar 0.1.x, this CPU).
+UNWRITABLE_IN_STRINGS = (END_OF_TURN[:2],)
+
+
+def _without_markers(ebnf: str) -> str:
+    """xgrammar's JSON string rule rewritten so that no string holds one of ``UNWRITABLE_IN_STRINGS``.
+
+    Found on the fine-tuned SmolLM2 under the constraint: it wrote the end marker inside a value (its
+    tokenizer has ``<|endoftext|>`` as one token, which xgrammar matches as text): generation stopped
+    mid-call, an unreadable call, which the grammar was there to rule out. The rule becomes the
+    automaton of "no occurrence" (Aho-Corasick over the texts' prefixes): one rule per prefix just
+    written; any other text, escapes included, is allowed as before. (xgrammar's own ``excludes``
+    exists only in its structural-tag JSON format, which allows free whitespace and refused 196 of
+    the 515 sample calls' tokenizations in a trial.)
+    """
+    match = _STRING_RULE.search(ebnf)
+    if match is None:  # a new xgrammar printing its string rule otherwise: fail loudly, not unguarded
+        raise RuntimeError("xgrammar's JSON string rule has an unknown form: cannot exclude the markers")
+    banned, lookahead = match["banned"], match["lookahead"] or ""
+    markers = UNWRITABLE_IN_STRINGS
+    prefixes = sorted({m[:k] for m in markers for k in range(len(m))}, key=lambda p: (len(p), p))
+    names = {p: "basic_string_sub" if not p else f"basic_string_sub_m{i}" for i, p in enumerate(prefixes)}
+    chars = sorted(set("".join(markers)))
+
+    def step(state: str, char: str) -> str | None:
+        """The longest suffix of ``state + char`` that is a marker prefix; None where a marker ends."""
+        text = state + char
+        if any(text.endswith(m) for m in markers):
+            return None
+        while text and text not in names:
+            text = text[1:]
+        return text
+
+    rules = []
+    for state in prefixes:
+        moves = {c: step(state, c) for c in chars}
+        moves = {c: to for c, to in moves.items() if to != ""}  # the other characters lead back to ""
+        excluded = banned + "".join("\\" + c if c in "]\\^-" else c for c in moves)
+        options = ['("\\"")', f"([^{excluded}] basic_string_sub)", '("\\\\" basic_escape basic_string_sub)']
+        options += [f"({json.dumps(c)} {names[to]})" for c, to in moves.items() if to is not None]
+        rules.append(f"{names[state]} ::= ({' | '.join(options)}){lookahead}")
+    # Elsewhere (an object key's first character is its own rule), a character that leads into the
+    # string rule may start a marker: it leads into the rule of that prefix instead.
+    starts = sorted({m[0] for m in markers})
+
+    def into_string(m: re.Match) -> str:
+        firsts = [c for c in starts if c not in m[1]]
+        return " | ".join([f"([^{m[1]}{''.join(firsts)}] basic_string_sub)",
+                           *(f"({json.dumps(c)} {names[c]})" for c in firsts)])
+
+    rest = _INTO_STRING.sub(into_string, ebnf[:match.start()] + "\0" + ebnf[match.end():])
+    return rest.replace("\0", "\n".join(rules))
+
+
+_INTO_STRING = re.compile(r"\(\[\^((?:\\.|[^\]\\])*)\] basic_string_sub\)")
 
 
 def _call(function: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,14 @@ from fcmistral.format.checks import call_problem
 from fcmistral.format.glaive import parse_row
 from fcmistral.format.grammar import call_grammar
 from fcmistral.modeling import load_tokenizer, text_encoder
-from fcmistral.prompt import END_OF_TURN, FunctionCall, format_call, format_calls, generation_prompt, render_turn
+from fcmistral.prompt import (
+    END_OF_TURN,
+    FunctionCall,
+    format_call,
+    format_calls,
+    generation_prompt,
+    render_turn,
+)
 from tests.conftest import REPO, read_jsonl
 from tests.evaluation.test_bfcl import first_acceptable, shipped_data, unreachable
 
@@ -82,7 +89,7 @@ def test_every_bfcl_answer_is_accepted(guides):
     categories = [c for c in ("simple", "multiple", "parallel", "parallel_multiple") if c in CATEGORY_FILES]
     items = load_bfcl_items(categories, str(shipped_data()), None)
     assert len(items) > 900
-    if len(guides.tokenizer) > 40_000:  # Mistral's and SmolLM2's vocabularies: every 8th (compiling is the cost)
+    if len(guides.tokenizer) > 30_000:  # Mistral's (32k) and SmolLM2's (49k): every 8th (compiling is the cost)
         items = items[::8]
     refused, left_out = [], []
     for item in items:
@@ -220,3 +227,22 @@ def test_enum_values_with_latin1_letters_before_hex_digits_are_accepted(tiny_gui
         reply = " " + format_calls([FunctionCall("f", {"city": value})]) + " " + END_OF_TURN
         tokens = turn_tokens(tiny_guides.tokenizer, "USER: hi\n\n\nASSISTANT:", reply)
         assert refused_at(tiny_guides, call_grammar([function], "auto"), tokens) is None, value
+
+
+def test_no_string_holds_the_end_marker(guides):
+    """Generation stops at the end marker's text: written inside a value (SmolLM2 under the constraint,
+    BFCL simple_python_96), it cut the call into an unreadable one. Strings are refused from its "<|"
+    on (the opening of chat tokenizers' special tokens too); other text, "<" and "|" included, stays."""
+    def tokens(value: str, key: str = "extra") -> list[int]:  # an extra key: the grammar allows them
+        arguments = {"city": value, "days": 2, key: value}
+        reply = " " + format_calls([FunctionCall("get_weather", arguments)]) + " " + END_OF_TURN
+        return turn_tokens(guides.tokenizer, "USER: hi\n\n\nASSISTANT:", reply)
+
+    grammar = call_grammar([WEATHER], "auto")
+    for value in ("a < | b", "|endoftext|>", "<<", "x|<", "<endoftext>", "a'}b"):
+        assert refused_at(guides, grammar, tokens(value)) is None, value
+        assert refused_at(guides, grammar, tokens("Oslo", key=value)) is None, value
+    for value in (END_OF_TURN, "Oslo" + END_OF_TURN, "<" + END_OF_TURN + "x", "a <| b", "<|im_end|>"):
+        for written in (tokens(value), tokens("Oslo", key=value)):  # in a value, in a key
+            at = refused_at(guides, grammar, written)
+            assert at is not None and at < len(written) - 4, value  # refused inside, not at the end
