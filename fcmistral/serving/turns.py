@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generator, Mapping
 
 from fcmistral.format.calls import try_parse_calls
@@ -65,12 +65,16 @@ class Ask:
 
 @dataclass
 class Outcome:
-    """The assistant's new turns (text turns, then a call turn if it called), the checked calls
-    (when ``schemas`` were given) and why the reply ended: "stop", "length" or "tool_calls"."""
+    """The assistant's new turns (text turns, then a call turn if it called) and why the reply
+    ended: "stop", "length" or "tool_calls"."""
 
     turns: list[Turn]
     finish_reason: str
-    calls: list[FunctionCall] = field(default_factory=list)
+
+    @property
+    def calls(self) -> list[FunctionCall]:
+        """The calls of the closing call turn (checked when ``schemas`` were given), else none."""
+        return self.turns[-1].calls if self.finish_reason == "tool_calls" else []
 
 
 Generated = tuple[str, str]  # (text, finish reason) of one generation
@@ -89,12 +93,11 @@ def assistant_turns(system: str, turns: list[Turn], policy: TurnPolicy = CHAT_PO
                     prefix: str = "") -> Generator[Ask, Generated, Outcome]:
     """The assistant's turns after ``turns`` (see the module docstring)."""
     new: list[Turn] = []
-    calls: list[FunctionCall] = []
     finish = "stop"
     for count in range(1, policy.max_assistant_turns + 1):
         context = turns + new
         text, finish = yield Ask(_prompt(system, context, prefix))
-        turn, calls, finish = yield from _checked(system, context, prefix + text, finish, policy, schemas,
+        turn, finish = yield from _checked(system, context, prefix + text, finish, policy, schemas,
                                                   calls_allowed, prefix)
         new.append(turn)
         if turn.role == "function_call" or finish != "stop" or prefix or not calls_allowed or not turn.content:
@@ -104,7 +107,7 @@ def assistant_turns(system: str, turns: list[Turn], policy: TurnPolicy = CHAT_PO
         peek, _ = yield Ask(turn_continuation_prompt(system, turns + new), PEEK_TOKENS, peek=True)
         if not starts_assistant_turn(peek):
             break
-    return Outcome(new, "tool_calls" if new[-1].role == "function_call" else finish, calls)
+    return Outcome(new, "tool_calls" if new[-1].role == "function_call" else finish)
 
 
 def _prompt(system: str, turns: list[Turn], prefix: str) -> str:
@@ -113,14 +116,14 @@ def _prompt(system: str, turns: list[Turn], prefix: str) -> str:
 
 def _checked(system: str, context: list[Turn], text: str, finish: str, policy: TurnPolicy,
              schemas: Mapping[str, dict[str, Any]] | None, calls_allowed: bool,
-             prefix: str) -> Generator[Ask, Generated, tuple[Turn, list[FunctionCall], str]]:
+             prefix: str) -> Generator[Ask, Generated, tuple[Turn, str]]:
     """One turn as text or a call; with ``schemas``, an unusable call is asked again, then text."""
     text = text.strip()
     marker = text.find(FUNCTION_CALL_MARKER) if calls_allowed else -1
     if marker < 0 or finish == "length":  # text, or a call cut short: text
-        return Turn("assistant", text), [], finish
+        return Turn("assistant", text), finish
     if schemas is None:  # checked where it runs
-        return Turn("function_call", text, try_parse_calls(text)[0]), [], "tool_calls"
+        return Turn("function_call", text, try_parse_calls(text)[0]), "tool_calls"
     calls, problem = check_calls(text, schemas)
     retries = policy.call_retries
     while problem and retries:
@@ -134,8 +137,8 @@ def _checked(system: str, context: list[Turn], text: str, finish: str, policy: T
         calls, problem = check_calls(prefix + retry, schemas)
     if problem:
         log.info("the call stays unusable, returned as text: %s", problem)
-        return Turn("assistant", text), [], "stop"
-    return Turn("function_call", text, calls), calls, "tool_calls"
+        return Turn("assistant", text), "stop"
+    return Turn("function_call", text, calls), "tool_calls"
 
 
 def run_turns(policy: Generator[Ask, Generated, Outcome], answer: Callable[[Ask], Generated]) -> Outcome:
