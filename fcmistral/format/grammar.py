@@ -21,6 +21,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from fcmistral.format.schemas import arguments_schema
 from fcmistral.prompt import CALL_SEPARATOR, END_OF_TURN, FUNCTION_CALL_MARKER, format_call
 
 # Modes: "auto" (free text, or calls), "required" (the turn is calls only).
@@ -43,8 +44,8 @@ def _arguments_grammar(schema: str) -> str:
     marker (see ``_without_markers``)."""
     import xgrammar
 
-    # strict_mode=False: keys a schema does not name are allowed, as JSON Schema (and the call
-    # checker, fcmistral.format.checks) allow them, so the grammar refuses nothing the checker accepts.
+    # strict_mode=False: where a schema does not say, keys it does not name are allowed, as JSON Schema
+    # allows them; the top level says (``arguments_schema``): the grammar and the checker agree.
     text = str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False, separators=(", ", ": "),
                                                  strict_mode=False))
     # xgrammar prints a character below U+0100 in a literal as \xNN, and its parser reads \x greedily:
@@ -124,7 +125,7 @@ def _call(function: dict[str, Any]) -> dict[str, Any]:
     """One call of ``function`` after its marker: ``format_call``'s text (so the spacing and quoting
     are the training data's) with the arguments replaced by their schema's grammar."""
     head, tail = format_call(function["name"], {}).split("{}'", 1)  # ... "arguments": '{}'}
-    schema = function.get("parameters") or {"type": "object"}
+    schema = arguments_schema(function) or {"type": "object"}
     arguments = {"type": "grammar", "grammar": arguments_grammar(schema)}
     return {"type": "sequence", "elements": [_const(head.removeprefix(FUNCTION_CALL_MARKER)), arguments,
                                              _const("'" + tail)]}

@@ -198,18 +198,25 @@ def load_schemas(path: str | Path) -> list[dict[str, Any]]:
     return functions
 
 
-def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
-    """Problems with a call's arguments against its (already checked) schema, empty when the call
-    is fine: JSON Schema validation by ``jsonschema``.
+def arguments_schema(function: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema a call's arguments must meet, for the checker and the call grammar alike.
 
-    One deliberate difference from plain JSON Schema: an argument the schema does not declare is
-    an error when the schema lists its properties (``additionalProperties`` defaults to false
-    here). A model inventing an argument name is the most common wrong call, and a function would
-    reject it anyway with a TypeError.
+    One deliberate difference from plain JSON Schema: an argument the function does not declare is
+    an error when its parameters list their properties (``additionalProperties`` defaults to false
+    at the top level, as in OpenAI's strict mode; BFCL's checker fails such a call too). A model
+    inventing an argument name is the most common wrong call, and a function would reject it
+    anyway with a TypeError.
     """
-    parameters = dict(schema.get("parameters") or {})
+    parameters = dict(function.get("parameters") or {})
     if parameters.get("properties") and "additionalProperties" not in parameters:
         parameters["additionalProperties"] = False
+    return parameters
+
+
+def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
+    """Problems with a call's arguments against its (already checked) schema, empty when the call
+    is fine: JSON Schema validation by ``jsonschema`` of ``arguments_schema``."""
+    parameters = arguments_schema(schema)
     # An empty registry: references resolve inside the schema only, never by fetching a URL or file.
     try:
         errors = sorted(_Validator(parameters, registry=Registry()).iter_errors(arguments), key=lambda e: list(e.path))

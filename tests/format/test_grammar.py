@@ -188,6 +188,7 @@ WEATHER = {"name": "get_weather", "parameters": {"type": "object", "required": [
     format_call("get_weather", {"city": "Oslo"}),  # a required key missing
     format_call("get_weather", {"city": "Oslo", "days": "2"}),  # a string where an integer is due
     format_call("get_weather", {"city": "Oslo", "days": 2, "unit": "k"}),  # not in the enum
+    format_call("get_weather", {"city": "Oslo", "days": 2, "wind": True}),  # an argument it does not declare
     format_call("get_weather", {"city": "Oslo", "days": float("nan")}),  # NaN
     format_call("get_weather", {"city": "Oslo", "days": 2}).replace('": ', ':   '),  # endless whitespace
     format_call("get_weather", {"city": "Oslo", "days": 2}) + " and more",  # text after the call
@@ -233,12 +234,15 @@ def test_no_string_holds_the_end_marker(guides):
     """Generation stops at the end marker's text: written inside a value (SmolLM2 under the constraint,
     BFCL simple_python_96), it cut the call into an unreadable one. Strings are refused from its "<|"
     on (the opening of chat tokenizers' special tokens too); other text, "<" and "|" included, stays."""
-    def tokens(value: str, key: str = "extra") -> list[int]:  # an extra key: the grammar allows them
-        arguments = {"city": value, "days": 2, key: value}
+    notes = {**WEATHER, "parameters": {**WEATHER["parameters"], "properties": {
+        **WEATHER["parameters"]["properties"], "notes": {"type": "object"}}}}  # keys of its own choosing
+
+    def tokens(value: str, key: str = "extra") -> list[int]:
+        arguments = {"city": value, "days": 2, "notes": {key: value}}
         reply = " " + format_calls([FunctionCall("get_weather", arguments)]) + " " + END_OF_TURN
         return turn_tokens(guides.tokenizer, "USER: hi\n\n\nASSISTANT:", reply)
 
-    grammar = call_grammar([WEATHER], "auto")
+    grammar = call_grammar([notes], "auto")
     for value in ("a < | b", "|endoftext|>", "<<", "x|<", "<endoftext>", "a'}b"):
         assert refused_at(guides, grammar, tokens(value)) is None, value
         assert refused_at(guides, grammar, tokens("Oslo", key=value)) is None, value
