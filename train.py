@@ -207,7 +207,7 @@ def main() -> None:
                  model.config._attn_implementation)
     model = wrap_lora(
         model, lora_config(script.lora_r, script.lora_alpha, script.lora_dropout),
-        quantized=script.load_in_4bit, gradient_checkpointing=bool(args.activation_checkpointing),
+        gradient_checkpointing=bool(args.activation_checkpointing),
     )
     trainer = TrainerWithMetrics(
         model=model,

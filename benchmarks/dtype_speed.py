@@ -69,7 +69,7 @@ def qlora_step_ms(model_path: str, dtype: torch.dtype, batches: list[dict], repe
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, load_in_4bit=True, tokenizer=tokenizer, dtype=dtype)
     model.config.use_cache = False
-    model = wrap_lora(model, lora_config(), quantized=True, gradient_checkpointing=False)
+    model = wrap_lora(model, lora_config(), gradient_checkpointing=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
 

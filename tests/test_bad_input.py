@@ -19,7 +19,7 @@ def files(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> dict[str, str]:
     root = tmp_path_factory.mktemp("bad")
     corrupt = root / "corrupt_adapter"
     model = load_model(str(tiny_model_dir), False, tiny_tokenizer)
-    wrap_lora(model, lora_config(), quantized=False, gradient_checkpointing=False).save_pretrained(corrupt)
+    wrap_lora(model, lora_config(), gradient_checkpointing=False).save_pretrained(corrupt)
     weights = corrupt / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])  # a copy cut short
     not_adapter = root / "not_adapter"

@@ -137,7 +137,7 @@ def test_merged_model_matches_the_peft_model(into_dequantized, tiny_model_dir, t
 
     torch.manual_seed(0)
     fp32 = torch.float32  # every side computes in fp32, whatever this CPU's default dtype is
-    peft_model = wrap_lora(load_model(str(tiny_model_dir), False, tiny_tokenizer, dtype=fp32), lora_config(), False, False)
+    peft_model = wrap_lora(load_model(str(tiny_model_dir), False, tiny_tokenizer, dtype=fp32), lora_config(), False)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
