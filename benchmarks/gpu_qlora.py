@@ -57,9 +57,9 @@ def build(config: dict, attn: str, device: torch.device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     quantize_linear_layers(model, device)
     model.to(device)
-    model.is_loaded_in_4bit = True  # what from_pretrained sets; prepare_model_for_kbit_training reads it
+    model.is_loaded_in_4bit = True  # what from_pretrained sets on a 4-bit model
     keep_4bit_backward_exact(model)
-    return wrap_lora(model, lora_config(), quantized=True, gradient_checkpointing=True)
+    return wrap_lora(model, lora_config(), gradient_checkpointing=True)
 
 
 def run(label: str, config: dict, attn: str, seq: int, packed: bool, steps: int, device: torch.device) -> dict:

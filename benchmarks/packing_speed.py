@@ -64,7 +64,7 @@ def main() -> None:
         examples = examples[: args.examples]
         model = load_model(model_path, load_in_4bit=args.load_in_4bit, tokenizer=tokenizer)
         model.config.use_cache = False
-        model = wrap_lora(model, lora_config(), quantized=args.load_in_4bit, gradient_checkpointing=False)
+        model = wrap_lora(model, lora_config(), gradient_checkpointing=False)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         model.train()
         report = {"examples": len(examples), "mean_tokens": sum(len(e["input_ids"]) for e in examples) / len(examples)}
