@@ -167,3 +167,19 @@ def try_parse_calls(text: str) -> tuple[list[FunctionCall], str | None]:
         return parse_calls(text), None
     except CallParseError as err:
         return [], str(err)
+
+
+def arguments_schema(function: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema a call's arguments must meet, for the checker and the call grammar alike
+    (here, with no dependency, so that the grammar loads in vLLM's own environment).
+
+    One deliberate difference from plain JSON Schema: an argument the function does not declare is
+    an error when its parameters list their properties (``additionalProperties`` defaults to false
+    at the top level, as in OpenAI's strict mode; BFCL's checker fails such a call too). A model
+    inventing an argument name is the most common wrong call, and a function would reject it
+    anyway with a TypeError.
+    """
+    parameters = dict(function.get("parameters") or {})
+    if parameters.get("properties") and "additionalProperties" not in parameters:
+        parameters["additionalProperties"] = False
+    return parameters

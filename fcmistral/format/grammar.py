@@ -21,7 +21,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from fcmistral.format.schemas import arguments_schema
+from fcmistral.format.calls import arguments_schema
 from fcmistral.prompt import CALL_SEPARATOR, END_OF_TURN, FUNCTION_CALL_MARKER, format_call
 
 # Modes: "auto" (free text, or calls), "required" (the turn is calls only).

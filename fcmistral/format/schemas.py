@@ -21,6 +21,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from fcmistral.errors import UserError
+from fcmistral.format.calls import arguments_schema
 from fcmistral.format.glaive import RowParseError, parse_functions
 from fcmistral.inputs import read_utf8
 from fcmistral.prompt import SYSTEM_WITH_FUNCTIONS
@@ -196,21 +197,6 @@ def load_schemas(path: str | Path) -> list[dict[str, Any]]:
     if not functions:
         raise UserError(f"{str(path)!r} declares no function")
     return functions
-
-
-def arguments_schema(function: dict[str, Any]) -> dict[str, Any]:
-    """The JSON Schema a call's arguments must meet, for the checker and the call grammar alike.
-
-    One deliberate difference from plain JSON Schema: an argument the function does not declare is
-    an error when its parameters list their properties (``additionalProperties`` defaults to false
-    at the top level, as in OpenAI's strict mode; BFCL's checker fails such a call too). A model
-    inventing an argument name is the most common wrong call, and a function would reject it
-    anyway with a TypeError.
-    """
-    parameters = dict(function.get("parameters") or {})
-    if parameters.get("properties") and "additionalProperties" not in parameters:
-        parameters["additionalProperties"] = False
-    return parameters
 
 
 def validate_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
