@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -159,7 +160,8 @@ def peer_server(peer: str, model_path: str, batch: int, tmp: str, args: argparse
     base = f"http://127.0.0.1:{port}/v1"
     if peer == "ours":
         with running_server(model_path, tmp, "--max_batch_size", str(batch), "--max_new_tokens",
-                            str(max(args.max_tokens, 64)), "--compute_dtype", args.compute_dtype) as (server, url, _):
+                            str(max(args.max_tokens, 64)), "--compute_dtype", args.compute_dtype,
+                            *engine_threads(args)) as (server, url, _):
             yield server, url, "m"
         return
     if peer == "transformers-serve":
@@ -182,6 +184,17 @@ def peer_server(peer: str, model_path: str, batch: int, tmp: str, args: argparse
         yield server, base, name
 
 
+def engine_threads(args: argparse.Namespace) -> tuple[str, ...]:
+    """serve.py's ``--engine_threads`` when the benchmark is given one (else the server's default)."""
+    return ("--engine_threads", str(args.engine_threads)) if args.engine_threads else ()
+
+
+def logged_engine_threads(tmp: str) -> str | None:
+    """What serve.py's log (written in ``tmp`` by running_server) says of its engine's threads."""
+    found = re.search(r"engine threads: .*", (Path(tmp) / "server.log").read_text())
+    return found[0] if found else None
+
+
 def compare_peers(args: argparse.Namespace, levels: list[int], tmp: str) -> dict:
     """Every server of ``--peer`` in turn, the same levels of the same completion requests; one table."""
     model_path = model_or_tiny(args.model_path, tmp)
@@ -197,6 +210,8 @@ def compare_peers(args: argparse.Namespace, levels: list[int], tmp: str) -> dict
                 rows[-1]["server_rss_mib"] = round(rss_mib(server.pid), 1)
                 print(json.dumps({"peer": peer, **rows[-1]}), file=sys.stderr, flush=True)
             report["peers"][peer] = rows
+            if peer == "ours":
+                report["ours_engine_threads"] = logged_engine_threads(tmp)
     lines = ["| server | clients | requests/s | p50 s | p95 s | generated tok/s | errors | RSS MiB |",
              "|---|---|---|---|---|---|---|---|"]
     for peer, rows in report["peers"].items():
@@ -220,6 +235,8 @@ def main() -> None:
                         help="run each level again with every request under the call grammar; report the ratio")
     parser.add_argument("--compute_dtype", default="auto", help="the server's --compute_dtype (auto: the hardware's "
                                                                   "choice for the model)")
+    parser.add_argument("--engine_threads", type=int, default=None,
+                        help="serve.py's --engine_threads (default: the server's own choice)")
     parser.add_argument("--peer", default=None,
                         help=f"compare servers on the same completion requests, comma-separated from {', '.join(PEERS)}")
     parser.add_argument("--llama_server", default=str(REPO / "artifacts" / "llama-server"),
@@ -245,10 +262,11 @@ def main() -> None:
         constrained = ("--constrained_calls", "strict") if args.constrained else ()
         with running_server(args.model_path, tmp, "--max_batch_size", str(max(levels)), "--max_new_tokens",
                             str(max(args.max_tokens, 64)), "--compute_dtype", args.compute_dtype,
-                            *constrained) as (server, base, model_path):
+                            *engine_threads(args), *constrained) as (server, base, model_path):
             report: dict = {"model": model_path, "max_tokens": args.max_tokens, "seconds_per_level": args.seconds,
                             "questions": "varied" if args.vary else "the same",
-                            "server_rss_mib_start": round(rss_mib(server.pid), 1), "levels": []}
+                            "server_rss_mib_start": round(rss_mib(server.pid), 1),
+                            "engine_threads": logged_engine_threads(tmp), "levels": []}
             total = 0
             for clients in levels:
                 level = run_level(base, clients, args.seconds, args.max_tokens, tools, args.vary)

@@ -136,7 +136,8 @@ class ServeArguments:
         "help": "added to the call marker's first logit where a reply starts: > 0 calls more often, < 0 less"})
     max_batch_size: int = field(default=32, metadata={"help": "requests generated together at most"})
     engine_threads: int = field(default=None, metadata={
-        "help": "torch threads of the generation process (default: all cores but one, which the HTTP process gets)"})
+        "help": "torch threads of the generation process (default: measured at load: all cores if they make a "
+                "decode step clearly faster than all but one, else all but one, left to the HTTP process)"})
     max_prompt_tokens: int = field(default=8192, metadata={"help": "longest prompt (400 past it)"})
     max_request_bytes: int = field(default=1 << 20, metadata={"help": "largest body (413 past it)"})
 

@@ -32,10 +32,10 @@ def server(tiny_model_dir):
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True).start()
     deadline = time.monotonic() + 300
-    while not any("serving" in line for line in lines):
+    while not (found := re.search(r"serving \S+ on (http://\S+/v1)", "".join(lines))):
         assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.1)
-    base = re.search(r"(http://\S+/v1)", next(line for line in lines if "serving" in line))[1]
+    base = found[1]
     yield process, base, lines
     process.terminate()
     process.wait(30)

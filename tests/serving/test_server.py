@@ -330,11 +330,12 @@ def test_tiny_model_serves_end_to_end(tiny_model_dir):
                                 "--port", "0", "--max_new_tokens", "24"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        line = ""
-        while "serving" not in line:
+        found = None
+        while not found:
             line = process.stdout.readline()
             assert line, "the server exited before serving"
-        base = re.search(r"(http://\S+/v1)", line)[1]
+            found = re.search(r"serving \S+ on (http://\S+/v1)", line)
+        base = found[1]
         client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120)
         full = plain(ask(client, "What's the weather like in Paris?", tools=TOOLS, temperature=0))
         streamed = reassemble(ask(client, "What's the weather like in Paris?", stream=True, tools=TOOLS, temperature=0,

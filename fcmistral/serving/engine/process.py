@@ -48,30 +48,51 @@ class EngineSpec:
     load_in_4bit: bool = False
     dtype: torch.dtype | None = None  # None: the hardware's choice
     max_batch_size: int = 32
-    threads: int | None = None  # torch's threads in the engine; None: all cores but one (see _run_engine)
+    threads: int | None = None  # torch's threads in the engine; None: measured (serving/engine/threads.py)
     max_prefill_tokens: int = 16384
 
 
 def _run_engine(spec: EngineSpec, requests, updates) -> None:
     """The engine process: load, say ready (or why not), then serve requests until the pipe closes.
-    After every step, and every second when idle, it sends the step's updates or a heartbeat."""
+    After every step, and every second when idle, it sends the step's updates or a heartbeat.
+
+    Only the generation thread runs torch's parallel kernels: the model loads here with one thread,
+    and its thread count is set (or measured) in the generation thread. Why: torch's OpenMP keeps a
+    pool of threads per thread that has run a parallel kernel, and with more pooled threads than
+    cores they stop spinning between kernels and sleep; a decode step of SmolLM2 in the generation
+    thread took 51-55 ms with 2 threads once the main thread had run its own, 32 ms otherwise."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, whose exit ends this process
+
+    def failed(err: Exception) -> None:  # the parent reports it as the server's one-line error
+        updates.send(("failed", str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"))
+
     try:
         import torch
 
         from fcmistral.generation import load_for_generation
         from fcmistral.serving.engine import BatchingEngine
+        from fcmistral.serving.engine.threads import engine_threads
 
-        # One core is left to the HTTP process: torch's threads wait for work by spinning, so a pool
-        # as wide as the machine takes the core the server needs (measured on 2 cores with the tiny
-        # model: 8 clients got 88 requests/s with 2 threads, 100 with 1).
-        torch.set_num_threads(spec.threads or max(1, torch.get_num_threads() - 1))
+        cores = torch.get_num_threads()  # torch's own default: the cores this process may use
+        torch.set_num_threads(1)  # (see above: no pool in this thread)
         model, tokenizer = load_for_generation(spec.model_path, spec.adapter_path, spec.load_in_4bit, spec.dtype)
-    except Exception as err:  # noqa: BLE001 - the parent reports it as the server's one-line error
-        updates.send(("failed", str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"))
+    except Exception as err:  # noqa: BLE001 - reported, then the process ends
+        failed(err)
         return
     outbox: list[tuple[int, Update]] = []
     rows = {}
+
+    def setup() -> None:  # in the generation thread, before its first step
+        try:
+            if spec.threads:
+                torch.set_num_threads(spec.threads)
+                threads = f"engine threads: {spec.threads} (--engine_threads)"
+            else:  # all cores or all but one (left to the HTTP process), whichever this model runs better with
+                threads = engine_threads(model, cores)
+        except Exception as err:  # noqa: BLE001 - reported; the generation thread ends, the parent kills us
+            failed(err)
+            raise
+        updates.send(("ready", threads))
 
     def flush() -> None:  # in the generation thread, after each step (or idle second)
         updates.send(("updates", outbox[:]))  # an empty list is the heartbeat
@@ -85,8 +106,7 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
         return send
 
     engine = BatchingEngine(model, tokenizer, spec.max_batch_size, after_step=flush,
-                            max_prefill_tokens=spec.max_prefill_tokens)
-    updates.send(("ready", None))
+                            max_prefill_tokens=spec.max_prefill_tokens, setup=setup)
     while True:
         try:
             kind, key, payload = requests.recv()
@@ -122,6 +142,7 @@ class _Incarnation:
             kind, message = "failed", f"the engine process exited (code {self.process.exitcode})"
         if kind == "failed":
             raise UserError(message)
+        log.info("%s", message)  # the engine's thread count, and why
         self.last_beat = time.monotonic()
 
     def kill(self) -> None:

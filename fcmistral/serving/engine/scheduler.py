@@ -63,8 +63,12 @@ class BatchingEngine(EngineClient):
     idle_beat_s = 1.0  # with nothing to do, the worker still calls after_step this often (a heartbeat)
 
     def __init__(self, model, tokenizer, max_batch_size: int = 32,
-                 after_step: Callable[[], None] | None = None, max_prefill_tokens: int = 16384) -> None:
+                 after_step: Callable[[], None] | None = None, max_prefill_tokens: int = 16384,
+                 setup: Callable[[], None] | None = None) -> None:
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+        # Called first in the generation thread, the one that runs the model (torch's thread pool is
+        # per thread: see engine/threads.py); if it raises, the thread ends there (alive() is False).
+        self._setup = setup
         self.max_prefill_tokens = max_prefill_tokens  # prompt tokens that join in one step (one long prompt may pass it)
         # Called in the generation thread after each step, and when idle every idle_beat_s: the engine
         # process sends the step's updates then, or a heartbeat.
@@ -139,6 +143,8 @@ class BatchingEngine(EngineClient):
         return joining
 
     def _work(self) -> None:
+        if self._setup is not None:
+            self._setup()
         batch: Batch | None = None
         while not self._closing:
             joining = self._arrivals(batch)
