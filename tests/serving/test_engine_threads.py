@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fcmistral.serving.engine.threads import SLOW_STEP_S, engine_threads
+from fcmistral.serving.engine.threads import MIN_STEP_S, SLOW_STEP_S, engine_threads
 
 
 class TimedModel(torch.nn.Module):
@@ -39,16 +39,21 @@ def keep_threads():
 
 
 def test_all_cores_when_they_make_the_step_clearly_faster():
-    model = TimedModel({4: 0.01, 3: 0.03})
+    model = TimedModel({4: MIN_STEP_S, 3: 3 * MIN_STEP_S})
     assert engine_threads(model, 4).startswith("engine threads: 4 of 4 cores")
     assert torch.get_num_threads() == 4
     assert set(model.steps) == {3, 4}
 
 
 def test_one_core_is_left_to_the_http_process_when_all_cores_are_no_faster():
-    model = TimedModel({2: 0.02, 1: 0.02})
+    model = TimedModel({2: 2 * MIN_STEP_S, 1: 2 * MIN_STEP_S})
     assert engine_threads(model, 2).startswith("engine threads: 1 of 2 cores")
     assert torch.get_num_threads() == 1
+
+
+def test_a_short_step_leaves_a_core_to_the_http_process_though_all_cores_are_faster():
+    model = TimedModel({2: MIN_STEP_S / 10, 1: MIN_STEP_S / 2})
+    assert engine_threads(model, 2).startswith("engine threads: 1 of 2 cores")
 
 
 def test_a_slow_step_takes_all_cores_without_timing_them():
