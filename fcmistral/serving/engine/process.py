@@ -87,9 +87,9 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
                 threads = f"engine threads: {spec.threads} (--engine_threads)"
-            else:  # all cores or all but one (left to the HTTP process), whichever this model runs better with
+            else:  # all cores for a model whose decode step is long, else all but one (engine/threads.py)
                 threads = engine_threads(model, cores)
-        except Exception as err:  # noqa: BLE001 - reported; the generation thread ends, the parent kills us
+        except Exception as err:  # noqa: BLE001 - reported; this thread ends, and the parent ends the process
             failed(err)
             raise
         updates.send(("ready", threads))
