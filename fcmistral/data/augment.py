@@ -11,7 +11,11 @@ Two of Hammer's recipes (Lin et al., 2024), which no training framework ships:
   name; and **shuffling** the order of the offered functions.
 And one of our own, as glaive v2 has one call per turn: **parallel** rows, two requests in one user
 message (the row's and a partner row's), both rows' functions offered, both calls in one assistant
-turn (prompt.py's parallel convention), both results, then both answers.
+turn (prompt.py's parallel convention), both results, then both answers. Half of them take a partner
+that calls the same function (where the other rows have one): users ask for one function several
+times ("the weather in Paris and in Rome") as often as for two, and with 200 functions a partner
+drawn at random almost never calls the same one, so without this the model would only see the second
+shape.
 Each row draws from its own generator, seeded by the run's seed, the epoch (fcmistral/data/epochs.py:
 each epoch its own draw) and the row's index, each augmentation independently at its rate: the same
 options give the same rows (and the same ``datasets`` cache entry), whichever order they come in.
@@ -19,6 +23,7 @@ options give the same rows (and the same ``datasets`` cache entry), whichever or
 
 from __future__ import annotations
 
+import json
 import random
 import string
 from dataclasses import dataclass, fields, replace
@@ -86,6 +91,7 @@ def without_called_function(row: GlaiveRow, rng: random.Random) -> GlaiveRow | N
 # a lower-case first letter, where it continues the sentence).
 JOINS = ("{a} Also, {b_}", "{a}\n{b}", "{a} And one more thing: {b}", "Two things. {a} And {b_}", "{a} Then {b_}")
 PARTNER_TRIES = 8  # partner rows tried before a row stays single
+SAME_FUNCTION_SHARE = 0.5  # parallel rows whose partner calls the row's own function (module docstring)
 
 
 def _single_exchange(row: GlaiveRow) -> tuple[list[Turn], Turn, Turn, Turn, Turn] | None:
@@ -180,6 +186,22 @@ def _parsed(row: dict[str, Any]) -> GlaiveRow | None:
         return None
 
 
+def _same_function_partners(row: GlaiveRow, partners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The partner rows whose first call is one call of the function the row's first call calls."""
+    exchange = _single_exchange(row)
+    if exchange is None:
+        return []
+    name = exchange[2].calls[0].name
+    quoted = json.dumps(name)  # a cheap filter on the raw text before parsing the few rows that pass it
+    found = []
+    for partner in partners:
+        if quoted in partner.get("chat", "") and (parsed := _parsed(partner)) is not None:
+            theirs = _single_exchange(parsed)
+            if theirs is not None and theirs[2].calls[0].name == name:
+                found.append(partner)
+    return found
+
+
 def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, seed: int | str,
                 partners: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """One ``{system, chat}`` row, augmented as ``augmentation`` draws for it (its own generator,
@@ -192,8 +214,9 @@ def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, see
     parallel, irrelevance, rename = (rng.random() < rate for rate in (
         augmentation.parallel_rate, augmentation.irrelevance_rate, augmentation.rename_rate))
     if parallel and partners:
+        same = _same_function_partners(parsed, partners) if rng.random() < SAME_FUNCTION_SHARE else []
         for _ in range(PARTNER_TRIES):
-            partner = _parsed(rng.choice(partners))
+            partner = _parsed(rng.choice(same or partners))
             if partner is not None and (paired := with_parallel_calls(parsed, partner, rng)):
                 parsed = paired
                 break

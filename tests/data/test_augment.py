@@ -108,6 +108,18 @@ def test_parallel_rate_draws_partners_from_the_other_rows(sample_rows):
     assert [augment_row(r, i, Augmentation(parallel_rate=1.0), 5) for i, r in enumerate(rows)] == rows  # no partners
 
 
+def test_half_the_parallel_rows_call_one_function_twice(sample_rows):
+    """Both shapes users ask for: one function called for two requests, and two functions. A partner
+    drawn at random calls the row's own function on about one pair in ten here (10 functions), far
+    fewer on the wide data (210)."""
+    rows = sample_rows[:300]
+    out = [augment_row(r, i, Augmentation(parallel_rate=1.0), 3, rows) for i, r in enumerate(rows)]
+    turns = [next(t for t in parse_row(r).turns if t.role == "function_call").calls for r in out
+             if CALL_SEPARATOR + FUNCTION_CALL_MARKER in r["chat"]]
+    same = sum(len({call.name for call in calls}) == 1 for calls in turns)
+    assert all(len(calls) == 2 for calls in turns) and 0.35 < same / len(turns) < 0.75
+
+
 def test_each_augmentation_applies_at_its_own_rate(sample_rows):
     """Drawn independently: renaming is not limited to the rows irrelevance left alone."""
     rows = [r for r in rows_with_calls(sample_rows) if len(parse_row(r).functions) > 1]  # one is left to rename
