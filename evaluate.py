@@ -29,6 +29,7 @@ from fcmistral.errors import UserError, first_line
 from fcmistral.evaluation.bfcl_data import DEFAULT_CATEGORIES, BFCLItem, load_bfcl_items, parse_categories
 from fcmistral.evaluation.bfcl_scoring import bfcl_markdown, judge_bfcl, summarize_bfcl
 from fcmistral.evaluation.items import EvalItem, eval_items
+from fcmistral.evaluation.replies import replies
 from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
 from fcmistral.format.grammar import call_grammar
 from fcmistral.format.schemas import load_schemas
@@ -127,8 +128,8 @@ def drop_torn_tail(path: Path) -> None:
 
 
 def make_generator(args: EvalArguments, model_args: ModelArguments):
-    """A function from prompts and their call constraints to replies, on the backend asked for
-    (see --backend)."""
+    """A function from prompts, their call constraints and a token limit (default: --max_new_tokens)
+    to replies, on the backend asked for (see --backend)."""
     from fcmistral.generation import VLLMGenerator, generate_batch, load_for_generation, vllm_usable
 
     backend = args.backend
@@ -145,8 +146,8 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
         return VLLMGenerator(model_args.model_path, args.max_new_tokens)
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
-    return lambda prompts, constraints: generate_batch(model, tokenizer, prompts, args.max_new_tokens,
-                                                       constraints=constraints)
+    return lambda prompts, constraints, max_new_tokens=None: generate_batch(
+        model, tokenizer, prompts, max_new_tokens or args.max_new_tokens, constraints=constraints)
 
 
 def call_biases(args: EvalArguments) -> list[float]:
@@ -186,7 +187,7 @@ def generate_predictions(args: EvalArguments, generate, items: list[EvalItem] | 
     with open(path, "a" if done else "w", encoding="utf-8") as out, tqdm(total=len(todo), desc="generating") as bar:
         for indices in length_sorted_batches([item.prompt for item in todo], args.batch_size):
             batch = [todo[i] for i in indices]
-            outputs = generate([i.prompt for i in batch], [constraint_of(i, args, call_bias) for i in batch])
+            outputs = replies(generate, batch, [constraint_of(i, args, call_bias) for i in batch])
             for item, output in zip(batch, outputs):
                 record = {"query_id": item.query_id, **item.record_fields(), "output": output}
                 record.update(verdict(record))

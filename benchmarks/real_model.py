@@ -4,6 +4,7 @@ row trained with the same steps and evaluated the same way.
 
     python benchmarks/real_model.py                     # every row, one after the other (hours on 2 cores)
     python benchmarks/real_model.py --only b            # one row; its results join OUTPUT_DIR/report.json
+    python benchmarks/real_model.py --only b --evaluate_again   # its trained model evaluated again at this code
     python benchmarks/real_model.py --only a --max_steps 2 --max_length 512 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # smoke
 
 Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 functions); ``b`` on
@@ -88,6 +89,7 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
     import llama_cpp
 
     from fcmistral.evaluation.items import eval_items
+    from fcmistral.evaluation.replies import replies
     from fcmistral.export.gguf import export_gguf
     from fcmistral.format.calls import try_parse_calls
     from fcmistral.generation import cut_at_end_of_turn
@@ -103,19 +105,23 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
     for outtype in types:
         path = export_gguf(merged, out / f"model-{outtype}.gguf", outtype, overwrite=True)
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=2, verbose=False)
-        same = 0
-        for item in items:
+
+        def reply(prompt: str, limit: int) -> str:
             got: list[int] = []
-            for token in llm.generate(encoder.encode(item.prompt).ids, temp=0.0, top_k=1, reset=True):
-                if token == llm.token_eos() or len(got) == max_new_tokens:
+            for token in llm.generate(encoder.encode(prompt).ids, temp=0.0, top_k=1, reset=True):
+                if token == llm.token_eos() or len(got) == limit:
                     break
                 got.append(token)
                 if END_OF_TURN in tokenizer.decode(got[-8:]):
                     break
-            reply = cut_at_end_of_turn(tokenizer.decode(got, skip_special_tokens=True))
-            same += try_parse_calls(reply) == try_parse_calls(records[item.query_id]["output"])
+            return cut_at_end_of_turn(tokenizer.decode(got, skip_special_tokens=True))
+
+        outputs = replies(lambda prompts, _, limit: [reply(p, limit or max_new_tokens) for p in prompts], items,
+                          [None] * len(items))  # the same turns as evaluate.py's
+        same = sum(try_parse_calls(output) == try_parse_calls(records[item.query_id]["output"])
+                   for item, output in zip(items, outputs))
         agreement[outtype] = f"{same}/{len(items)}"
-        del llm
+        llm.close()
         path.unlink()
     return agreement
 
@@ -195,6 +201,9 @@ def main() -> None:
                         help="tokens per reply (evaluate.py and llama.cpp; twice as many for BFCL multiple and parallel)")
     parser.add_argument("--compute_dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--overwrite", action="store_true", help="run again rows that already have results")
+    parser.add_argument("--evaluate_again", action="store_true",
+                        help="evaluate the rows' trained models again at the current code, keeping their training "
+                             "and its figures (after a change of evaluation)")
     parser.add_argument("--gguf_types", default="",
                         help="export each trained row's model as these GGUF types (e.g. f32,f16,q8_0) and compare its "
                              "held-out calls in llama.cpp with transformers' (needs llama-cpp-python; empty: skip)")
@@ -203,7 +212,12 @@ def main() -> None:
     if not keys or any(k not in ROWS for k in keys):
         raise SystemExit(f"error: --only takes rows among {', '.join(ROWS)}, got {args.only!r}")
     done = [k for k in keys if (args.output_dir / k).is_dir() and any((args.output_dir / k).iterdir())]
-    if done and not args.overwrite:  # a row is an hour of training: never replaced unasked
+    if args.evaluate_again:
+        untrained = [k for k in keys if ROWS[k][1] is not None and not (args.output_dir / k / "merged").is_dir()]
+        if untrained:
+            raise SystemExit(f"error: --evaluate_again: row {untrained[0]} has no trained model in "
+                             f"{args.output_dir / untrained[0] / 'merged'}")
+    elif done and not args.overwrite:  # a row is an hour of training: never replaced unasked
         raise SystemExit(f"error: row {done[0]} already has results in {args.output_dir / done[0]}; "
                          "pass --overwrite to run it again")
 
@@ -225,7 +239,12 @@ def main() -> None:
         row_dir.mkdir(exist_ok=True)
         start = time.perf_counter()
         model, row = args.model_path, {}
-        if ROWS[key][1] is not None:
+        if args.evaluate_again:
+            row = {k: v for k, v in report["rows"].get(key, {}).items() if k in ("train_s", "train_peak_mib", "merge_s",
+                                                                                 "max_steps")}
+            model = row_dir / "merged" if ROWS[key][1] is not None else model
+            start -= row.get("train_s", 0) + row.get("merge_s", 0)  # the row's time: its training, then this
+        elif ROWS[key][1] is not None:
             source = args.sample_data if key == "a" else wide_train
             train_data = first_rows(source, args.train_rows, row_dir / "train_rows.jsonl")
             model, row = train_and_merge(key, train_data, row_dir, args)

@@ -118,15 +118,16 @@ class VLLMGenerator:
 
         self.llm, self.max_new_tokens = LLM(model=model_path), max_new_tokens
 
-    def _params(self, constraint: CallConstraint | None):
+    def _params(self, constraint: CallConstraint | None, max_new_tokens: int):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         grammar = constraint.grammar if constraint else None
         structured = StructuredOutputsParams(structural_tag=grammar) if grammar else None
-        return SamplingParams(temperature=0.0, max_tokens=self.max_new_tokens, stop=[END_OF_TURN],
+        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop=[END_OF_TURN],
                               include_stop_str_in_output=False, structured_outputs=structured)
 
-    def __call__(self, prompts: list[str], constraints: list[CallConstraint | None] | None = None) -> list[str]:
-        params = [self._params(c) for c in constraints or [None] * len(prompts)]
+    def __call__(self, prompts: list[str], constraints: list[CallConstraint | None] | None = None,
+                 max_new_tokens: int | None = None) -> list[str]:
+        params = [self._params(c, max_new_tokens or self.max_new_tokens) for c in constraints or [None] * len(prompts)]
         return [cut_at_end_of_turn(out.outputs[0].text) for out in self.llm.generate(prompts, params)]

@@ -110,3 +110,11 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     assert "| zero: zero-shot |" in result.stdout and "| a: sample data (10 functions) | 2 |" in result.stdout
     again = run_script("benchmarks/real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out), "--only", "a")
     assert again.returncode == 1 and again.stderr.startswith("error: row a already has results")  # never replaced unasked
+    trained = (out / "a" / "merged" / "model.safetensors").stat().st_mtime_ns
+    again = run_script("benchmarks/real_model.py", "--model_path", str(smollm2_dir), "--wide_dir", str(tmp_path / "wide"),
+                       "--eval_limit", "1", "--bfcl_limit", "1", "--max_new_tokens", "24", "--output_dir", str(out),
+                       "--only", "a", "--evaluate_again")  # a change of evaluation: the trained model, evaluated again
+    assert again.returncode == 0, again.stderr[-3000:]
+    evaluated = json.loads((out / "report.json").read_text())["rows"]["a"]
+    assert evaluated["held_out_items"] == 1 and evaluated["train_s"] == rows["a"]["train_s"]
+    assert (out / "a" / "merged" / "model.safetensors").stat().st_mtime_ns == trained

@@ -297,7 +297,7 @@ def test_evaluate_call_bias_table_and_constrained_calls(tiny_model_dir, tmp_path
     assert "| -100 |" in table and "| +100 |" in table and table in result.stdout
     outputs = {bias: [json.loads(line)["output"] for line in (out / f"call_bias_{bias}" / "predictions.jsonl").open()]
                for bias in ("-100", "+100")}
-    assert len(outputs["+100"]) == 3 and all(o.startswith(" <") for o in outputs["+100"])
-    assert not any(o.startswith(" <") for o in outputs["-100"])
+    assert len(outputs["+100"]) == 3 and all(o.startswith("<") for o in outputs["+100"])  # (turns are stripped)
+    assert not any(o.startswith("<") for o in outputs["-100"])
     bad = run_evaluate("--model_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"), "--call_bias", "1,x")
     assert bad.returncode == 2 and "--call_bias takes numbers" in bad.stderr

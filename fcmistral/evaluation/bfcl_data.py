@@ -155,10 +155,15 @@ class BFCLItem:
 
     query_id: str
     category: str
-    prompt: str
+    system: str
+    turns: list[Turn]
     functions: list[dict[str, Any]]
     possible_answer: list[dict[str, Any]] | None
     schemas: list[dict[str, Any]] = field(default_factory=list)  # the functions as the prompt shows them
+
+    @property
+    def prompt(self) -> str:
+        return generation_prompt(self.system, self.turns)
 
     def record_fields(self) -> dict[str, Any]:
         return {"category": self.category, "functions": self.functions, "possible_answer": self.possible_answer}
@@ -169,8 +174,8 @@ def bfcl_item(row: dict[str, Any], category: str, answer: list[dict[str, Any]] |
     if len(turns_lists) != 1:
         raise UserError(f"BFCL row {row['id']!r} is multi-turn, which these categories never are")
     schemas = [tool_schema(f) for f in row["function"]]
-    prompt = generation_prompt(build_system_prompt(schemas), question_turns(turns_lists[0]))
-    return BFCLItem(row["id"], category, prompt, row["function"], answer, schemas)
+    return BFCLItem(row["id"], category, build_system_prompt(schemas), question_turns(turns_lists[0]), row["function"],
+                    answer, schemas)
 
 
 def load_bfcl_items(categories: list[str], folder: str | None, limit: int | None) -> list[BFCLItem]:

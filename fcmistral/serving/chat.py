@@ -1,4 +1,4 @@
-"""The terminal chat's function-calling loop: the model writes (the turn policy of ``turns.py``),
+"""The terminal chat's function-calling loop: the model writes (the turn policy of ``fcmistral/turns.py``),
 calls are checked and run, their results go back to it.
 
 The model is reached only through a ``Complete`` callable (prompt in, text out), so the same loop
@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 from fcmistral.format.calls import try_parse_calls
 from fcmistral.format.checks import call_problem
 from fcmistral.prompt import FunctionCall, Turn, build_system_prompt
-from fcmistral.serving.turns import CHAT_POLICY, Ask, assistant_turns, run_turns
+from fcmistral.turns import CHAT_POLICY, Ask, assistant_turns, run_turns
 
 
 class Complete(Protocol):
@@ -26,7 +26,7 @@ class Complete(Protocol):
 
 def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: bool = False) -> list[Turn]:
     """The assistant's turns until it calls a function or hands the conversation back (the turn
-    policy of ``turns.py``; peeks are never streamed)."""
+    policy of ``fcmistral/turns.py``; peeks are never streamed)."""
     def answer(ask: Ask) -> tuple[str, str]:
         return complete(ask.prompt, max_new_tokens=ask.max_new_tokens, stream=stream and not ask.peek,
                         guided=not ask.peek), "stop"

@@ -57,7 +57,7 @@ from fcmistral.serving.protocol import (
     tool_call_dicts,
     usage,
 )
-from fcmistral.serving.turns import SERVER_POLICY, Ask, Outcome, assistant_turns
+from fcmistral.turns import SERVER_POLICY, Ask, Outcome, assistant_turns
 
 log = logging.getLogger(__name__)
 ARGUMENT_FRAGMENTS = 4  # chunks a streamed call's arguments are split into
@@ -131,7 +131,7 @@ class ChatCompletions:
         self.turns = request_turns(request)
         self.system = build_system_prompt(self.functions if self.calls_allowed else [])
         self.prompt_tokens = self.completion_tokens = 0
-        # The turn policy (turns.py) decides every generation; its first is this request's own.
+        # The turn policy (fcmistral/turns.py) decides every generation; its first is this request's own.
         self._policy = assistant_turns(self.system, self.turns, SERVER_POLICY, self.schemas, self.calls_allowed,
                                        self.prefix)
         self.generation = self._request(next(self._policy))

@@ -1,4 +1,4 @@
-"""The turn policy (fcmistral/serving/turns.py), driven with scripted replies: no model, no I/O."""
+"""The turn policy (fcmistral/turns.py), driven with scripted replies: no model, no I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from fcmistral.demo.functions import DEMO_SCHEMAS
 from fcmistral.prompt import FUNCTION_RESPONSE_TAG, Turn, build_system_prompt, format_call
-from fcmistral.serving.turns import CHAT_POLICY, SERVER_POLICY, Ask, TurnPolicy, assistant_turns, run_turns
+from fcmistral.turns import CHAT_POLICY, SERVER_POLICY, Ask, TurnPolicy, assistant_turns, run_turns
 
 SYSTEM = build_system_prompt(DEMO_SCHEMAS)
 SCHEMAS = {f["name"]: f for f in DEMO_SCHEMAS}

@@ -1,6 +1,7 @@
 """The turn policy, free of I/O: what the assistant's side of a conversation asks the model for, and
-when it stops. The terminal chat, ``--prompt`` and the server all run it; each answers its asks its
-own way (a blocking call, the batching engine), so the rules live once, here.
+when it stops. The terminal chat, ``--prompt``, the server and evaluation all run it; each answers
+its asks its own way (a blocking call, the batching engine, batches of items), so the rules live
+once, here.
 
 The rules, where the glaive format decides them:
 - The assistant may write several turns in a row (glaive's "Sure, let me check." then the call):
@@ -149,3 +150,21 @@ def run_turns(policy: Generator[Ask, Generated, Outcome], answer: Callable[[Ask]
             ask = policy.send(answer(ask))
     except StopIteration as done:
         return done.value
+
+
+def run_turns_together(policies: list[Generator[Ask, Generated, Outcome]],
+                       answer: Callable[[list[tuple[int, Ask]]], list[Generated]]) -> list[Outcome]:
+    """Drive several policies in lockstep with a batched ``answer`` (evaluation's batches): each
+    round, the asks of the policies still running are answered together, each with its policy's
+    index."""
+    asks = {i: next(policy) for i, policy in enumerate(policies)}  # a policy always asks once at least
+    outcomes: dict[int, Outcome] = {}
+    while asks:
+        pending = list(asks)
+        for i, generated in zip(pending, answer([(i, asks[i]) for i in pending])):
+            try:
+                asks[i] = policies[i].send(generated)
+            except StopIteration as done:
+                outcomes[i] = done.value
+                del asks[i]
+    return [outcomes[i] for i in range(len(policies))]
