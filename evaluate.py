@@ -78,6 +78,9 @@ class EvalArguments:
     call_bias: str = field(default="0", metadata={
         "help": "added to the call marker's first logit where the reply starts (> 0 calls more often); a "
                 "comma-separated list evaluates each value (hf backend)"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "above 1: lowers the logits of tokens the reply has already written (transformers' repetition "
+                "penalty over the reply only, not the prompt; hf backend)"})
     backend: str = field(
         default="auto",
         metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
@@ -134,7 +137,8 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
 
     backend = args.backend
     if backend == "auto":
-        backend = "vllm" if vllm_usable() and not model_args.adapter_path and not any(call_biases(args)) else "hf"
+        backend = "vllm" if (vllm_usable() and not model_args.adapter_path and not any(call_biases(args))
+                             and args.repetition_penalty == 1.0) else "hf"
     if backend == "vllm":
         if not vllm_usable():
             raise UserError("--backend vllm needs vLLM installed and a GPU")
@@ -142,12 +146,15 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
             raise UserError("--backend vllm takes a merged model: run convert_weights.py first")
         if any(call_biases(args)):
             raise UserError("--call_bias needs --backend hf (vLLM's logit_bias cannot apply at the reply's start only)")
+        if args.repetition_penalty != 1.0:
+            raise UserError("--repetition_penalty needs --backend hf (vLLM's counts the prompt's tokens too)")
         log.info("generating with vLLM")
         return VLLMGenerator(model_args.model_path, args.max_new_tokens)
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
     return lambda prompts, constraints, max_new_tokens=None: generate_batch(
-        model, tokenizer, prompts, max_new_tokens or args.max_new_tokens, constraints=constraints)
+        model, tokenizer, prompts, max_new_tokens or args.max_new_tokens, constraints=constraints,
+        repetition_penalty=args.repetition_penalty)
 
 
 def call_biases(args: EvalArguments) -> list[float]:
@@ -212,7 +219,7 @@ def rescore(records: list[dict]) -> list[dict]:
 
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0],
-                                       positive=("batch_size", "max_new_tokens", "limit"))
+                                       positive=("batch_size", "max_new_tokens", "limit", "repetition_penalty"))
     if args.benchmark != "bfcl" and (args.categories or args.bfcl_data):
         raise UserError("--categories and --bfcl_data choose BFCL questions: add --benchmark bfcl")
     if args.predictions:

@@ -5,7 +5,7 @@ its own engine (fcmistral.serving.engine)."""
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from fcmistral.constraint import CallConstraint, RowGuide, adjust_rows, guides_for
 from fcmistral.modeling import load_adapter, load_model, load_tokenizer, text_encoder, tokenizer_source
@@ -65,20 +65,25 @@ class _GuidedRows(LogitsProcessor):
 def generate_batch(
     model, tokenizer, prompts: list[str], max_new_tokens: int = 400, do_sample: bool = False,
     temperature: float = 1.0, top_p: float = 1.0, streamer=None, min_new_tokens: int = 0,
-    constraints: list[CallConstraint | None] | None = None,
+    constraints: list[CallConstraint | None] | None = None, repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker;
-    ``constraints`` (one per prompt, or None) constrain calls and bias the decision to call.
+    ``constraints`` (one per prompt, or None) constrain calls and bias the decision to call;
+    ``repetition_penalty`` (> 1) lowers the logits of tokens the reply has already written.
 
     Generation stops on ``<|endoftext|>`` (plain text in Mistral's vocabulary, hence a stop
     string) or on ``</s>``.
     """
+    ids = [encoding.ids for encoding in text_encoder(tokenizer).encode_batch(prompts)]
+    width = max(len(row) for row in ids)  # left padding: every row's reply starts at the same column
     processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        # transformers' processor, over the reply only: generate's own ``repetition_penalty`` counts
+        # the prompt's tokens too, and a call copies its argument values from the prompt.
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=width))
     if constraints and any(constraints):
         guides = guides_for(model, tokenizer)
         processors.append(_GuidedRows([guides.guide(c) for c in constraints], tokenizer.pad_token_id))
-    ids = [encoding.ids for encoding in text_encoder(tokenizer).encode_batch(prompts)]
-    width = max(len(row) for row in ids)  # left padding: every row's reply starts at the same column
     enc = {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in ids], device=model.device),
            "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=model.device)}
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}

@@ -261,6 +261,9 @@ def test_vllm_backend_wiring(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="merged model"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"),
                                        ModelArguments(model_path="b", adapter_path=str(adapter)))
+    with pytest.raises(UserError, match="--repetition_penalty needs --backend hf"):
+        evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm", repetition_penalty=1.2),
+                                       ModelArguments(model_path="m"))
     monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: False)
     with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"), ModelArguments(model_path="m"))
