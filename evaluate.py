@@ -29,7 +29,6 @@ from fcmistral.errors import UserError, first_line
 from fcmistral.evaluation.bfcl_data import DEFAULT_CATEGORIES, BFCLItem, load_bfcl_items, parse_categories
 from fcmistral.evaluation.bfcl_scoring import bfcl_markdown, judge_bfcl, summarize_bfcl
 from fcmistral.evaluation.items import EvalItem, eval_items
-from fcmistral.evaluation.replies import replies
 from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
 from fcmistral.format.grammar import call_grammar
 from fcmistral.format.schemas import load_schemas
@@ -37,6 +36,7 @@ from fcmistral.hardware import compute_dtype
 from fcmistral.inputs import read_utf8
 from fcmistral.outputs import check_output_dir
 from fcmistral.prompt import FunctionCall
+from fcmistral.turns import replies
 
 log = logging.getLogger("evaluate")
 

@@ -174,7 +174,7 @@ def call_scoring(script: QLoRAArguments, tokenizer):
         raise UserError(f"--call_eval_data {script.call_eval_data!r} holds no row with a call or a refusal to score")
     log.info("call scoring at each evaluation: %d held-out prompts (%d calls, %d declines)", len(probes),
              sum(p.gold is not None for p in probes), sum(p.gold is None for p in probes))
-    return generation_metrics([p.prompt for p in probes], lambda outputs: call_metrics(outputs, probes), tokenizer,
+    return generation_metrics(probes, lambda outputs: call_metrics(outputs, probes), tokenizer,
                               script.call_eval_max_new_tokens, batch_size=8)
 
 

@@ -89,12 +89,12 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
     import llama_cpp
 
     from fcmistral.evaluation.items import eval_items
-    from fcmistral.evaluation.replies import replies
     from fcmistral.export.gguf import export_gguf
     from fcmistral.format.calls import try_parse_calls
     from fcmistral.generation import cut_at_end_of_turn
     from fcmistral.modeling import load_tokenizer, text_encoder
     from fcmistral.prompt import END_OF_TURN
+    from fcmistral.turns import replies
 
     records = {r["query_id"]: r for r in map(json.loads, predictions.read_text().splitlines())}
     items = [i for i in eval_items([json.loads(line) for line in eval_data.read_text().splitlines()], None)[0]
@@ -116,8 +116,8 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
                     break
             return cut_at_end_of_turn(tokenizer.decode(got, skip_special_tokens=True))
 
-        outputs = replies(lambda prompts, _, limit: [reply(p, limit or max_new_tokens) for p in prompts], items,
-                          [None] * len(items))  # the same turns as evaluate.py's
+        outputs = replies(lambda prompts, _, limit: [reply(p, limit or max_new_tokens) for p in prompts],
+                          items)  # the same turns as evaluate.py's
         same = sum(try_parse_calls(output) == try_parse_calls(records[item.query_id]["output"])
                    for item, output in zip(items, outputs))
         agreement[outtype] = f"{same}/{len(items)}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Generator, Mapping, Protocol
 
 from fcmistral.format.calls import try_parse_calls
 from fcmistral.format.checks import check_calls
@@ -37,6 +37,9 @@ from fcmistral.prompt import (
     generation_prompt,
     turn_continuation_prompt,
 )
+
+if TYPE_CHECKING:  # (a type only: the constraint module loads xgrammar)
+    from fcmistral.constraint import CallConstraint
 
 log = logging.getLogger(__name__)
 PEEK_TOKENS = 8  # enough for "\n\n\nASSISTANT" in any tokenizer (7 tokens in Mistral's)
@@ -168,3 +171,39 @@ def run_turns_together(policies: list[Generator[Ask, Generated, Outcome]],
                 outcomes[i] = done.value
                 del asks[i]
     return [outcomes[i] for i in range(len(policies))]
+
+
+class Conversation(Protocol):
+    """A conversation the assistant answers next (an evaluation item, a training probe)."""
+
+    system: str
+    turns: list[Turn]
+
+
+Generate = Callable[[list[str], list["CallConstraint | None"], int | None], list[str]]
+"""Replies to prompts (cut at the end marker), each under its call constraint (or None), with a token
+limit (None: the generator's own)."""
+
+
+def replies(generate: Generate, conversations: list[Conversation],
+            constraints: list[CallConstraint | None] | None = None) -> list[str]:
+    """Each conversation's reply as the terminal chat runs it, conversations in batches (evaluation,
+    the training's call metric): the assistant's turns under the chat's policy, so a model that
+    writes "Sure, let me check." and then the call in a second turn is scored on its call, as a user
+    of the chat or the server would get it. The turns are joined by a blank line. ``constraints``:
+    one per conversation (peeks are never constrained). Every generation counts as stopped, as in
+    the chat (the generators return text without a finish reason): a call cut short is scored as
+    unreadable."""
+    constraints = constraints or [None] * len(conversations)
+
+    def answer(asks: list[tuple[int, Ask]]) -> list[Generated]:
+        texts: dict[int, str] = {}
+        for limit in dict.fromkeys(ask.max_new_tokens for _, ask in asks):  # the replies, the peeks
+            group = [(i, ask) for i, ask in asks if ask.max_new_tokens == limit]
+            outputs = generate([ask.prompt for _, ask in group],
+                               [None if ask.peek else constraints[i] for i, ask in group], limit)
+            texts.update((i, text) for (i, _), text in zip(group, outputs))
+        return [(texts[i], "stop") for i, _ in asks]
+
+    outcomes = run_turns_together([assistant_turns(c.system, c.turns, CHAT_POLICY) for c in conversations], answer)
+    return ["\n\n".join(turn.content for turn in outcome.turns) for outcome in outcomes]

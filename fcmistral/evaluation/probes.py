@@ -22,13 +22,18 @@ from fcmistral.evaluation.items import glaive_items
 from fcmistral.evaluation.scoring import judge
 from fcmistral.format.calls import contains_call
 from fcmistral.format.glaive import RowParseError, parse_row
-from fcmistral.prompt import FunctionCall, generation_prompt
+from fcmistral.prompt import FunctionCall, Turn, generation_prompt
 
 
 @dataclass(frozen=True)
 class Probe:
-    prompt: str
+    system: str
+    turns: list[Turn]
     gold: FunctionCall | None  # None: the right reply makes no call
+
+    @property
+    def prompt(self) -> str:
+        return generation_prompt(self.system, self.turns)
 
 
 def declining_probes(rows: Iterable[dict[str, Any]]) -> list[Probe]:
@@ -41,13 +46,13 @@ def declining_probes(rows: Iterable[dict[str, Any]]) -> list[Probe]:
             continue
         first = next((i for i, t in enumerate(parsed.turns) if t.is_assistant), None)
         if parsed.functions and first and all(t.role != "function_call" for t in parsed.turns):
-            probes.append(Probe(generation_prompt(parsed.system, parsed.turns[:first]), None))
+            probes.append(Probe(parsed.system, parsed.turns[:first], None))
     return probes
 
 
 def load_probes(rows: list[dict[str, Any]], limit: int) -> list[Probe]:
     """The first ``limit`` probes, calls and declines in the proportion the rows hold them."""
-    calls = [Probe(item.prompt, item.gold) for item in glaive_items(rows)[0]]
+    calls = [Probe(item.system, item.turns, item.gold) for item in glaive_items(rows)[0]]
     declines = declining_probes(rows)
     total = len(calls) + len(declines)
     if total <= limit:

@@ -9,6 +9,8 @@ import torch
 from transformers import Trainer
 
 from fcmistral.generation import generate_batch, length_sorted_batches
+from fcmistral.prompt import generation_prompt
+from fcmistral.turns import Conversation, replies
 
 ExtraMetrics = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -33,9 +35,10 @@ class TrainerWithMetrics(Trainer):
         return output
 
 
-def generation_metrics(prompts: list[str], score: Callable[[list[str]], dict[str, float]], tokenizer,
+def generation_metrics(conversations: list[Conversation], score: Callable[[list[str]], dict[str, float]], tokenizer,
                        max_new_tokens: int, batch_size: int) -> ExtraMetrics:
-    """Greedy replies to ``prompts`` from the model as it is, scored by ``score``.
+    """Greedy replies to ``conversations`` from the model as it is (their turns as the chat runs
+    them: fcmistral.turns.replies), scored by ``score``.
 
     The model is put in eval mode with its KV cache on for the generation (training runs without
     either), then restored.
@@ -44,10 +47,15 @@ def generation_metrics(prompts: list[str], score: Callable[[list[str]], dict[str
         was_training, use_cache = model.training, model.config.use_cache
         model.eval()
         model.config.use_cache = True
+
+        def generate(prompts: list[str], constraints, limit: int | None) -> list[str]:
+            return generate_batch(model, tokenizer, prompts, limit or max_new_tokens)
+
         try:
-            outputs = [""] * len(prompts)
+            outputs = [""] * len(conversations)
+            prompts = [generation_prompt(c.system, c.turns) for c in conversations]
             for indices in length_sorted_batches(prompts, batch_size):
-                for i, reply in zip(indices, generate_batch(model, tokenizer, [prompts[i] for i in indices], max_new_tokens)):
+                for i, reply in zip(indices, replies(generate, [conversations[i] for i in indices])):
                     outputs[i] = reply
         finally:
             model.config.use_cache = use_cache

@@ -1,12 +1,11 @@
-"""Evaluation's replies follow the turn policy: scripted generations, no model."""
+"""Evaluation's replies follow the turn policy (fcmistral.turns.replies): scripted generations, no model."""
 
 from __future__ import annotations
 
 from fcmistral.evaluation.items import EvalItem
-from fcmistral.evaluation.replies import replies
 from fcmistral.evaluation.scoring import judge
 from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, FunctionCall, Turn, build_system_prompt, format_call
-from fcmistral.turns import PEEK_TOKENS
+from fcmistral.turns import PEEK_TOKENS, replies
 
 
 def test_a_reply_that_acknowledges_then_calls_is_scored_on_its_call():
