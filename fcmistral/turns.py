@@ -38,7 +38,7 @@ from fcmistral.prompt import (
     turn_continuation_prompt,
 )
 
-if TYPE_CHECKING:  # (a type only: the constraint module loads xgrammar)
+if TYPE_CHECKING:  # (a type only: the constraint module loads torch and transformers)
     from fcmistral.constraint import CallConstraint
 
 log = logging.getLogger(__name__)
