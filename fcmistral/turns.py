@@ -174,10 +174,14 @@ def run_turns_together(policies: list[Generator[Ask, Generated, Outcome]],
 
 
 class Conversation(Protocol):
-    """A conversation the assistant answers next (an evaluation item, a training probe)."""
+    """A conversation the assistant answers next (an evaluation item, a training probe); ``prompt``:
+    its generation prompt, to batch conversations of similar length."""
 
     system: str
     turns: list[Turn]
+
+    @property
+    def prompt(self) -> str: ...
 
 
 Generate = Callable[[list[str], list["CallConstraint | None"], int | None], list[str]]

@@ -9,7 +9,6 @@ import torch
 from transformers import Trainer
 
 from fcmistral.generation import generate_batch, length_sorted_batches
-from fcmistral.prompt import generation_prompt
 from fcmistral.turns import Conversation, replies
 
 ExtraMetrics = Callable[[torch.nn.Module], dict[str, float]]
@@ -53,8 +52,7 @@ def generation_metrics(conversations: list[Conversation], score: Callable[[list[
 
         try:
             outputs = [""] * len(conversations)
-            prompts = [generation_prompt(c.system, c.turns) for c in conversations]
-            for indices in length_sorted_batches(prompts, batch_size):
+            for indices in length_sorted_batches([c.prompt for c in conversations], batch_size):
                 for i, reply in zip(indices, replies(generate, [conversations[i] for i in indices])):
                     outputs[i] = reply
         finally:
