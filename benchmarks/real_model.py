@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="run again rows that already have results")
     parser.add_argument("--evaluate_again", action="store_true",
                         help="evaluate the rows' trained models again at the current code, keeping their training "
-                             "and its figures (after a change of evaluation)")
+                             "and its figures (after a change of evaluation); their evaluation folders are replaced")
     parser.add_argument("--gguf_types", default="",
                         help="export each trained row's model as these GGUF types (e.g. f32,f16,q8_0) and compare its "
                              "held-out calls in llama.cpp with transformers' (needs llama-cpp-python; empty: skip)")
