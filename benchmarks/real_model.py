@@ -147,8 +147,12 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
         "--overwrite_output_dir", "--packing", "true", "--max_length", str(args.max_length), "--max_steps", str(args.max_steps),
         "--learning_rate", str(args.learning_rate), "--per_device_train_batch_size", str(args.batch_size),
         "--per_device_eval_batch_size", "8",  # the dev loss of 150 rows one at a time took 3 min of each evaluation
-        "--gradient_accumulation_steps", "1", "--eval_steps", str(max(1, args.max_steps // 3)),
-        "--save_steps", str(max(1, args.max_steps // 3)), "--logging_steps", "10", "--report_to", "none",
+        # One dev evaluation, at the end: with three, the last checkpoint was the best of every row
+        # trained so far (b, d, d-cde694c), and each evaluation cost 2 minutes of the row.
+        "--gradient_accumulation_steps", "1", "--eval_steps", str(args.max_steps), "--save_steps", str(args.max_steps),
+        # 135M parameters fit without recomputing activations: 23% faster steps (12.2 s against 15.9 s
+        # per 2,048-token step on the 2-core EPYC, 2026-12-04); the results are the same computation.
+        "--activation_checkpointing", "false", "--logging_steps", "10", "--report_to", "none",
         "--compute_dtype", args.compute_dtype, "--test_size", "0.05", *ROWS[key][1], log=out / "train.log")
     figures["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
                                 str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
