@@ -97,7 +97,7 @@ def load_items(args: EvalArguments) -> list[EvalItem] | list[BFCLItem]:
     if skipped:
         log.warning("%d of %d rows left out (first: row %d, %s)", len(skipped), len(rows), *skipped[0])
     if not items:
-        raise UserError(f"{args.dataset!r} holds no row with a gold function call")
+        raise UserError(f"{args.dataset!r} holds no row to score (a gold function call, or functions offered and declined)")
     return items[: args.limit] if args.limit else items
 
 
@@ -207,7 +207,8 @@ def verdict(record: dict) -> dict:
     """The verdict on a prediction record of either benchmark (BFCL records carry a category)."""
     if "category" in record:
         return judge_bfcl(record)
-    return judge(record["output"], FunctionCall(**record["gold_call"]))
+    gold = record["gold_call"]
+    return judge(record["output"], FunctionCall(**gold) if gold else None)
 
 
 def rescore(records: list[dict]) -> list[dict]:

@@ -12,7 +12,7 @@ from fcmistral.arguments import ModelArguments
 from fcmistral.constraint import CallConstraint
 from fcmistral.errors import UserError
 from fcmistral.evaluation.items import eval_items
-from fcmistral.evaluation.scoring import judge, summarize
+from fcmistral.evaluation.scoring import judge, summarize, summary_markdown
 from fcmistral.format.pycall import PythonCallError, parse_python_call
 from fcmistral.format.schemas import load_schemas, parse_function_text, schema_from_api_entry
 from fcmistral.prompt import FunctionCall, format_call
@@ -170,6 +170,34 @@ def test_glaive_rows_with_parallel_calls_are_left_to_bfcl_parallel_scoring():
     assert [i.gold for i in items] == [FunctionCall("f", {"x": 1})] and skipped == [(0, "parallel calls")]
 
 
+def test_a_glaive_row_that_declines_is_scored_on_calling_nothing():
+    """A held-out row offering functions whose assistant declines is an item with no gold call: right
+    when the reply calls nothing (a broken call is a call), counted apart from the call items."""
+    from fcmistral.prompt import SYSTEM_NO_FUNCTIONS, Turn, build_system_prompt, call_turn, render_chat
+
+    schema = {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}
+    declining = [Turn("user", "Order a pizza"), Turn("assistant", "I'm sorry, I can't order a pizza.")]
+    calling = [Turn("user", "f of 1"), call_turn([FunctionCall("f", {"x": 1})])]
+    rows = [{"system": build_system_prompt([schema]), "chat": render_chat(t)} for t in (declining, calling)]
+    rows.append({"system": SYSTEM_NO_FUNCTIONS, "chat": render_chat(declining)})  # chit-chat: nothing to judge
+    items, skipped = eval_items(rows, None)
+    assert [(i.query, i.gold) for i in items] == [("Order a pizza", None), ("f of 1", FunctionCall("f", {"x": 1}))]
+    assert items[0].turns == declining[:1] and skipped == [(2, "no function offered")]
+    assert items[0].record_fields()["gold_call"] is None
+
+    def scored(output: str, item) -> dict:
+        return {**item.record_fields(), **judge(output, item.gold)}
+
+    right_call = format_call("f", {"x": 1})
+    records = [scored("I can't do that.", items[0]), scored(right_call, items[0]),
+               scored('<functioncall> {"name": "f", "argu', items[0]), scored(right_call, items[1])]
+    assert [r["exact_match"] for r in records] == [True, False, False, True]
+    summary = summarize(records)
+    assert summary["n"] == 1 and summary["exact_match"] == 1.0  # the call items' figures alone
+    assert summary["declines"] == {"n": 3, "accuracy": pytest.approx(1 / 3)}
+    assert "33.3% of 3 made no call" in summary_markdown(summary)
+
+
 def run_evaluate(*args: str) -> subprocess.CompletedProcess:
     return run_script("evaluate.py", *args)
 
@@ -192,7 +220,8 @@ def test_evaluate_end_to_end_with_resume_and_rescoring(tiny_model_dir, tmp_path)
     assert new_lines[:3] == lines and len(new_lines) == 5
     assert all(json.loads(line)["query_id"] for line in new_lines)  # every line readable
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 5 and "| queries |" in (out / "summary.md").read_text()
+    assert summary["n"] + summary["declines"]["n"] == 5 and summary["declines"]["n"] == 1  # the 2nd row declines
+    assert "| queries |" in (out / "summary.md").read_text()
     first_record = json.loads(new_lines[0])
     assert {"query_id", "query", "output", "parsed_calls", "gold_call", "exact_match"} <= first_record.keys()
 
@@ -200,7 +229,7 @@ def test_evaluate_end_to_end_with_resume_and_rescoring(tiny_model_dir, tmp_path)
     with open(out / "predictions.jsonl", "a") as f:
         f.write(new_lines[0] + "\n")
     rescored = run_evaluate("--predictions", str(out / "predictions.jsonl"))
-    assert rescored.returncode == 0 and json.loads((out / "summary.json").read_text())["n"] == 5
+    assert rescored.returncode == 0 and json.loads((out / "summary.json").read_text())["n"] == 4
 
 
 def test_evaluate_refuses_bad_input(tmp_path):

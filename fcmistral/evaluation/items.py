@@ -2,6 +2,8 @@
 
 Shapes, told apart by their columns:
 - glaive rows ``{system, chat}`` (the held-out sample file): the gold is the first function call;
+  a row that offers functions and never calls one (a refusal, an answer from knowledge) is a
+  *declining* item: its gold is no call at all, so a model that calls on every request is seen;
 - NexusRaven-V2 benchmark sets ``{Input, Output}``: Output is a Python call;
 - NexusRaven_API_evaluation ``standardized_queries``: ``prompt``, ``python_function_name``,
   ``python_args_dict`` (a JSON string), ``context_functions``;
@@ -34,7 +36,7 @@ class EvalItem:
     query: str
     system: str
     turns: list[Turn]
-    gold: FunctionCall
+    gold: FunctionCall | None  # None: the right reply makes no call (a declining item)
 
     @property
     def prompt(self) -> str:
@@ -47,13 +49,14 @@ class EvalItem:
 
     def record_fields(self) -> dict[str, Any]:
         """What a prediction record keeps besides the output: enough to score it again."""
-        return {"query": self.query, "gold_call": {"name": self.gold.name, "arguments": self.gold.arguments}}
+        gold = {"name": self.gold.name, "arguments": self.gold.arguments} if self.gold else None
+        return {"query": self.query, "gold_call": gold}
 
 
 def glaive_items(rows: Iterable[dict[str, Any]]) -> tuple[list[EvalItem], list[tuple[int, str]]]:
-    """Held-out glaive rows: the gold is the first function call, the prompt all turns before it.
-
-    Rows with no call (chit-chat, refusals) have nothing to score and are reported as skipped.
+    """Held-out glaive rows: the gold is the first function call, the prompt all turns before it; a
+    row that offers functions and never calls one is a declining item, its prompt the turns before
+    its first assistant turn. Rows without functions (chit-chat) are reported as skipped.
     """
     items, skipped = [], []
     for index, row in enumerate(rows):
@@ -63,15 +66,19 @@ def glaive_items(rows: Iterable[dict[str, Any]]) -> tuple[list[EvalItem], list[t
             skipped.append((index, f"unparseable: {err}"))
             continue
         first = next((i for i, t in enumerate(parsed.turns) if t.role == "function_call"), None)
-        if first is None:
-            skipped.append((index, "no function call"))
-            continue
-        if len(parsed.turns[first].calls) > 1:  # scored as BFCL scores its parallel categories: not here
+        if first is None:  # a declining item, up to its first assistant turn
+            end, gold = next((i for i, t in enumerate(parsed.turns) if t.is_assistant), 0), None
+            if not parsed.functions or not end:
+                skipped.append((index, "no function offered" if not parsed.functions else "no assistant turn"))
+                continue
+        elif len(parsed.turns[first].calls) > 1:  # scored as BFCL scores its parallel categories: not here
             skipped.append((index, "parallel calls"))
             continue
-        turns = parsed.turns[:first]
+        else:
+            end, gold = first, parsed.turns[first].calls[0]
+        turns = parsed.turns[:end]
         query = next((t.content for t in reversed(turns) if t.role == "user"), "")
-        items.append(EvalItem(str(index), query, parsed.system, turns, parsed.turns[first].calls[0]))
+        items.append(EvalItem(str(index), query, parsed.system, turns, gold))
     return items, skipped
 
 

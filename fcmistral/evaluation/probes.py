@@ -15,45 +15,17 @@ yardstick.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-from fcmistral.evaluation.items import glaive_items
+from fcmistral.evaluation.items import EvalItem, glaive_items
 from fcmistral.evaluation.scoring import judge
-from fcmistral.format.calls import contains_call
-from fcmistral.format.glaive import RowParseError, parse_row
-from fcmistral.prompt import FunctionCall, Turn, generation_prompt
 
 
-@dataclass(frozen=True)
-class Probe:
-    system: str
-    turns: list[Turn]
-    gold: FunctionCall | None  # None: the right reply makes no call
-
-    @property
-    def prompt(self) -> str:
-        return generation_prompt(self.system, self.turns)
-
-
-def declining_probes(rows: Iterable[dict[str, Any]]) -> list[Probe]:
-    """The rows that offer functions and never call one: the prompt up to their first assistant turn."""
-    probes = []
-    for row in rows:
-        try:
-            parsed = parse_row(row)
-        except RowParseError:
-            continue
-        first = next((i for i, t in enumerate(parsed.turns) if t.is_assistant), None)
-        if parsed.functions and first and all(t.role != "function_call" for t in parsed.turns):
-            probes.append(Probe(parsed.system, parsed.turns[:first], None))
-    return probes
-
-
-def load_probes(rows: list[dict[str, Any]], limit: int) -> list[Probe]:
-    """The first ``limit`` probes, calls and declines in the proportion the rows hold them."""
-    calls = [Probe(item.system, item.turns, item.gold) for item in glaive_items(rows)[0]]
-    declines = declining_probes(rows)
+def load_probes(rows: list[dict[str, Any]], limit: int) -> list[EvalItem]:
+    """The first ``limit`` probes (held-out items: ``gold`` None for a declining one), calls and
+    declines in the proportion the rows hold them."""
+    items = glaive_items(rows)[0]
+    calls, declines = [i for i in items if i.gold is not None], [i for i in items if i.gold is None]
     total = len(calls) + len(declines)
     if total <= limit:
         return calls + declines
@@ -61,15 +33,9 @@ def load_probes(rows: list[dict[str, Any]], limit: int) -> list[Probe]:
     return calls[: limit - kept_declines] + declines[:kept_declines]
 
 
-def probe_right(output: str, probe: Probe) -> bool:
-    if probe.gold is None:
-        return not contains_call(output)
-    return bool(judge(output, probe.gold)["exact_match"])
-
-
-def call_metrics(outputs: list[str], probes: list[Probe]) -> dict[str, float]:
+def call_metrics(outputs: list[str], probes: list[EvalItem]) -> dict[str, float]:
     """``call_accuracy`` over every probe, and each kind alone (see the module docstring)."""
-    right = [probe_right(o, p) for o, p in zip(outputs, probes)]
+    right = [bool(judge(o, p.gold)["exact_match"]) for o, p in zip(outputs, probes)]
     metrics = {"call_accuracy": sum(right) / len(right)}
     for name, gold_call in (("call_exact", True), ("no_call_accuracy", False)):
         kind = [r for r, p in zip(right, probes) if (p.gold is not None) == gold_call]

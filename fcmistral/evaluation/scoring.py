@@ -4,7 +4,9 @@ The headline metric is Nexusflow's: exact match of function name and argument di
 failure counted as wrong (leaving parse failures out of the count would flatter a model that
 writes broken calls), and so is a reply with more than the one call asked for. Reported beside it:
 function-name accuracy (of the first call), a relaxed argument match, parse failures, and per
-gold function which function was called instead.
+gold function which function was called instead. Declining items (a gold of no call: the row offers
+functions and declines) are counted apart: right when the reply holds no call marker at all, their
+share reported as ``declines``, beside the figures of the call items.
 
 Exact match is type-strict, as BFCL's checker is: ``False`` is not ``0`` and ``3.0`` is not the
 integer ``3``. The one allowance is BFCL's too: an integer where the gold value is a float of the
@@ -67,13 +69,18 @@ def arguments_match(predicted: dict[str, Any], gold: dict[str, Any], relaxed: bo
     return strictly_equal(predicted, gold)
 
 
-def judge(output: str, gold: FunctionCall) -> dict[str, Any]:
-    """The verdict on one raw model output: what was called and whether it matches."""
+def judge(output: str, gold: FunctionCall | None) -> dict[str, Any]:
+    """The verdict on one raw model output: what was called and whether it matches (``gold`` None:
+    right when nothing was called, a broken call included)."""
     calls, error = try_parse_calls(output)
     if not calls:
         called = NO_CALL if error == "no <functioncall> marker" else UNPARSEABLE
+        right = gold is None and called == NO_CALL
         return {"parsed_calls": [], "called": called, "parse_error": error,
-                "name_match": False, "exact_match": False, "relaxed_match": False}
+                "name_match": right, "exact_match": right, "relaxed_match": right}
+    if gold is None:
+        return {"parsed_calls": [{"name": c.name, "arguments": c.arguments} for c in calls], "called": calls[0].name,
+                "parse_error": None, "name_match": False, "exact_match": False, "relaxed_match": False}
     call, single = calls[0], len(calls) == 1
     name_ok = call.name == gold.name
     return {
@@ -87,7 +94,10 @@ def judge(output: str, gold: FunctionCall) -> dict[str, Any]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals and per-function figures over prediction records (``judge`` output + gold)."""
+    """Totals and per-function figures over the call items' prediction records (``judge`` output +
+    gold), and the share of declining items that made no call."""
+    declining = [r for r in records if r["gold_call"] is None]
+    records = [r for r in records if r["gold_call"] is not None]
     n = len(records)
     rate = lambda key: sum(r[key] for r in records) / n if n else 0.0  # noqa: E731
     per_function: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "exact": 0, "name": 0, "instead": Counter()})
@@ -105,12 +115,21 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "relaxed_match": rate("relaxed_match"),
         "parse_failures": sum(r["called"] == UNPARSEABLE for r in records),
         "no_call": sum(r["called"] == NO_CALL for r in records),
+        "declines": {"n": len(declining), "accuracy": sum(r["exact_match"] for r in declining) / len(declining)
+                     if declining else 0.0},
         "per_function": {
             name: {"n": v["n"], "exact_match": v["exact"] / v["n"], "name_accuracy": v["name"] / v["n"],
                    "called_instead": dict(v["instead"].most_common())}
             for name, v in sorted(per_function.items())
         },
     }
+
+
+def _declines_lines(declines: dict[str, Any]) -> list[str]:
+    if not declines.get("n"):
+        return []
+    return [f"Declining items (functions offered, the right reply calls none): {declines['accuracy']:.1%} of "
+            f"{declines['n']} made no call.", ""]
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -120,6 +139,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"| {summary['n']} | {summary['exact_match']:.1%} | {summary['name_accuracy']:.1%} | "
         f"{summary['relaxed_match']:.1%} | {summary['parse_failures']} | {summary['no_call']} |",
         "",
+        *_declines_lines(summary.get("declines", {})),
         "| gold function | n | exact match | name accuracy | called instead |",
         "|---|---|---|---|---|",
     ]
