@@ -71,7 +71,7 @@ def arguments_match(predicted: dict[str, Any], gold: dict[str, Any], relaxed: bo
 
 def judge(output: str, gold: FunctionCall | None) -> dict[str, Any]:
     """The verdict on one raw model output: what was called and whether it matches (``gold`` None:
-    right when nothing was called, a broken call included)."""
+    right when the reply holds no call; a broken call is a call, so wrong)."""
     calls, error = try_parse_calls(output)
     if not calls:
         called = NO_CALL if error == "no <functioncall> marker" else UNPARSEABLE
