@@ -124,8 +124,10 @@ def vllm_eval(c: Check) -> str:
     c.run("evaluate.py", "--backend", backend, "--model_path", str(c.work / "merged"), "--dataset", str(HELD_OUT),
           "--output_dir", str(out), "--max_new_tokens", "96", *(["--limit", "3"] if c.cpu else []), timeout=300)
     summary = json.loads((out / "summary.json").read_text())
-    return (f"{backend} backend{' (dry: vLLM needs a GPU)' if c.cpu else ''}: {summary['n']} held-out prompts, "
-            f"name accuracy {summary['name_accuracy']:.0%}, exact {summary['exact_match']:.0%}")
+    declines = summary["declines"]  # held-out rows whose right reply calls nothing, scored apart
+    return (f"{backend} backend{' (dry: vLLM needs a GPU)' if c.cpu else ''}: {summary['n'] + declines['n']} held-out "
+            f"prompts, calls: name accuracy {summary['name_accuracy']:.0%}, exact {summary['exact_match']:.0%}; "
+            f"{declines['n']} declining, {declines['accuracy']:.0%} declined")
 
 
 def streamed_tool_request(base_url: str, model: str) -> tuple[str, list[dict]]:

@@ -45,13 +45,16 @@ class EpochDraws(TorchDataset):
             return
         self.epoch = epoch
         self.draw = self.make(epoch)
-        self.order = None
-        if epoch and len(self.draw) != self.length:
-            rng, n = random.Random(f"{self.seed}:epoch{epoch}"), len(self.draw)
+        self.order, n = None, len(self.draw)
+        if not epoch:
+            return
+        if n != self.length:
+            rng = random.Random(f"{self.seed}:epoch{epoch}")
             self.order = (rng.sample(range(n), self.length) if n > self.length
                           else list(range(n)) + rng.choices(range(n), k=self.length - n))
-            log.info("epoch %d: its augmentation draw has %d examples, %s to the first draw's %d", epoch, n,
-                     "sampled down" if n > self.length else "topped up", self.length)
+        # Said whether or not ``datasets`` had the draw cached (its progress bar shows only when not).
+        log.info("epoch %d: its own augmentation draw, %d examples%s", epoch, n, "" if n == self.length else
+                 f", {'sampled down' if n > self.length else 'topped up'} to the first draw's {self.length}")
 
     def __len__(self) -> int:
         return self.length
