@@ -184,7 +184,7 @@ def main() -> None:
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     from fcmistral.training.callbacks import EpochDrawCallback, SaveOnSignal
-    from fcmistral.training.metrics import TrainerWithMetrics
+    from fcmistral.training.trainer import CallTrainer
 
     script, data, args = parse_all()
     check_output_dir(args.output_dir, "--output_dir", script.overwrite_output_dir or args.resume_from_checkpoint,
@@ -192,7 +192,8 @@ def main() -> None:
     resume = _resume_target(args)
     tokenizer = load_tokenizer(script.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,
-                                      report_dir=Path(args.output_dir), augmentation=Augmentation.of(data))
+                                      report_dir=Path(args.output_dir), augmentation=Augmentation.of(data),
+                                      decisions=data.decision_weight != 1)
     # Seeded before the model exists: the Trainer seeds only in its own __init__, after LoRA's A
     # matrices were drawn, so two runs with one --seed used to start from different adapters.
     set_seed(args.seed)
@@ -209,13 +210,13 @@ def main() -> None:
         model, lora_config(script.lora_r, script.lora_alpha, script.lora_dropout),
         gradient_checkpointing=bool(args.activation_checkpointing),
     )
-    trainer = TrainerWithMetrics(
+    trainer = CallTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         processing_class=tokenizer,
-        data_collator=SupervisedLogits(collator),
+        data_collator=SupervisedLogits(collator, data.decision_weight),
         callbacks=[stop := SaveOnSignal(), *([EpochDrawCallback(train_ds)] if isinstance(train_ds, EpochDraws) else [])],
         extra_metrics=call_scoring(script, tokenizer),
     )

@@ -34,6 +34,7 @@ from fcmistral.hardware import compute_dtype
 from fcmistral.modeling import load_tokenizer
 from fcmistral.outputs import RESUME_OR_OVERWRITE, check_output_dir
 from fcmistral.training import fsdp
+from fcmistral.training.loss import supervised_loss
 
 log = logging.getLogger("fsdp")
 
@@ -143,7 +144,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model_path)
     train_ds, dev_ds = prepare_splits(data.data_path, tokenizer, data.max_length, data.test_size, args.seed,
                                       overflow="drop", report_dir=out, report=env.is_main,
-                                      augmentation=Augmentation.of(data))
+                                      augmentation=Augmentation.of(data), decisions=data.decision_weight != 1)
     model, no_decay = fsdp.load_sharded(args.model_path, tokenizer, env, dtype,
                                         args.activation_checkpointing)
     save_dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
@@ -153,7 +154,7 @@ def main() -> None:
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
     if data.packing or data.padding_free:
         train_ds, collate = padding_free_training(model, train_ds, data.max_length, pack=data.packing)
-    collate = SupervisedLogits(collate)
+    collate = SupervisedLogits(collate, data.decision_weight)
     sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, sampler=sampler, collate_fn=collate)
@@ -208,7 +209,7 @@ def main() -> None:
             step_loss = 0.0
             for i, batch in enumerate(batches):
                 model.set_requires_gradient_sync(i == len(batches) - 1)  # reduce once per step
-                loss = model(**fsdp.to_device(batch, env.device), num_items_in_batch=global_tokens).loss  # sum / tokens of the global batch
+                loss = supervised_loss(model, fsdp.to_device(batch, env.device), global_tokens)  # sum / tokens of the global batch
                 (loss * env.world_size).backward()  # FSDP averages gradients over ranks: undo it
                 step_loss += loss.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -10,7 +10,7 @@ row trained with the same steps and evaluated the same way.
 Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 functions); ``b`` on
 the wide generated data (fcmistral.demo.wide_data: 210 functions); ``c`` wide + ``--irrelevance_rate
 0.1``; ``d`` wide + every augmentation (irrelevance 0.1, rename 0.6, shuffled functions, parallel
-0.1); ``e`` wide + ``--irrelevance_rate 0.3``. Steps, each a subprocess as a user would run it:
+0.1); ``e`` wide + ``--irrelevance_rate 0.3``; ``f`` as e, with ``--decision_weight 10``. Steps, each a subprocess as a user would run it:
 build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2) and the wide data when missing; train with packing (train.py); merge
 (convert_weights.py); evaluate (evaluate.py) on the wide held-out rows, whose 40 functions no row
 trains on (call names, exact arguments), and on BFCL: the first ``--bfcl_limit`` questions of
@@ -136,6 +136,10 @@ ROWS = {
     # Added after c: at 0.1 the model declined none of the held-out rows that decline, so the rate's
     # dose is the next question (a third of the call rows become refusals).
     "e": ("wide + irrelevance 0.3", ["--irrelevance_rate", "0.3"]),
+    # Added after e: the rate moved how often the model calls, not when (the call marker's probability
+    # 0.80 on declining items against 0.87 on call items), and the decision is one supervised token
+    # in about a hundred: row e with that token weighed 10 times.
+    "f": ("wide + irrelevance 0.3, decision weight 10", ["--irrelevance_rate", "0.3", "--decision_weight", "10"]),
 }
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")

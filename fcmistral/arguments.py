@@ -106,11 +106,17 @@ class DataArguments:
     parallel_rate: float = field(default=0.0, metadata={
         "help": "fraction of train rows with one call made parallel: a second row's request joins the user "
                 "message, both calls in one assistant turn (a call per line), both results, both answers"})
+    decision_weight: float = field(default=1.0, metadata={
+        "help": "weight in the training loss of each assistant turn's first token, where the model decides "
+                "between calling a function and answering in words (1: a token like the others; "
+                "fcmistral/data/labels.py)"})
 
     def __post_init__(self) -> None:
         for name in ("irrelevance_rate", "rename_rate", "parallel_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name} must be between 0 and 1")
+        if not self.decision_weight > 0:
+            raise UserError("--decision_weight must be above 0")
 
 
 @dataclass

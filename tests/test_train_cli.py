@@ -151,6 +151,7 @@ def run_main_in_this_process(script: str, args: list[str], capsys, monkeypatch) 
         ({"--per_device_train_batch_size": "0"}, "--per_device_train_batch_size must be above 0"),
         ({"--lora_r": "0"}, "--lora_r must be above 0"),
         ({"--irrelevance_rate": "1.5"}, "--irrelevance_rate must be between 0 and 1"),
+        ({"--decision_weight": "0"}, "--decision_weight must be above 0"),
         ({"--lr_scheduler_type": "bogus"}, "invalid choice: 'bogus'"),
         ({"--report_to": "bogus"}, "--report_to bogus: choose from"),
         ({"--output_dir": "A_FILE"}, "is a file, not a folder"),
@@ -224,10 +225,12 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_as_interrupted(signum, ti
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, logged", [("--packing", "packing: "), ("--padding_free", "padding-free: 108 examples")])
 def test_train_padding_free_and_packed(mode, logged, tiny_model_dir, small_data, tmp_path):
+    """Packed with the decisions weighed (the Trainer's own loss then replaced), padding-free without."""
     out = tmp_path / "packed"
+    weighed = ["--decision_weight", "5"] if mode == "--packing" else []
     result = run("train.py", "--model_path", str(tiny_model_dir), "--data_path", str(small_data), "--output_dir",
                  str(out), "--eval_steps", "3", "--save_steps", "3", "--max_steps", "6", mode, "true",
-                 "--max_length", "1024", "--eval_on_start", "true", *FAST)
+                 "--max_length", "1024", "--eval_on_start", "true", *weighed, *FAST)
     assert result.returncode == 0, result.stderr[-3000:]
     assert logged in result.stderr and "sdpa_varlen attention" in result.stderr  # no GPU here
     losses = [h["eval_loss"] for h in json.loads((out / "train_summary.json").read_text())["eval_history"]]

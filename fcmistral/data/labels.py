@@ -16,6 +16,12 @@ model whether its turn is over or a second assistant turn follows ("Sure, let me
 call); inference reads the model's prediction at that point. After the last assistant turn the
 final ``</s>`` is supervised instead. Everything else (BOS, system prompt, user turns, function
 responses, padding) gets -100.
+
+The *decision* of an assistant turn is its first content token (after ``ASSISTANT:``): there the
+model chooses between a call (`` <functioncall>``) and words, which is the whole of knowing when not
+to call, yet it is about one supervised token in a hundred. Examples record where their decisions
+are (``Example.decisions``) so that training can weigh them more (``--decision_weight``):
+``SupervisedLogits`` lays the marks out as the labels are and sends the weights with the batch.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class LabelledText:
     text: str
     spans: list[tuple[int, int]]
     prompt_chars: int  # length of the system prompt: where the encoder cuts the text
+    decisions: list[int]  # where each assistant turn's content starts (characters)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     prompt_tokens: int  # tokens of BOS + system prompt
+    decisions: list[int]  # indices of the tokens where an assistant turn's content starts
 
 
 @dataclass
@@ -63,11 +71,12 @@ def labelled_text(row: GlaiveRow) -> LabelledText:
     """
     last = max((i for i, t in enumerate(row.turns) if t.is_assistant), default=-1)
     turns = row.turns[: last + 1]
-    pieces, spans, pos = [row.system], [], len(row.system)
+    pieces, spans, decisions, pos = [row.system], [], [], len(row.system)
     for i, turn in enumerate(turns):
         body = render_turn(turn)
         closing = row.separator if i + 1 < len(turns) else row.trailing
         if turn.is_assistant:
+            decisions.append(pos + len(TAG_OF_ROLE[turn.role]) + 1)  # render_turn: "TAG content"
             end = pos + len(body) + len(closing)
             if i + 1 < len(turns):
                 end += len(TAG_OF_ROLE[turns[i + 1].role])
@@ -77,7 +86,7 @@ def labelled_text(row: GlaiveRow) -> LabelledText:
                 spans.append((pos, end))
         pieces.append(body + closing)
         pos += len(body) + len(closing)
-    return LabelledText("".join(pieces), spans, len(row.system))
+    return LabelledText("".join(pieces), spans, len(row.system), decisions)
 
 
 def _span_tokens(encoding: TokenizedText, start: int, end: int) -> tuple[int, int] | None:
@@ -133,17 +142,32 @@ def examples_from_rows(
         for first, stop in ranges:
             stop = min(stop, keep)
             labels[first:stop] = ids[first:stop]
-        results.append(Example(ids[:keep], labels, prompt_tokens))
+        decisions = [t for pos in lt.decisions if (t := first_token(encoding, pos, len(lt.text))) is not None and t < keep]
+        results.append(Example(ids[:keep], labels, prompt_tokens, decisions))
     return results
+
+
+DECISION = "decision"  # the column of decision marks (1 at an Example's decisions, 0 elsewhere)
+
+
+def decision_marks(example: Example) -> list[int]:
+    marks = [0] * len(example.input_ids)
+    for index in example.decisions:
+        marks[index] = 1
+    return marks
+
+
+def _shifted_targets(labels):
+    import torch.nn.functional as F
+
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
 
 
 def with_supervised_logits(batch: dict) -> dict:
     """``batch`` with transformers' ``logits_to_keep`` (a boolean batch x length mask of the positions
     that predict a supervised token) and the matching ``shift_labels`` (those targets), derived
     from its labels: see ``SupervisedLogits``."""
-    import torch.nn.functional as F
-
-    targets = F.pad(batch["labels"], (0, 1), value=IGNORE_INDEX)[:, 1:]
+    targets = _shifted_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     batch["logits_to_keep"], batch["shift_labels"] = keep, targets[keep]
     return batch
@@ -159,10 +183,24 @@ class SupervisedLogits:
     ``logits_to_keep`` and ``shift_labels`` (``with_supervised_logits``), so the model's own loss, its
     ``num_items_in_batch`` reduction and the Trainer's and FSDP loop's scaling stay as they are: the
     same loss and gradients, fewer logits.
+
+    Rows with decision marks (the ``decision`` column) also get ``loss_weights``, one per kept target:
+    ``decision_weight`` where the target is a decision, 1 elsewhere (fcmistral.training.loss). The
+    marks are laid out by the wrapped collator itself, passed as the labels of a second collation,
+    so they are padded, flattened or packed exactly as the labels are, whichever collator it is.
     """
 
-    def __init__(self, collate) -> None:
+    def __init__(self, collate, decision_weight: float = 1.0) -> None:
         self.collate = collate
+        self.decision_weight = decision_weight
 
     def __call__(self, rows):
-        return with_supervised_logits(self.collate(rows))
+        marks = [row[DECISION] for row in rows] if rows and DECISION in rows[0] else None
+        if marks is not None:
+            rows = [{k: v for k, v in row.items() if k != DECISION} for row in rows]
+        batch = with_supervised_logits(self.collate(rows))
+        if marks is not None and self.decision_weight != 1:
+            laid_out = self.collate([{**row, "labels": m} for row, m in zip(rows, marks)])["labels"]
+            is_decision = _shifted_targets(laid_out)[batch["logits_to_keep"]] == 1
+            batch["loss_weights"] = 1 + (self.decision_weight - 1) * is_decision.float()
+        return batch

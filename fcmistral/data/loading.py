@@ -18,7 +18,7 @@ from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
 from fcmistral.data.augment import Augmentation, augment_row
 from fcmistral.data.encoding import SharedPrefixEncoder
 from fcmistral.data.epochs import EpochDraws
-from fcmistral.data.labels import Example, Overflow, Skipped, examples_from_rows
+from fcmistral.data.labels import DECISION, Example, Overflow, Skipped, decision_marks, examples_from_rows
 from fcmistral.errors import UserError, first_line
 from fcmistral.format.glaive import RowParseError, parse_row
 from fcmistral.inputs import utf8_problem
@@ -96,14 +96,18 @@ TOKENIZED_FEATURES = Features({
     "input_ids": List(Value("int32")), "labels": List(Value("int32")), "prompt_tokens": Value("int32"),
     "skip_reason": Value("string"), "row_index": Value("int64"),
 })
+WITH_DECISIONS = Features({**TOKENIZED_FEATURES, DECISION: List(Value("int8"))})
 
 
 def _tokenize_batch(
     systems: list[str], chats: list[str], row_index: list[int], encoder: SharedPrefixEncoder, max_length: int,
-    overflow: Overflow, code: str,
+    overflow: Overflow, code: str, decisions: bool = False,
 ) -> dict[str, list]:
-    """``code``: row_code_digest(), unused here but part of the cache key."""
+    """``code``: row_code_digest(), unused here but part of the cache key; ``decisions``: add the
+    decision marks (fcmistral.data.labels)."""
     out: dict[str, list] = {"input_ids": [], "labels": [], "prompt_tokens": [], "skip_reason": [], "row_index": row_index}
+    if decisions:
+        out[DECISION] = []
     parsed, slots = [], []
     for system, chat in zip(systems, chats):
         try:
@@ -119,6 +123,8 @@ def _tokenize_batch(
         out["labels"].append(result.labels if kept else [])
         out["prompt_tokens"].append(result.prompt_tokens)
         out["skip_reason"].append("" if kept else result.reason)
+        if decisions:
+            out[DECISION].append(decision_marks(result) if kept else [])
     return out
 
 
@@ -135,9 +141,10 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 
 def tokenize_rows(
-    ds: Dataset, tokenizer, max_length: int, overflow: Overflow = "truncate"
+    ds: Dataset, tokenizer, max_length: int, overflow: Overflow = "truncate", decisions: bool = False
 ) -> tuple[Dataset, list[tuple[int, str]], int]:
-    """Tokenized examples, the ``(row_index, reason)`` of every skipped row, the longest prompt.
+    """Tokenized examples, the ``(row_index, reason)`` of every skipped row, the longest prompt;
+    with ``decisions``, each example's decision marks too (the ``decision`` column).
 
     A bad row never stops a 113k-row run: it is counted, reported and left out. The map is cached
     by ``datasets`` under a fingerprint of the data, the tokenizer and these settings.
@@ -151,9 +158,9 @@ def tokenize_rows(
             batch_size=1000,
             input_columns=["system", "chat", "row_index"],
             remove_columns=ds.column_names,
-            features=TOKENIZED_FEATURES,
+            features=WITH_DECISIONS if decisions else TOKENIZED_FEATURES,
             fn_kwargs={"encoder": SharedPrefixEncoder(tokenizer), "max_length": max_length, "overflow": overflow,
-                       "code": row_code_digest()},
+                       "code": row_code_digest(), "decisions": decisions},
             desc="tokenizing",
         )
     # One Arrow read per column (iterating a column object would build a Python row per value).
@@ -212,18 +219,19 @@ def row_code_digest() -> str:
 
 
 def _train_draw(rows: Dataset, tokenizer, max_length: int, overflow: Overflow, augmentation: Augmentation,
-                seed: int, epoch: int) -> tuple[Dataset, list[tuple[int, str]], int]:
+                seed: int, epoch: int, decisions: bool) -> tuple[Dataset, list[tuple[int, str]], int]:
     """The train rows as epoch ``epoch`` sees them: augmented with that epoch's draw, tokenized."""
     if augmentation:
         draw_seed = str(seed) if epoch == 0 else f"{seed}.{epoch}"  # epoch 0: the draw of single-draw runs
         rows = rows.map(_augment_batch, batched=True, batch_size=1000, desc=f"augmenting (epoch {epoch})", fn_kwargs={
             "augmentation": augmentation, "seed": draw_seed, "code": row_code_digest()})
-    return tokenize_rows(rows, tokenizer, max_length, overflow)
+    return tokenize_rows(rows, tokenizer, max_length, overflow, decisions)
 
 
 def prepare_splits(
     data_path: str, tokenizer, max_length: int, test_size: float, seed: int, overflow: Overflow = "truncate",
     report_dir: Path | None = None, report: bool = True, augmentation: Augmentation = Augmentation(),
+    decisions: bool = False,
 ) -> tuple[Dataset | EpochDraws, Dataset]:
     """Train and dev examples from raw rows: load, split, augment the train rows, tokenize, report what
     was skipped.
@@ -231,15 +239,16 @@ def prepare_splits(
     Shared by train.py and FSDP/train.py (``report=False`` on all ranks but the first). With an
     augmentation, the train examples are an ``EpochDraws``: each epoch augments the rows with its own
     draw (fcmistral/data/epochs.py); the dev rows stay as they are, so the dev loss stays comparable
-    across epochs and runs. Refuses a ``max_length`` that cannot hold the longest system prompt, and a
-    split left empty.
+    across epochs and runs. With ``decisions``, the train examples carry their decision marks
+    (``--decision_weight``); the dev examples never do, so the dev loss stays the plain one. Refuses a
+    ``max_length`` that cannot hold the longest system prompt, and a split left empty.
     """
     splits = split_rows(load_rows(data_path), test_size, seed)
     if report:
         log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
         if augmentation:
             log.info("augmentation: %s, a new draw each epoch", augmentation)
-    tokenized = {"train": _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, 0),
+    tokenized = {"train": _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, 0, decisions),
                  "dev": tokenize_rows(splits["test"], tokenizer, max_length, overflow)}
     longest_prompt = max(longest for _, _, longest in tokenized.values())
     if longest_prompt >= max_length:
@@ -257,7 +266,7 @@ def prepare_splits(
         def make(epoch: int) -> Dataset:
             if epoch == 0:
                 return first
-            draw, _, _ = _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, epoch)
+            draw, _, _ = _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, epoch, decisions)
             return draw.remove_columns("row_index")
 
         train = EpochDraws(make, seed)

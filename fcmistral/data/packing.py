@@ -31,15 +31,17 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from fcmistral.data.epochs import EpochDraws
+from fcmistral.data.labels import DECISION
 
 VARLEN_SDPA = "sdpa_varlen"
 
 
 def pack_examples(dataset, max_length: int):
-    """Rows of whole examples (``input_ids``, ``labels``, ``seq_lengths``), each ≤ ``max_length``."""
+    """Rows of whole examples (``input_ids``, ``labels``, the decision marks where there are any,
+    ``seq_lengths``), each ≤ ``max_length``."""
     from trl.data_utils import pack_dataset
 
-    columns = [c for c in dataset.column_names if c not in ("input_ids", "labels")]
+    columns = [c for c in dataset.column_names if c not in ("input_ids", "labels", DECISION)]
     return pack_dataset(dataset.remove_columns(columns), max_length, strategy="bfd")
 
 

@@ -1,37 +1,16 @@
 """Metrics beside the dev loss at each evaluation, computed by generating with the model in training
-(train.py's ``--call_eval_data``: fcmistral.evaluation.probes)."""
+(train.py's ``--call_eval_data``: fcmistral.evaluation.probes); fcmistral.training.trainer adds them."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-from transformers import Trainer
 
 from fcmistral.generation import generate_batch, length_sorted_batches
 from fcmistral.turns import Conversation, replies
 
 ExtraMetrics = Callable[[torch.nn.Module], dict[str, float]]
-
-
-class TrainerWithMetrics(Trainer):
-    """A Trainer whose evaluations add ``extra_metrics(model)``, prefixed as the loss is (``eval_``).
-
-    Added in ``evaluation_loop``, before the Trainer logs the metrics and compares them for the best
-    checkpoint, so each one is logged beside ``eval_loss`` and can be ``--metric_for_best_model``
-    (a callback's ``on_evaluate`` runs after both).
-    """
-
-    def __init__(self, *args, extra_metrics: ExtraMetrics | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.extra_metrics = extra_metrics
-
-    def evaluation_loop(self, *args, **kwargs):
-        output = super().evaluation_loop(*args, **kwargs)
-        if self.extra_metrics is not None:
-            prefix = kwargs.get("metric_key_prefix", "eval")
-            output.metrics.update({f"{prefix}_{k}": v for k, v in self.extra_metrics(self.model).items()})
-        return output
 
 
 def generation_metrics(conversations: list[Conversation], score: Callable[[list[str]], dict[str, float]], tokenizer,

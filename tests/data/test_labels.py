@@ -73,6 +73,19 @@ def test_loss_covers_exactly_the_assistant_turns_and_following_tags(tokenizer):
     assert supervised_runs(example, tokenizer) == expected_runs()
 
 
+def test_decisions_are_the_first_token_of_each_assistant_turns_content(tokenizer):
+    """The token where the model chooses between words and a call: the acknowledgement's "Sure",
+    the call's marker, the answer's first word; each one supervised."""
+    (example,) = examples_from_rows([parse_row(tricky_row())], tokenizer, max_length=4096)
+    assert len(example.decisions) == 3
+    pieces = [tokenizer.decode(example.input_ids[i:i + 1]).strip() for i in example.decisions]
+    for piece, content in zip(pieces, (ACK, CALL.content, ANSWER)):
+        assert piece and content.startswith(piece), (piece, content)
+    assert all(example.labels[i] == example.input_ids[i] for i in example.decisions)
+    prefix = tokenizer.decode(example.input_ids[:example.decisions[1]])
+    assert prefix.rstrip().endswith("ASSISTANT:")  # the tag before it is not the decision
+
+
 def test_nothing_is_lost_or_added_by_tokenization(tokenizer):
     row = tricky_row()
     (example,) = examples_from_rows([parse_row(row)], tokenizer, max_length=4096)
@@ -171,3 +184,47 @@ def test_the_head_only_at_supervised_positions_gives_the_same_loss_and_gradients
     blank["labels"].fill_(IGNORE_INDEX)
     with torch.no_grad():
         assert float(model(**with_supervised_logits(blank), num_items_in_batch=1).loss) == 0.0
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_decision_weight_adds_its_share_of_each_decisions_loss(tiny_model_dir, tiny_tokenizer, packed):
+    """--decision_weight W: the loss is the plain one plus (W - 1) x each decision token's cross-entropy,
+    over the same supervised-token count; the marks follow the labels through padding and packing."""
+    import torch
+    import torch.nn.functional as F
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+
+    from fcmistral.data.labels import DECISION, SupervisedLogits, decision_marks
+    from fcmistral.data.packing import PackedCollator, pack_examples, packed_attention
+    from fcmistral.training.loss import supervised_loss
+    from tests.conftest import REPO
+
+    rows = [json.loads(line) for line in (REPO / "data" / "sample_train.jsonl").read_text().splitlines()[:4]]
+    examples = examples_from_rows([parse_row(r) for r in rows], tiny_tokenizer, 1024)
+    records = [{"input_ids": e.input_ids, "labels": e.labels, DECISION: decision_marks(e)} for e in examples]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if packed:
+        model.set_attn_implementation(packed_attention())
+        records = list(pack_examples(Dataset.from_list(records), max_length=4096))
+        collate = PackedCollator()
+    else:
+        collate = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=IGNORE_INDEX)
+    weight = 4.0
+    batch = SupervisedLogits(collate, decision_weight=weight)([dict(r) for r in records])
+    assert int((batch["loss_weights"] == weight).sum()) == sum(len(e.decisions) for e in examples) > 0
+    assert set(batch["loss_weights"].tolist()) == {1.0, weight}
+
+    tokens, plain, decided = 0, 0.0, 0.0  # each example alone, from the full logits
+    with torch.no_grad():
+        for e in examples:
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            losses = F.cross_entropy(logits[:-1], torch.tensor(e.labels[1:]), reduction="none", ignore_index=IGNORE_INDEX)
+            tokens += sum(label != IGNORE_INDEX for label in e.labels[1:])
+            plain += float(losses.sum())
+            decided += float(sum(losses[i - 1] for i in e.decisions))
+        loss = float(supervised_loss(model, batch, tokens))
+        unweighted = SupervisedLogits(collate)([dict(r) for r in records])
+        assert "loss_weights" not in unweighted
+        assert abs(float(supervised_loss(model, unweighted, tokens)) - plain / tokens) < 1e-4
+    assert abs(loss - (plain + (weight - 1) * decided) / tokens) < 1e-4

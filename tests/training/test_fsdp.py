@@ -154,11 +154,12 @@ def test_a_model_with_tied_embeddings_stays_tied(tiny_model_dir, data, tmp_path)
 
 
 def test_packed_training_learns_with_varlen_attention(tiny_model_dir, data, tmp_path):
-    """Also with augmentation over two epochs (about 8 steps each): the second reads its own draw."""
+    """Also with augmentation over two epochs (about 8 steps each): the second reads its own draw; and
+    with the decisions weighed (the loss with weights, the dev loss without)."""
     out = tmp_path / "packed"
     result = run(torchrun_cmd(2, out, tiny_model_dir, data, "--packing", "true", "--max_length", "1024",
                               "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-                              "--max_steps", "12", "--irrelevance_rate", "0.3"))
+                              "--max_steps", "12", "--irrelevance_rate", "0.3", "--decision_weight", "5"))
     assert "packed rows" in result.stderr and "sdpa_varlen attention" in result.stderr
     assert "epoch 1: its own augmentation draw" in result.stderr  # said even when datasets had it cached
     rows = metrics(out)
