@@ -55,3 +55,9 @@ def test_one_core_is_all_there_is():
     model = TimedModel(MIN_STEP_S)
     assert engine_threads(model, 1).startswith("engine threads: 1 of 1 cores")
     assert model.steps == []
+
+
+def test_engine_threads_given_are_taken_without_measuring():
+    model = TimedModel(MIN_STEP_S / 10)
+    assert engine_threads(model, 4, given=3) == "engine threads: 3 of 4 cores (--engine_threads)"
+    assert torch.get_num_threads() == 3 and model.steps == []

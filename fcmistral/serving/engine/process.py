@@ -84,11 +84,8 @@ def _run_engine(spec: EngineSpec, requests, updates) -> None:
 
     def setup() -> None:  # in the generation thread, before its first step
         try:
-            if spec.threads:
-                torch.set_num_threads(spec.threads)
-                threads = f"engine threads: {spec.threads} (--engine_threads)"
-            else:  # all cores for a model whose decode step is long, else all but one (engine/threads.py)
-                threads = engine_threads(model, cores)
+            # --engine_threads, or all cores for a model whose decode step is long, else all but one
+            threads = engine_threads(model, cores, spec.threads)
         except Exception as err:  # noqa: BLE001 - reported; this thread ends, and the parent ends the process
             failed(err)
             raise

@@ -51,12 +51,14 @@ def decode_step_s(model, threads: int, steps: int = STEPS) -> float:
     return min(times)
 
 
-def engine_threads(model, cores: int) -> str:
-    """Set torch to all ``cores`` when the model's decode step with all but one is long, else to all
-    but one (the module's docstring). Call it in the thread that will run the model. Returns the
-    choice and why, for the log."""
+def engine_threads(model, cores: int, given: int | None = None) -> str:
+    """Set torch to ``given`` threads (``--engine_threads``), or to all ``cores`` when the model's
+    decode step with all but one is long, else to all but one (the module's docstring). Call it in
+    the thread that will run the model. Returns the choice and why, for the log."""
     fewer = max(1, cores - 1)
-    if cores == 1 or model.device.type != "cpu":  # on a GPU the threads only feed it: leave the core to HTTP
+    if given:
+        choice, why = given, "--engine_threads"
+    elif cores == 1 or model.device.type != "cpu":  # on a GPU the threads only feed it: leave the core to HTTP
         choice, why = fewer, f"the model runs on {model.device.type}"
     else:
         step = decode_step_s(model, fewer)
