@@ -209,7 +209,8 @@ def main() -> None:
             step_loss = 0.0
             for i, batch in enumerate(batches):
                 model.set_requires_gradient_sync(i == len(batches) - 1)  # reduce once per step
-                loss = supervised_loss(model, fsdp.to_device(batch, env.device), global_tokens)  # sum / tokens of the global batch
+                # the sum over this batch / the supervised tokens of the global batch
+                loss = supervised_loss(model, fsdp.to_device(batch, env.device), global_tokens)
                 (loss * env.world_size).backward()  # FSDP averages gradients over ranks: undo it
                 step_loss += loss.item()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)

@@ -5,11 +5,11 @@ weights (no download), the original's settings against ours, peak memory and tok
     python benchmarks/gpu_qlora.py --tiny --steps 2    # a smoke run of the same code on the CPU
 
 original: padded batches (batch 1 here, as the original ran), eager attention, gradient
-checkpointing, LoRA on all linear layers after peft's ``prepare_model_for_kbit_training`` (the
-usual QLoRA recipe the original follows: every parameter that is not 4-bit cast to fp32). ours: packed padding-free rows with varlen attention
-(FlashAttention-2 when installed, else SDPA per example, as train.py --packing), gradient
-checkpointing. Anchors to compare with: Unsloth reports
-1.88x speed and -65.9% memory against plain HF on an A100; LLaMA-Factory estimates ~6 GB for a 7B
+checkpointing, LoRA on all linear layers after peft's ``prepare_model_for_kbit_training`` (the usual
+QLoRA recipe the original follows: every parameter that is not 4-bit cast to fp32). ours: packed
+padding-free rows with varlen attention (FlashAttention-2 when installed, else SDPA per example, as
+train.py --packing), gradient checkpointing. Anchors to compare with: Unsloth reports 1.88x speed and
+-65.9% memory against plain HF on an A100; LLaMA-Factory estimates ~6 GB for a 7B
 QLoRA. Random weights do not change the cost of a step.
 """
 

@@ -10,8 +10,9 @@ row trained with the same steps and evaluated the same way.
 Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 functions); ``b`` on
 the wide generated data (fcmistral.demo.wide_data: 210 functions); ``c`` wide + ``--irrelevance_rate
 0.1``; ``d`` wide + every augmentation (irrelevance 0.1, rename 0.6, shuffled functions, parallel
-0.1); ``e`` wide + ``--irrelevance_rate 0.3``; ``f`` as e, with ``--decision_weight 10``. Steps, each a subprocess as a user would run it:
-build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2) and the wide data when missing; train with packing (train.py); merge
+0.1); ``e`` wide + ``--irrelevance_rate 0.3``; ``f`` as e, with ``--decision_weight 10``. Steps, each a
+subprocess as a user would run it: build ``artifacts/smollm2-135m`` when missing
+(fcmistral.artifacts.smollm2) and the wide data when missing; train with packing (train.py); merge
 (convert_weights.py); evaluate (evaluate.py) on the wide held-out rows, whose 40 functions no row
 trains on (call names, exact arguments), and on BFCL: the first ``--bfcl_limit`` questions of
 ``simple`` and ``irrelevance`` and half as many of ``multiple``, ``parallel`` and ``parallel_multiple``.

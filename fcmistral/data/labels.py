@@ -142,7 +142,8 @@ def examples_from_rows(
         for first, stop in ranges:
             stop = min(stop, keep)
             labels[first:stop] = ids[first:stop]
-        decisions = [t for pos in lt.decisions if (t := first_token(encoding, pos, len(lt.text))) is not None and t < keep]
+        found = (first_token(encoding, pos, len(lt.text)) for pos in lt.decisions)
+        decisions = [token for token in found if token is not None and token < keep]
         results.append(Example(ids[:keep], labels, prompt_tokens, decisions))
     return results
 

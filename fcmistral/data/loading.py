@@ -248,7 +248,8 @@ def prepare_splits(
         log.info("split: %d train / %d dev rows", len(splits["train"]), len(splits["test"]))
         if augmentation:
             log.info("augmentation: %s, a new draw each epoch", augmentation)
-    tokenized = {"train": _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, 0, decisions),
+    tokenized = {"train": _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, 0,
+                                      decisions),
                  "dev": tokenize_rows(splits["test"], tokenizer, max_length, overflow)}
     longest_prompt = max(longest for _, _, longest in tokenized.values())
     if longest_prompt >= max_length:
@@ -266,7 +267,8 @@ def prepare_splits(
         def make(epoch: int) -> Dataset:
             if epoch == 0:
                 return first
-            draw, _, _ = _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, epoch, decisions)
+            draw, _, _ = _train_draw(splits["train"], tokenizer, max_length, overflow, augmentation, seed, epoch,
+                                     decisions)
             return draw.remove_columns("row_index")
 
         train = EpochDraws(make, seed)
