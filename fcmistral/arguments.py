@@ -115,8 +115,8 @@ class DataArguments:
         for name in ("irrelevance_rate", "rename_rate", "parallel_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name} must be between 0 and 1")
-        if not self.decision_weight > 0:
-            raise UserError("--decision_weight must be above 0")
+        if not 0 < self.decision_weight < float("inf"):  # NaN fails both comparisons
+            raise UserError("--decision_weight must be a finite number above 0")
 
 
 @dataclass
