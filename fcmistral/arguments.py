@@ -104,8 +104,9 @@ class DataArguments:
                 "schemas and calls (descriptions kept)"})
     shuffle_functions: bool = field(default=False, metadata={"help": "shuffle the offered functions of each train row"})
     parallel_rate: float = field(default=0.0, metadata={
-        "help": "fraction of train rows with one call made parallel: a second row's request joins the user "
-                "message, both calls in one assistant turn (a call per line), both results, both answers"})
+        "help": "fraction of train rows with one call made parallel: the request lists two or three values for "
+                "its function, or a second row's request joins it; the calls in one assistant turn (a call per "
+                "line), a result per call, the answers"})
     decision_weight: float = field(default=1.0, metadata={
         "help": "weight in the training loss of each assistant turn's first token, where the model decides "
                 "between calling a function and answering in words (1: a token like the others; "

@@ -15,7 +15,10 @@ turn (prompt.py's parallel convention), both results, then both answers. Half of
 that calls the same function (where the other rows have one): users ask for one function several
 times ("the weather in Paris and in Rome") as often as for two, and with 200 functions a partner
 drawn at random almost never calls the same one, so without this the model would only see the second
-shape.
+shape. Where partners call that function with one argument's value changed and the row's request
+names its value, the request lists the values in one sentence ("the weather in Paris and Rome": two
+or three calls), the shape of BFCL's parallel questions; two requests joined read differently, and a
+model trained on them alone wrote one call for such a sentence (docs/training.md, row d).
 Each row draws from its own generator, seeded by the run's seed, the epoch (fcmistral/data/epochs.py:
 each epoch its own draw) and the row's index, each augmentation independently at its rate: the same
 options give the same rows (and the same ``datasets`` cache entry), whichever order they come in.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -91,7 +95,7 @@ def without_called_function(row: GlaiveRow, rng: random.Random) -> GlaiveRow | N
 # a lower-case first letter, where it continues the sentence).
 JOINS = ("{a} Also, {b_}", "{a}\n{b}", "{a} And one more thing: {b}", "Two things. {a} And {b_}", "{a} Then {b_}")
 PARTNER_TRIES = 8  # partner rows tried before a row stays single
-SAME_FUNCTION_SHARE = 0.5  # parallel rows whose partner calls the row's own function (module docstring)
+SAME_FUNCTION_SHARE = 0.5  # joined parallel rows whose partner calls the row's own function (module docstring)
 
 
 def _single_exchange(row: GlaiveRow) -> tuple[list[Turn], Turn, Turn, Turn, Turn] | None:
@@ -135,6 +139,75 @@ def with_parallel_calls(row: GlaiveRow, partner: GlaiveRow, rng: random.Random) 
              call_turn(call.calls + their_call.calls), result, their_result,
              Turn("assistant", f"{answer.content} {their_answer.content}")]
     return replace(row, system=build_system_prompt(functions), functions=functions, turns=turns)
+
+
+# How a request lists the values it asks one function for, two or three.
+LISTS = {2: ("{0} and {1}", "{0} as well as {1}", "both {0} and {1}"), 3: ("{0}, {1} and {2}", "{0}, {1}, and {2}")}
+QUOTES = "\"'“”‘’"
+
+
+def _mention(text: str, value: Any) -> tuple[int, int] | None:
+    """Where ``text`` names ``value`` (a string or a number, written as a call would write it), quotes
+    around it included; None unless it does so exactly once, as a whole word, and quoted if it ends a
+    sentence."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        return None
+    found = list(re.finditer(rf"(?<![\w.-]){re.escape(str(value))}(?!\w|\.\d)", text))
+    if len(found) != 1:
+        return None
+    start, end = found[0].span()
+    if 0 < start and end < len(text) and text[start - 1] in QUOTES and text[end] in QUOTES:
+        return start - 1, end + 1
+    if str(value)[-1] in ".!?":  # a sentence ("saying: See you at 3."): a list of them would not read
+        return None
+    return start, end
+
+
+def with_listed_values(row: GlaiveRow, partners: list[GlaiveRow], rng: random.Random) -> GlaiveRow | None:
+    """The row's request asking for two or three values of one argument in one sentence ("the weather in
+    Paris and Rome"), answered by one call per value in one turn, a result per call and the answers.
+    The other values come from ``partners`` whose single call is the row's with that one argument
+    changed (so their results and answers are theirs); None when there are none, or when the request
+    does not name its value once."""
+    ours = _single_exchange(row)
+    if ours is None:
+        return None
+    context, request, call, result, answer = ours
+    (first,) = call.calls
+    schema = next((f for f in row.functions if f.get("name") == first.name), None)
+    wanted = rng.choice((2, 2, 3))
+    key, found = None, []  # the argument that changes; (value, exchange) per partner taken
+    for partner in rng.sample(partners, len(partners)):
+        theirs = _single_exchange(partner)
+        if theirs is None or schema not in partner.functions:
+            continue
+        (other,) = theirs[2].calls
+        if other.name != first.name or other.arguments.keys() != first.arguments.keys():
+            continue
+        changed = [k for k in first.arguments if other.arguments[k] != first.arguments[k]]
+        if len(changed) != 1 or key not in (None, changed[0]):
+            continue
+        value = other.arguments[changed[0]]
+        if type(value) is not type(first.arguments[changed[0]]) or any(value == v for v, _ in found):
+            continue
+        if key is None and _mention(request.content, first.arguments[changed[0]]) is None:
+            continue
+        key = changed[0]
+        if _mention(request.content, value) is None and str(value).strip():  # not named already
+            found.append((value, theirs))
+        if len(found) == wanted - 1:
+            break
+    if not found:
+        return None
+    start, end = _mention(request.content, first.arguments[key])
+    named = request.content[start:end]
+    quote = (named[0], named[-1]) if named != str(first.arguments[key]) else ("", "")
+    values = [named] + [f"{quote[0]}{value}{quote[1]}" for value, _ in found]
+    asked = request.content[:start] + rng.choice(LISTS[len(values)]).format(*values) + request.content[end:]
+    calls = [first] + [theirs[2].calls[0] for _, theirs in found]
+    turns = [*context, Turn("user", asked), call_turn(calls), result, *(theirs[3] for _, theirs in found),
+             Turn("assistant", " ".join([answer.content] + [theirs[4].content for _, theirs in found]))]
+    return replace(row, turns=turns)
 
 
 def _identifier(rng: random.Random, taken: set[str]) -> str:
@@ -186,8 +259,8 @@ def _parsed(row: dict[str, Any]) -> GlaiveRow | None:
         return None
 
 
-def _same_function_partners(row: GlaiveRow, partners: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The partner rows whose first call is one call of the function the row's first call calls."""
+def _same_function_partners(row: GlaiveRow, partners: list[dict[str, Any]]) -> list[GlaiveRow]:
+    """The partner rows, parsed, whose first call is one call of the function the row's first call calls."""
     exchange = _single_exchange(row)
     if exchange is None:
         return []
@@ -198,8 +271,23 @@ def _same_function_partners(row: GlaiveRow, partners: list[dict[str, Any]]) -> l
         if quoted in partner.get("chat", "") and (parsed := _parsed(partner)) is not None:
             theirs = _single_exchange(parsed)
             if theirs is not None and theirs[2].calls[0].name == name:
-                found.append(partner)
+                found.append(parsed)
     return found
+
+
+def _with_partner(row: GlaiveRow, same: list[GlaiveRow], partners: list[dict[str, Any]],
+                  rng: random.Random) -> GlaiveRow:
+    """The row as a parallel row: its values listed in one sentence where rows of ``same`` (calling its
+    function) allow, else its request joined with a partner's (one of ``same`` half the time, where
+    there are any, else one of ``partners``); the row unchanged when no partner tried fits."""
+    if same and (listed := with_listed_values(row, same, rng)):
+        return listed
+    same = same if rng.random() < SAME_FUNCTION_SHARE else []
+    for _ in range(PARTNER_TRIES):
+        partner = rng.choice(same) if same else _parsed(rng.choice(partners))
+        if partner is not None and (paired := with_parallel_calls(row, partner, rng)):
+            return paired
+    return row
 
 
 def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, seed: int | str,
@@ -214,12 +302,7 @@ def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, see
     parallel, irrelevance, rename = (rng.random() < rate for rate in (
         augmentation.parallel_rate, augmentation.irrelevance_rate, augmentation.rename_rate))
     if parallel and partners:
-        same = _same_function_partners(parsed, partners) if rng.random() < SAME_FUNCTION_SHARE else []
-        for _ in range(PARTNER_TRIES):
-            partner = _parsed(rng.choice(same or partners))
-            if partner is not None and (paired := with_parallel_calls(parsed, partner, rng)):
-                parsed = paired
-                break
+        parsed = _with_partner(parsed, _same_function_partners(parsed, partners), partners, rng)
     if irrelevance and (declined := without_called_function(parsed, rng)):
         parsed = declined
     if rename:

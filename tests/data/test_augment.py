@@ -3,14 +3,22 @@ ordinary rows."""
 
 from __future__ import annotations
 
+import json
 import random
 
 from fcmistral.data import augment
-from fcmistral.data.augment import Augmentation, augment_row, renamed, with_parallel_calls, without_called_function
+from fcmistral.data.augment import (
+    Augmentation,
+    augment_row,
+    renamed,
+    with_listed_values,
+    with_parallel_calls,
+    without_called_function,
+)
 from fcmistral.data.loading import prepare_splits
 from fcmistral.format.checks import call_problem
-from fcmistral.format.glaive import parse_row
-from fcmistral.prompt import CALL_SEPARATOR, FUNCTION_CALL_MARKER, SYSTEM_NO_FUNCTIONS
+from fcmistral.format.glaive import GlaiveRow, parse_row
+from fcmistral.prompt import CALL_SEPARATOR, FUNCTION_CALL_MARKER, SYSTEM_NO_FUNCTIONS, build_system_prompt
 from tests.conftest import REPO
 
 
@@ -108,16 +116,92 @@ def test_parallel_rate_draws_partners_from_the_other_rows(sample_rows):
     assert [augment_row(r, i, Augmentation(parallel_rate=1.0), 5) for i, r in enumerate(rows)] == rows  # no partners
 
 
-def test_half_the_parallel_rows_call_one_function_twice(sample_rows):
-    """Both shapes users ask for: one function called for two requests, and two functions. A partner
-    drawn at random calls the row's own function on about one pair in ten here (10 functions), far
-    fewer on the wide data (210)."""
+def test_parallel_rows_list_values_where_they_can_else_join_two_requests(sample_rows):
+    """Every shape users send: one function for values listed in one sentence (two or three calls),
+    one function asked twice, two functions. With 10 functions most rows have a partner that calls
+    their function with one value changed, so listing dominates here; the joined rows still take a
+    same-function partner about half the time."""
     rows = sample_rows[:300]
     out = [augment_row(r, i, Augmentation(parallel_rate=1.0), 3, rows) for i, r in enumerate(rows)]
-    turns = [next(t for t in parse_row(r).turns if t.role == "function_call").calls for r in out
-             if CALL_SEPARATOR + FUNCTION_CALL_MARKER in r["chat"]]
-    same = sum(len({call.name for call in calls}) == 1 for calls in turns)
-    assert all(len(calls) == 2 for calls in turns) and 0.35 < same / len(turns) < 0.75
+    shapes = {"listed": 0, "joined, one function": 0, "joined, two functions": 0}
+    for raw, made in zip(rows, out):
+        if CALL_SEPARATOR + FUNCTION_CALL_MARKER not in made["chat"]:
+            continue
+        index = next(i for i, t in enumerate(parse_row(made).turns) if t.role == "function_call")
+        calls, request = parse_row(made).turns[index].calls, parse_row(made).turns[index - 1].content
+        own = next(t.content for t in parse_row(raw).turns[:index][::-1] if t.role == "user")
+        separators = [join.split("{a}")[1].split("{b")[0] for join in augment.JOINS]
+        if not any(own + separator in request for separator in separators):  # a list replaces the value
+            assert len({call.name for call in calls}) == 1
+            shapes["listed"] += 1
+        else:
+            assert len(calls) == 2
+            shapes["joined, one function" if calls[0].name == calls[1].name else "joined, two functions"] += 1
+    total = sum(shapes.values())
+    assert shapes["listed"] > total / 2 and shapes["joined, one function"] > 0 and shapes["joined, two functions"] > 0
+
+
+def _rebuilt(row: GlaiveRow) -> dict:
+    return {"system": row.system, "chat": row.chat}
+
+
+def test_listed_values_name_each_calls_value_in_one_request(sample_rows):
+    """"the weather in Paris and Rome": the request is the row's own with its value replaced by the
+    list; one call per value, equal but for that one argument, each valid; a result per call in order;
+    a valid glaive row."""
+    rows = [parse_row(r) for r in rows_with_calls(sample_rows)]
+    rng = random.Random(4)
+    made = {2: 0, 3: 0}
+    for row in rows[:80]:
+        listed = with_listed_values(row, rows, rng)
+        if listed is None:
+            continue
+        again = parse_row(_rebuilt(listed))
+        assert again.chat == listed.chat and again.functions == row.functions
+        index = next(i for i, t in enumerate(again.turns) if t.role == "function_call")
+        calls = again.turns[index].calls
+        made[len(calls)] += 1
+        original = next(t for t in row.turns if t.role == "function_call").calls[0]
+        (key,) = {k for call in calls[1:] for k in call.arguments if call.arguments[k] != original.arguments[k]}
+        assert calls[0] == original and all(call.arguments.keys() == original.arguments.keys() for call in calls)
+        assert len({json.dumps(call.arguments[key]) for call in calls}) == len(calls)
+        request = again.turns[index - 1].content
+        old_request = next(t for t in reversed(row.turns[:row.turns.index(next(
+            t for t in row.turns if t.role == "function_call"))]) if t.role == "user").content
+        value = str(original.arguments[key])
+        head, tail = old_request.split(value, 1)  # the request around the value is kept
+        assert request.startswith(head.rstrip(augment.QUOTES)) and request.endswith(tail.lstrip(augment.QUOTES))
+        assert all(str(call.arguments[key]) in request for call in calls)
+        schemas = {f["name"]: f for f in again.functions}
+        assert all(call_problem(call, schemas) is None for call in calls)
+        assert [t.role for t in again.turns[index:]] == ["function_call"] + ["function_response"] * len(calls) + [
+            "assistant"]
+    assert made[2] > 5 and made[3] > 2
+
+
+def _weather_row(request: str, location: str, unit: str = "celsius") -> GlaiveRow:
+    weather = {"name": "get_weather", "description": "Get the current weather",
+               "parameters": {"type": "object", "properties": {"location": {"type": "string"},
+                                                              "unit": {"type": "string"}}}}
+    call = json.dumps({"name": "get_weather", "arguments": json.dumps({"location": location, "unit": unit})})
+    return parse_row({"system": build_system_prompt([weather]),
+                      "chat": f"USER: {request}\n\n\nASSISTANT: <functioncall> {call} <|endoftext|>\n\n\n"
+                              f"FUNCTION RESPONSE: {{\"temperature\": 20}}\n\n\n"
+                              f"ASSISTANT: It is 20 degrees in {location}. <|endoftext|>\n\n\n"})
+
+
+def test_listed_values_keep_quotes_and_whole_words():
+    """A quoted value is listed as quoted values; a value found only inside a longer word, or more than
+    once, is not listed (the request would not say which one the call took)."""
+    rng = random.Random(0)
+    other = _weather_row("How warm is Rome?", "Rome")
+    quoted = with_listed_values(_weather_row('What is the weather in "Paris"?', "Paris"), [other], rng)
+    assert quoted is not None and '"Paris"' in quoted.turns[0].content and '"Rome"' in quoted.turns[0].content
+    assert with_listed_values(_weather_row("What is the weather in Parisville?", "Paris"), [other], rng) is None
+    assert with_listed_values(_weather_row("Paris, Texas or Paris, France: Paris weather?", "Paris"), [other],
+                              rng) is None
+    different_unit = _weather_row("How warm is Rome in fahrenheit?", "Rome", "fahrenheit")  # two values differ
+    assert with_listed_values(_weather_row("What is the weather in Paris?", "Paris"), [different_unit], rng) is None
 
 
 def test_each_augmentation_applies_at_its_own_rate(sample_rows):
