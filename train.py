@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
+from fcmistral.arguments import CallEvalArguments, DataArguments, check_model_path, compute_dtype_field, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.data.augment import Augmentation
 from fcmistral.data.epochs import EpochDraws
 from fcmistral.data.labels import IGNORE_INDEX, SupervisedLogits
-from fcmistral.data.loading import prepare_splits
+from fcmistral.data.loading import load_rows, prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
@@ -55,13 +55,6 @@ class QLoRAArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that already holds files (its checkpoints and adapter may be replaced)"})
-    call_eval_data: str = field(default=None, metadata={
-        "help": "held-out glaive rows (file): at each evaluation, greedy replies to a fixed sample of their prompts "
-                "are scored (eval_call_accuracy: the right call, or no call where the row declines; eval_call_exact, "
-                "eval_no_call_accuracy), usable as --metric_for_best_model call_accuracy --greater_is_better true"})
-    call_eval_limit: int = field(default=32, metadata={"help": "prompts of --call_eval_data scored at each evaluation"})
-    call_eval_max_new_tokens: int = field(default=96, metadata={"help": "tokens per reply in --call_eval_data scoring"})
-
     def __post_init__(self) -> None:
         self.model_path = check_model_path(self.model_path)
 
@@ -99,11 +92,11 @@ TRAINING_DEFAULTS = dict(
 POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "eval_steps",
             "save_steps", "logging_steps", "max_length", "lora_r", "lora_alpha", "call_eval_limit",
             "call_eval_max_new_tokens")
-CALL_METRICS = ("call_accuracy", "call_exact", "no_call_accuracy")  # fcmistral.evaluation.probes
 
 
-def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArguments, TrainingArguments]:
-    """The three sets of options. Mixed precision follows the compute dtype on a GPU (on a CPU
+def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArguments, CallEvalArguments,
+                                                     TrainingArguments]:
+    """The four sets of options. Mixed precision follows the compute dtype on a GPU (on a CPU
     the weights are loaded in the compute dtype itself)."""
     from transformers import TrainingArguments
 
@@ -114,18 +107,19 @@ def parse_all(argv: list[str] | None = None) -> tuple[QLoRAArguments, DataArgume
     if "--no_4bit" in argv:  # this script's old spelling, kept as a hidden alias
         log.warning("--no_4bit is now --load_in_4bit false (the name every script uses)")
         argv = [x for a in argv for x in (("--load_in_4bit", "false") if a == "--no_4bit" else (a,))]
-    types, description = (QLoRAArguments, DataArguments, TrainingArguments), __doc__.split("\n\n")[0]
+    types, description = (QLoRAArguments, DataArguments, CallEvalArguments, TrainingArguments), __doc__.split("\n\n")[0]
     # Parsed twice: the compute dtype (from the command line or a --config file) decides the
     # default of --bf16/--fp16, which the second parse applies unless they are given.
     script = parse_arguments(types, description, TRAINING_DEFAULTS, argv, positive=POSITIVE)[0]
     dtype = compute_dtype(script.compute_dtype, script.model_path)  # decided (and logged) before anything slow
     cuda = torch.cuda.is_available()
     defaults = {**TRAINING_DEFAULTS, "bf16": cuda and dtype == torch.bfloat16, "fp16": cuda and dtype == torch.float16}
-    script, data, training = parse_arguments(types, description, defaults, argv, positive=POSITIVE)
+    script, data, calls, training = parse_arguments(types, description, defaults, argv, positive=POSITIVE)
     if "tensorboard" in training.report_to and importlib.util.find_spec("tensorboard") is None:
         training.report_to = [r for r in training.report_to if r != "tensorboard"]
     check_settings(script, data, training)
-    return script, data, training
+    calls.check_metric(training.metric_for_best_model, training.greater_is_better)
+    return script, data, calls, training
 
 
 def check_settings(script: QLoRAArguments, data: DataArguments, training: TrainingArguments) -> None:
@@ -139,12 +133,6 @@ def check_settings(script: QLoRAArguments, data: DataArguments, training: Traini
     unknown = [r for r in training.report_to if r not in ("none", "all", *INTEGRATION_TO_CALLBACK)]
     if unknown:
         raise UserError(f"--report_to {', '.join(unknown)}: choose from none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
-    metric = training.metric_for_best_model.removeprefix("eval_")
-    if metric in CALL_METRICS:
-        if not script.call_eval_data:
-            raise UserError(f"--metric_for_best_model {metric} is computed from --call_eval_data: give that file")
-        if not training.greater_is_better:
-            raise UserError(f"--metric_for_best_model {metric}: higher is better; add --greater_is_better true")
 
 
 def _resume_target(args: TrainingArguments) -> str | None:
@@ -160,33 +148,16 @@ def _resume_target(args: TrainingArguments) -> str | None:
     return args.resume_from_checkpoint
 
 
-def call_scoring(script: QLoRAArguments, tokenizer):
-    """The --call_eval_data metrics for the Trainer's evaluations, or None."""
-    if not script.call_eval_data:
-        return None
-    from fcmistral.data.loading import load_rows
-    from fcmistral.evaluation.probes import call_metrics, load_probes
-    from fcmistral.training.metrics import generation_metrics
-
-    rows = load_rows(script.call_eval_data, required=())
-    probes = load_probes([dict(row) for row in rows], script.call_eval_limit)
-    if not probes:
-        raise UserError(f"--call_eval_data {script.call_eval_data!r} holds no row with a call or a refusal to score")
-    log.info("call scoring at each evaluation: %d held-out prompts (%d calls, %d declines)", len(probes),
-             sum(p.gold is not None for p in probes), sum(p.gold is None for p in probes))
-    return generation_metrics(probes, lambda outputs: call_metrics(outputs, probes), tokenizer,
-                              script.call_eval_max_new_tokens, batch_size=8)
-
-
 def main() -> None:
     # Imported here, under run_cli's logging set-up: importing them loads bitsandbytes, which warns
     # about an optional kernel package users cannot act on.
     from transformers import DataCollatorForSeq2Seq, set_seed
 
+    from fcmistral.evaluation.probes import probe_metrics
     from fcmistral.training.callbacks import EpochDrawCallback, SaveOnSignal
     from fcmistral.training.trainer import CallTrainer
 
-    script, data, args = parse_all()
+    script, data, calls, args = parse_all()
     check_output_dir(args.output_dir, "--output_dir", script.overwrite_output_dir or args.resume_from_checkpoint,
                      RESUME_OR_OVERWRITE)
     resume = _resume_target(args)
@@ -218,7 +189,8 @@ def main() -> None:
         processing_class=tokenizer,
         data_collator=SupervisedLogits(collator, data.decision_weight),
         callbacks=[stop := SaveOnSignal(), *([EpochDrawCallback(train_ds)] if isinstance(train_ds, EpochDraws) else [])],
-        extra_metrics=call_scoring(script, tokenizer),
+        extra_metrics=probe_metrics(calls, load_rows(calls.call_eval_data, required=()), tokenizer,
+                                    args.metric_for_best_model) if calls.call_eval_data else None,
     )
     trainer.train(resume_from_checkpoint=resume)
     if stop.requested:  # not a finished run: no final adapter, no summary, a non-zero exit

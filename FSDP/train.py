@@ -22,12 +22,19 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from fcmistral.arguments import DataArguments, check_model_path, compute_dtype_field, parse_arguments
+from fcmistral.arguments import (
+    CALL_METRICS,
+    CallEvalArguments,
+    DataArguments,
+    check_model_path,
+    compute_dtype_field,
+    parse_arguments,
+)
 from fcmistral.cli import run_cli
 from fcmistral.data.augment import Augmentation
 from fcmistral.data.epochs import EpochDraws
 from fcmistral.data.labels import IGNORE_INDEX, SupervisedLogits, with_supervised_logits
-from fcmistral.data.loading import prepare_splits
+from fcmistral.data.loading import load_rows, prepare_splits
 from fcmistral.data.packing import padding_free_training
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
@@ -59,6 +66,10 @@ class FullFinetuneArguments:
     warmup_steps: float = field(default=0.03, metadata={"help": "linear warm-up: steps, or a fraction of all steps if < 1"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
     eval_steps: int = field(default=0, metadata={"help": "evaluate every N steps (0: 3 times per epoch)"})
+    metric_for_best_model: str = field(default="eval_loss", metadata={
+        "help": "what best/ is chosen by: eval_loss, or with --call_eval_data call_accuracy, call_exact or "
+                "no_call_accuracy (with --greater_is_better true)"})
+    greater_is_better: bool = field(default=False, metadata={"help": "a higher --metric_for_best_model is better"})
     save_steps: int = field(default=0, metadata={"help": "resumable checkpoint every N steps (0: at evaluations)"})
     logging_steps: int = field(default=1, metadata={"help": "log the training loss every N steps"})
     compute_dtype: str = compute_dtype_field(["auto", "bf16", "fp32"], help=(
@@ -76,6 +87,11 @@ class FullFinetuneArguments:
 
     def __post_init__(self) -> None:
         self.model_path = check_model_path(self.model_path)
+        if not self.metric_for_best_model.startswith("eval_"):  # as the Trainer reads it
+            self.metric_for_best_model = "eval_" + self.metric_for_best_model
+        if self.metric_for_best_model.removeprefix("eval_") not in ("loss", *CALL_METRICS):
+            raise UserError(f"--metric_for_best_model {self.metric_for_best_model}: choose from loss, "
+                            f"{', '.join(CALL_METRICS)}")
 
 
 def full_finetune_dtype(name: str, model_path: str) -> torch.dtype:
@@ -119,10 +135,14 @@ def main() -> None:
     # about an optional kernel package users cannot act on.
     from transformers import DataCollatorForSeq2Seq, get_cosine_schedule_with_warmup
 
-    args, data = parse_arguments((FullFinetuneArguments, DataArguments), __doc__.split("\n\n")[0],
-                                 defaults={"test_size": 0.05}, positive=(
-                                     "per_device_train_batch_size", "per_device_eval_batch_size",
-                                     "gradient_accumulation_steps", "logging_steps", "max_length", "learning_rate"))
+    from fcmistral.evaluation.probes import probe_metrics
+
+    args, data, calls = parse_arguments((FullFinetuneArguments, DataArguments, CallEvalArguments),
+                                        __doc__.split("\n\n")[0], defaults={"test_size": 0.05}, positive=(
+                                            "per_device_train_batch_size", "per_device_eval_batch_size",
+                                            "gradient_accumulation_steps", "logging_steps", "max_length",
+                                            "learning_rate", "call_eval_limit", "call_eval_max_new_tokens"))
+    calls.check_metric(args.metric_for_best_model, args.greater_is_better)
     if args.resume_from_checkpoint not in (None, "last"):
         raise UserError("--resume_from_checkpoint: FSDP/train.py continues from the checkpoint in "
                         "OUTPUT_DIR/checkpoints; pass 'last'")
@@ -166,10 +186,16 @@ def main() -> None:
     save_steps = args.save_steps or eval_steps
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(args.warmup_steps, total_steps), total_steps)
     dev = dev_batches(dev_ds, collate, env, args.per_device_eval_batch_size)
+    probes = probe_metrics(calls, load_rows(calls.call_eval_data, required=()), tokenizer,
+                           args.metric_for_best_model) if calls.call_eval_data else None
 
-    state = {"step": 0, "best_eval_loss": float("inf")}
+    # best_metric: --metric_for_best_model's best value so far, reached at best_step (None: no evaluation yet)
+    state = {"step": 0, "best_eval_loss": float("inf"), "best_metric": None, "best_step": None}
     if resume:
         state = fsdp.load_checkpoint(checkpoint, model, optimizer, env)
+        if "best_metric" not in state:  # a checkpoint of an earlier version, which chose best/ by the dev loss
+            state.update(best_metric=state["best_eval_loss"] if args.metric_for_best_model == "eval_loss" else None,
+                         best_step=None)
         scheduler.load_state_dict(state.pop("scheduler"))
         log.info("resumed at step %d", state["step"])
     metrics_path = out / "metrics.jsonl"
@@ -226,11 +252,15 @@ def main() -> None:
                 progress.set_postfix(loss=f"{train_loss:.4f}")
             last = state["step"] == total_steps
             if state["step"] % eval_steps == 0 or last:
-                eval_loss = fsdp.evaluate(model, dev, env)
-                record({"step": state["step"], "eval_loss": eval_loss})
-                log.info("step %d: eval loss %.4f", state["step"], eval_loss)
-                if eval_loss < state["best_eval_loss"]:
-                    state["best_eval_loss"] = eval_loss
+                evaluation = {"eval_loss": fsdp.evaluate(model, dev, env)}
+                if probes is not None:
+                    evaluation.update({f"eval_{k}": v for k, v in probes(model).items()})
+                record({"step": state["step"], **evaluation})
+                log.info("step %d: %s", state["step"], ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))
+                state["best_eval_loss"] = min(state["best_eval_loss"], evaluation["eval_loss"])
+                value, best = evaluation.get(args.metric_for_best_model), state["best_metric"]
+                if value is not None and (best is None or (value > best if args.greater_is_better else value < best)):
+                    state["best_metric"], state["best_step"] = value, state["step"]
                     fsdp.save_hf_folder(model, tokenizer, out / "best", save_dtype, env)
             if state["step"] % save_steps == 0 or last:
                 fsdp.save_checkpoint(out / "checkpoints", model, optimizer,
@@ -242,8 +272,12 @@ def main() -> None:
         writer.close()
     fsdp.save_hf_folder(model, tokenizer, out / "final", save_dtype, env)
     if env.is_main:
-        (out / "summary.json").write_text(json.dumps({"steps": state["step"], "best_eval_loss": state["best_eval_loss"]}))
-        log.info("done: best eval loss %.4f (model in %s)", state["best_eval_loss"], out / "best")
+        (out / "summary.json").write_text(json.dumps({
+            "steps": state["step"], "best_eval_loss": state["best_eval_loss"],
+            "metric_for_best_model": args.metric_for_best_model, "best_metric": state["best_metric"],
+            "best_step": state["best_step"]}))
+        log.info("done: best %s %.4f at step %s (model in %s)", args.metric_for_best_model, state["best_metric"],
+                 state["best_step"], out / "best")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,30 @@ class DataArguments:
             raise UserError("--decision_weight must be a finite number above 0")
 
 
+CALL_METRICS = ("call_accuracy", "call_exact", "no_call_accuracy")  # fcmistral.evaluation.probes.call_metrics
+
+
+@dataclass
+class CallEvalArguments:
+    """Calls scored at each evaluation, a metric to pick the checkpoint by (train.py and FSDP/train.py)."""
+
+    call_eval_data: str = field(default=None, metadata={
+        "help": "held-out glaive rows (file): at each evaluation, greedy replies to a fixed sample of their prompts "
+                "are scored (eval_call_accuracy: the right call, or no call where the row declines; eval_call_exact, "
+                "eval_no_call_accuracy), usable as --metric_for_best_model call_accuracy --greater_is_better true"})
+    call_eval_limit: int = field(default=32, metadata={"help": "prompts of --call_eval_data scored at each evaluation"})
+    call_eval_max_new_tokens: int = field(default=96, metadata={"help": "tokens per reply in --call_eval_data scoring"})
+
+    def check_metric(self, metric_for_best_model: str, greater_is_better: bool) -> None:
+        """A call metric as ``--metric_for_best_model`` needs its data, and higher is better."""
+        metric = metric_for_best_model.removeprefix("eval_")
+        if metric in CALL_METRICS:
+            if not self.call_eval_data:
+                raise UserError(f"--metric_for_best_model {metric} is computed from --call_eval_data: give that file")
+            if not greater_is_better:
+                raise UserError(f"--metric_for_best_model {metric}: higher is better; add --greater_is_better true")
+
+
 @dataclass
 class ConfigArguments:
     config: str = field(default=None, metadata={

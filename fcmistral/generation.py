@@ -66,10 +66,12 @@ def generate_batch(
     model, tokenizer, prompts: list[str], max_new_tokens: int = 400, do_sample: bool = False,
     temperature: float = 1.0, top_p: float = 1.0, streamer=None, min_new_tokens: int = 0,
     constraints: list[CallConstraint | None] | None = None, repetition_penalty: float = 1.0,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker;
     ``constraints`` (one per prompt, or None) constrain calls and bias the decision to call;
-    ``repetition_penalty`` (> 1) lowers the logits of tokens the reply has already written.
+    ``repetition_penalty`` (> 1) lowers the logits of tokens the reply has already written;
+    ``synced_gpus``: every process steps until all are done (a sharded model's forwards are collective).
 
     Generation stops on ``<|endoftext|>`` (plain text in Mistral's vocabulary, hence a stop
     string) or on ``</s>``.
@@ -98,6 +100,7 @@ def generate_batch(
         pad_token_id=tokenizer.pad_token_id,
         streamer=streamer,
         logits_processor=processors,
+        synced_gpus=synced_gpus,
         **sampling,
     )
     new_tokens = out[:, enc["input_ids"].shape[1]:]

@@ -3,10 +3,14 @@ tokens weighed in the loss where asked."""
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from transformers import Trainer
 
 from fcmistral.training.loss import WEIGHTS, supervised_loss
-from fcmistral.training.metrics import ExtraMetrics
+
+ExtraMetrics = Callable[[torch.nn.Module], dict[str, float]]  # the model -> metrics (fcmistral.evaluation.probes)
 
 
 class CallTrainer(Trainer):

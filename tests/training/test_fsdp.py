@@ -112,6 +112,41 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(two_proce
     assert {p: p.stat().st_mtime_ns for p in two_process_run.rglob("*")} == before  # best/ and metrics kept
 
 
+def test_best_folder_picked_by_call_accuracy_on_two_processes(tiny_model_dir, data, tmp_path):
+    """--call_eval_data as in train.py: both processes generate the probes' replies in step (a sharded
+    model's forwards are collective: a process left waiting would hang the run), each evaluation logs
+    the call metrics beside eval_loss, and best/ is the step with the highest call accuracy (the first
+    of equals), not the lowest loss."""
+    out = tmp_path / "calls"
+    result = run(torchrun_cmd(2, out, tiny_model_dir, data, "--gradient_accumulation_steps", "2",
+                              "--call_eval_data", str(REPO / "data" / "sample_heldout.jsonl"), "--call_eval_limit", "6",
+                              "--call_eval_max_new_tokens", "24", "--metric_for_best_model", "call_accuracy",
+                              "--greater_is_better", "true"))
+    assert result.stderr.count("call scoring at each evaluation: 6 held-out prompts") == 1  # logged by rank 0
+    evals = [r for r in metrics(out) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12, 16]
+    assert all(0 <= r[k] <= 1 for r in evals for k in ("eval_call_accuracy", "eval_call_exact", "eval_no_call_accuracy"))
+    accuracies = [r["eval_call_accuracy"] for r in evals]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric_for_best_model"] == "eval_call_accuracy" and summary["best_metric"] == max(accuracies)
+    assert summary["best_step"] == evals[accuracies.index(max(accuracies))]["step"]
+    assert summary["best_eval_loss"] == pytest.approx(min(r["eval_loss"] for r in evals))
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--metric_for_best_model", "call_accuracy", "--greater_is_better", "true"),
+     "is computed from --call_eval_data: give that file"),
+    (("--metric_for_best_model", "call_exact", "--call_eval_data", str(REPO / "data" / "sample_heldout.jsonl")),
+     "higher is better; add --greater_is_better true"),
+    (("--metric_for_best_model", "accuracy"), "--metric_for_best_model eval_accuracy: choose from loss, call_accuracy"),
+])
+def test_a_metric_it_cannot_compute_is_a_clear_error(change, message, tiny_model_dir, data, tmp_path):
+    result = subprocess.run(torchrun_cmd(1, tmp_path / "out", tiny_model_dir, data, *change), capture_output=True,
+                            text=True, timeout=300, cwd=REPO)
+    assert result.returncode != 0 and "error: --metric_for_best_model" in result.stderr, result.stderr[-2000:]
+    assert message in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_model_dir, data, tmp_path):
     result = subprocess.run(torchrun_cmd(1, tmp_path / "none", tiny_model_dir, data, "--resume_from_checkpoint", "last"),
                             capture_output=True, text=True, timeout=300, cwd=REPO)
