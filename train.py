@@ -55,6 +55,7 @@ class QLoRAArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into an --output_dir that already holds files (its checkpoints and adapter may be replaced)"})
+
     def __post_init__(self) -> None:
         self.model_path = check_model_path(self.model_path)
 
