@@ -37,8 +37,8 @@ def test_bad_config_is_a_one_line_error(text, message, tmp_path):
 def test_train_py_takes_every_trainer_option_and_the_demo_config():
     import train
 
-    script, data, training = train.parse_all(["--config", str(REPO / "configs" / "demo_qlora.yaml"),
-                                              "--optim", "adafactor", "--gradient_checkpointing", "true"])
+    script, data, _, training = train.parse_all(["--config", str(REPO / "configs" / "demo_qlora.yaml"),
+                                                 "--optim", "adafactor", "--gradient_checkpointing", "true"])
     assert training.optim.value == "adafactor" and training.activation_checkpointing  # the old name still counts
     assert data.padding_free and training.per_device_train_batch_size == 8 and training.learning_rate == 0.003
     assert training.lr_scheduler_type == "cosine" and training.load_best_model_at_end  # this project's defaults
