@@ -146,21 +146,28 @@ LISTS = {2: ("{0} and {1}", "{0} as well as {1}", "both {0} and {1}"), 3: ("{0},
 QUOTES = "\"'“”‘’"
 
 
-def _mention(text: str, value: Any) -> tuple[int, int] | None:
-    """Where ``text`` names ``value`` (a string or a number, written as a call would write it), quotes
-    around it included; None unless it does so exactly once, as a whole word, and quoted if it ends a
-    sentence."""
+def _occurrences(text: str, value: Any) -> list[re.Match]:
+    """Where ``text`` names ``value`` (a string or a number, written as a call would write it) as a whole word."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
-        return None
-    found = list(re.finditer(rf"(?<![\w.-]){re.escape(str(value))}(?!\w|\.\d)", text))
+        return []
+    return list(re.finditer(rf"(?<![\w.-]){re.escape(str(value))}(?!\w|\.\d)", text))
+
+
+def _ends_a_sentence(value: Any) -> bool:
+    """A sentence ("saying: See you at 3."): unquoted, a list of them would not read."""
+    return str(value)[-1:] in (".", "!", "?")
+
+
+def _mention(text: str, value: Any) -> tuple[int, int] | None:
+    """Where ``text`` names ``value``, quotes around it included; None unless it does so exactly once, as
+    a whole word, and quoted if it ends a sentence."""
+    found = _occurrences(text, value)
     if len(found) != 1:
         return None
     start, end = found[0].span()
     if 0 < start and end < len(text) and text[start - 1] in QUOTES and text[end] in QUOTES:
         return start - 1, end + 1
-    if str(value)[-1] in ".!?":  # a sentence ("saying: See you at 3."): a list of them would not read
-        return None
-    return start, end
+    return None if _ends_a_sentence(value) else (start, end)
 
 
 def with_listed_values(row: GlaiveRow, partners: list[GlaiveRow], rng: random.Random) -> GlaiveRow | None:
@@ -176,7 +183,7 @@ def with_listed_values(row: GlaiveRow, partners: list[GlaiveRow], rng: random.Ra
     (first,) = call.calls
     schema = next((f for f in row.functions if f.get("name") == first.name), None)
     wanted = rng.choice((2, 2, 3))
-    key, found = None, []  # the argument that changes; (value, exchange) per partner taken
+    key, quoted, found = None, False, []  # the argument that changes, its value quoted; (value, exchange) per partner
     for partner in rng.sample(partners, len(partners)):
         theirs = _single_exchange(partner)
         if theirs is None or schema not in partner.functions:
@@ -190,10 +197,11 @@ def with_listed_values(row: GlaiveRow, partners: list[GlaiveRow], rng: random.Ra
         value = other.arguments[changed[0]]
         if type(value) is not type(first.arguments[changed[0]]) or any(value == v for v, _ in found):
             continue
-        if key is None and _mention(request.content, first.arguments[changed[0]]) is None:
-            continue
-        key = changed[0]
-        if _mention(request.content, value) is None and str(value).strip():  # not named already
+        if key is None:
+            if (span := _mention(request.content, first.arguments[changed[0]])) is None:
+                continue
+            key, quoted = changed[0], request.content[span[0]] in QUOTES
+        if str(value).strip() and not _occurrences(request.content, value) and (quoted or not _ends_a_sentence(value)):
             found.append((value, theirs))
         if len(found) == wanted - 1:
             break

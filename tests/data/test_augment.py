@@ -192,7 +192,8 @@ def _weather_row(request: str, location: str, unit: str = "celsius") -> GlaiveRo
 
 def test_listed_values_keep_quotes_and_whole_words():
     """A quoted value is listed as quoted values; a value found only inside a longer word, or more than
-    once, is not listed (the request would not say which one the call took)."""
+    once, is not listed (the request would not say which one the call took), nor a partner's value the
+    request already names or an unquoted sentence."""
     rng = random.Random(0)
     other = _weather_row("How warm is Rome?", "Rome")
     quoted = with_listed_values(_weather_row('What is the weather in "Paris"?', "Paris"), [other], rng)
@@ -200,6 +201,9 @@ def test_listed_values_keep_quotes_and_whole_words():
     assert with_listed_values(_weather_row("What is the weather in Parisville?", "Paris"), [other], rng) is None
     assert with_listed_values(_weather_row("Paris, Texas or Paris, France: Paris weather?", "Paris"), [other],
                               rng) is None
+    paris = _weather_row("What is the weather in Paris?", "Paris")
+    assert with_listed_values(paris, [_weather_row("And Rome.", "Rome.")], rng) is None  # a sentence, unquoted
+    assert with_listed_values(_weather_row("Weather in Paris, not Rome?", "Paris"), [other], rng) is None  # named
     different_unit = _weather_row("How warm is Rome in fahrenheit?", "Rome", "fahrenheit")  # two values differ
     assert with_listed_values(_weather_row("What is the weather in Paris?", "Paris"), [different_unit], rng) is None
 
