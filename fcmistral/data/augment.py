@@ -183,7 +183,8 @@ def with_listed_values(row: GlaiveRow, partners: list[GlaiveRow], rng: random.Ra
     (first,) = call.calls
     schema = next((f for f in row.functions if f.get("name") == first.name), None)
     wanted = rng.choice((2, 2, 3))
-    key, quoted, found = None, False, []  # the argument that changes, its value quoted; (value, exchange) per partner
+    # The argument that changes, where the request names it and whether in quotes; (value, exchange) per partner
+    key, span, quoted, found = None, (0, 0), False, []
     for partner in rng.sample(partners, len(partners)):
         theirs = _single_exchange(partner)
         if theirs is None or schema not in partner.functions:
@@ -207,9 +208,9 @@ def with_listed_values(row: GlaiveRow, partners: list[GlaiveRow], rng: random.Ra
             break
     if not found:
         return None
-    start, end = _mention(request.content, first.arguments[key])
+    start, end = span
     named = request.content[start:end]
-    quote = (named[0], named[-1]) if named != str(first.arguments[key]) else ("", "")
+    quote = (named[0], named[-1]) if quoted else ("", "")
     values = [named] + [f"{quote[0]}{value}{quote[1]}" for value, _ in found]
     asked = request.content[:start] + rng.choice(LISTS[len(values)]).format(*values) + request.content[end:]
     calls = [first] + [theirs[2].calls[0] for _, theirs in found]

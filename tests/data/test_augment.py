@@ -127,8 +127,9 @@ def test_parallel_rows_list_values_where_they_can_else_join_two_requests(sample_
     for raw, made in zip(rows, out):
         if CALL_SEPARATOR + FUNCTION_CALL_MARKER not in made["chat"]:
             continue
-        index = next(i for i, t in enumerate(parse_row(made).turns) if t.role == "function_call")
-        calls, request = parse_row(made).turns[index].calls, parse_row(made).turns[index - 1].content
+        turns = parse_row(made).turns
+        index = next(i for i, t in enumerate(turns) if t.role == "function_call")
+        calls, request = turns[index].calls, turns[index - 1].content
         own = next(t.content for t in parse_row(raw).turns[:index][::-1] if t.role == "user")
         separators = [join.split("{a}")[1].split("{b")[0] for join in augment.JOINS]
         if not any(own + separator in request for separator in separators):  # a list replaces the value
