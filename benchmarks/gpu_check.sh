@@ -14,8 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # What the parts that run there import, at requirements.txt's versions (the machine's transformers is
-# older); dill and multiprocess are datasets' own. Not fastapi & co: serve.py runs in the dry run only.
-WHEELS="bitsandbytes==0.50.2 transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19"
+# older); dill and multiprocess are datasets' own; google-re2 and jsonschema (with its own three) are
+# the package's (fcmistral/format/schemas.py), which the first GPU run (2026-12-04) found missing
+# there. Not fastapi & co: serve.py runs in the dry run only.
+WHEELS="bitsandbytes==0.50.2 transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+        google-re2==1.1.20251105 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0
+        rpds-py==2026.9.1"
 if [ "${1:-}" = --fetch_wheels ]; then
     rm -rf .whl  # this script's own folder: one version of each package (two stop the install)
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

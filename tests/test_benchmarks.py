@@ -39,6 +39,40 @@ def test_gpu_check_dry_run_runs_every_part(tmp_path):
     assert "| part | result | figures | s |" in result.stdout
 
 
+IMPORTED_REQUIREMENTS = """
+import importlib.metadata, importlib.util, json, sys
+sys.path[:0] = ["benchmarks", "FSDP"]
+import train, evaluate, convert_weights, gpu_qlora, fcmistral.demo.tiny
+spec = importlib.util.spec_from_file_location("fsdp_train", "FSDP/train.py")
+sys.modules["fsdp_train"] = module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+owners = importlib.metadata.packages_distributions()
+print(json.dumps(sorted({d for name in list(sys.modules) for d in owners.get(name.split(".")[0], [])})))
+"""
+
+
+def test_gpu_check_wheels_carry_every_requirement_the_gpu_image_lacks():
+    """Each of the package's own requirements that the GPU parts import (their scripts, the package
+    beneath) is on the GPU machine (benchmarks/gpu_image_packages.txt) or among gpu_check.sh's wheels:
+    the first GPU run (2026-12-04) lost its train part to google-re2, which was neither."""
+    import re
+
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    result = subprocess.run([sys.executable, "-c", IMPORTED_REQUIREMENTS], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = {canonicalize_name(d) for d in json.loads(result.stdout)}
+    declared = {canonicalize_name(Requirement(r).name)
+                for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    image = {canonicalize_name(n) for line in (REPO / "benchmarks/gpu_image_packages.txt").read_text().splitlines()
+             if not line.startswith("#") for n in line.split()}
+    wheels = {canonicalize_name(n) for n in re.findall(r"([\w.-]+)==", (REPO / "benchmarks/gpu_check.sh").read_text())}
+    assert {"torch", "transformers", "jsonschema"} <= imported & declared  # the import list is read, not empty
+    assert sorted((imported & declared) - image - wheels) == []
+
+
 def test_peer_training_runs_ours_and_trl_on_the_same_rows(tmp_path):
     """benchmarks/peer_training.py on the tiny model: TRL's SFTTrainer trains on the rows train.py's split
     gives, its adapter is scored on the dev rows, and TRL's assistant mask lies inside our labels."""
