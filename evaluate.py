@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fcmistral.arguments import ModelArguments, parse_arguments
+from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.constraint import CallConstraint
 from fcmistral.data.loading import load_rows
@@ -81,6 +81,7 @@ class EvalArguments:
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "above 1: lowers the logits of tokens the reply has already written (transformers' repetition "
                 "penalty over the reply only, not the prompt; hf backend)"})
+    loop_penalty: float = field(default=0.0, metadata={"help": LOOP_PENALTY_HELP + " (hf backend)"})
     backend: str = field(
         default="auto",
         metadata={"help": "generation: hf (transformers), vllm (installed + GPU, a merged model), or auto "
@@ -138,7 +139,7 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
     backend = args.backend
     if backend == "auto":
         backend = "vllm" if (vllm_usable() and not model_args.adapter_path and not any(call_biases(args))
-                             and args.repetition_penalty == 1.0) else "hf"
+                             and args.repetition_penalty == 1.0 and not args.loop_penalty) else "hf"
     if backend == "vllm":
         if not vllm_usable():
             raise UserError("--backend vllm needs vLLM installed and a GPU")
@@ -148,13 +149,15 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
             raise UserError("--call_bias needs --backend hf (vLLM's logit_bias cannot apply at the reply's start only)")
         if args.repetition_penalty != 1.0:
             raise UserError("--repetition_penalty needs --backend hf (vLLM's counts the prompt's tokens too)")
+        if args.loop_penalty:
+            raise UserError("--loop_penalty needs --backend hf")
         log.info("generating with vLLM")
         return VLLMGenerator(model_args.model_path, args.max_new_tokens)
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
                                            compute_dtype(model_args.compute_dtype, model_args.model_path))
     return lambda prompts, constraints, max_new_tokens=None: generate_batch(
         model, tokenizer, prompts, max_new_tokens or args.max_new_tokens, constraints=constraints,
-        repetition_penalty=args.repetition_penalty)
+        repetition_penalty=args.repetition_penalty, loop_penalty=args.loop_penalty)
 
 
 def call_biases(args: EvalArguments) -> list[float]:
@@ -221,6 +224,8 @@ def rescore(records: list[dict]) -> list[dict]:
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0],
                                        positive=("batch_size", "max_new_tokens", "limit", "repetition_penalty"))
+    if args.loop_penalty < 0:
+        raise UserError("--loop_penalty must be 0 or above")
     if args.benchmark != "bfcl" and (args.categories or args.bfcl_data):
         raise UserError("--categories and --bfcl_data choose BFCL questions: add --benchmark bfcl")
     if args.predictions:

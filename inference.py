@@ -17,7 +17,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
-from fcmistral.arguments import ModelArguments, parse_arguments
+from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.demo.functions import DEMO_CALLABLES, DEMO_SCHEMAS
 from fcmistral.errors import UserError
@@ -48,9 +48,12 @@ class InferenceArguments:
         "help": "constrain calls to the functions' schemas as they are generated (the call then always parses)"})
     call_bias: float = field(default=0.0, metadata={
         "help": "added to the call marker's first logit where a turn starts: > 0 calls more often, < 0 less"})
+    loop_penalty: float = field(default=0.0, metadata={"help": LOOP_PENALTY_HELP})
     prompt: str = field(default=None, metadata={"help": "one user message: print the transcript and exit"})
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
     def __post_init__(self) -> None:
+        if self.loop_penalty < 0:
+            raise UserError("--loop_penalty must be 0 or above")
         if self.json and not self.prompt:
             raise UserError("--json goes with --prompt")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
@@ -123,7 +126,8 @@ def main() -> None:
     # One call per turn: the chat runs a turn's call, then the model reads its result.
     grammar = call_grammar(functions, "auto") if args.constrained_calls and functions else None
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
-                         stream_prefix=ASSISTANT_TAG, constraint=CallConstraint(grammar, args.call_bias) or None)
+                         stream_prefix=ASSISTANT_TAG,
+                         constraint=CallConstraint(grammar, args.call_bias, loop_penalty=args.loop_penalty) or None)
     session = ChatSession(complete, functions, callables, args.max_calls, stream=not args.prompt,
                           tool_time_limit=args.tool_time_limit)
     if args.prompt:

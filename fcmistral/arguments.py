@@ -20,6 +20,11 @@ from transformers import HfArgumentParser
 from fcmistral.errors import UserError, first_line
 from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP
 
+# evaluate.py, inference.py and the server's option of the same name (fcmistral/call_loops.py).
+LOOP_PENALTY_HELP = ("above 0: lowers the tokens that would repeat a sequence already written inside the call, "
+                     "ending its loops (DRY's multiplier, as llama.cpp's --dry-multiplier; 0.8 its suggested value; "
+                     "fcmistral/call_loops.py)")
+
 
 def looks_local(path: str) -> bool:
     """Whether a model path is clearly a folder rather than a hub name: it starts with ``.``, ``/``

@@ -1,23 +1,25 @@
-"""Constrained calls and the call bias, applied to the logits of a row as it is generated.
+"""Constrained calls, the call bias and the loop penalty, applied to the logits of a row as it is generated.
 
 A request's ``CallConstraint`` (picklable: it crosses into the server's engine process) holds the
-call grammar of fcmistral.format.grammar, or none, and the call bias. ``Guides`` compiles the
+call grammar of fcmistral.format.grammar, or none, the call bias and the loop penalty. ``Guides`` compiles the
 grammars for one tokenizer (xgrammar caches each distinct grammar, so a tool set is compiled once)
 and gives each row its own ``RowGuide``: its matcher, which masks the tokens the grammar refuses
 and follows the tokens the row takes, and the bias added to the call marker's first token where
-the assistant turn starts. Used by offline generation (fcmistral.generation) and the server's
-engine alike; a row without a grammar or bias has no guide and pays nothing.
+the assistant turn starts, and the loop penalty (fcmistral.call_loops) inside the call being written.
+Used by offline generation (fcmistral.generation) and the server's engine alike; a row with none of
+the three has no guide and pays nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence
 
 import torch
 
+from fcmistral.call_loops import call_tokens, lower_loops, marker_tokens
 from fcmistral.modeling import text_encoder
 from fcmistral.prompt import ASSISTANT_TAG, FUNCTION_CALL_MARKER
 
@@ -29,16 +31,18 @@ GRAMMAR_CACHE_BYTES = 256 << 20  # xgrammar's cache of compiled grammars, at mos
 class CallConstraint:
     """What a row's logits are adjusted by: ``grammar`` (a structural tag from
     fcmistral.format.grammar.call_grammar, or None) and ``call_bias`` (added to the logit of the
-    call marker's first token at the turn's first token: > 0 calls more often, < 0 less).
+    call marker's first token at the turn's first token: > 0 calls more often, < 0 less) and
+    ``loop_penalty`` (> 0: DRY's multiplier inside a call, fcmistral.call_loops).
     ``written``: the start of the turn already in the prompt (the server's ``tool_choice`` writes
     one), which the grammar reads before the model's first token."""
 
     grammar: str | None = None
     call_bias: float = 0.0
     written: str = ""
+    loop_penalty: float = 0.0
 
     def __bool__(self) -> bool:
-        return self.grammar is not None or self.call_bias != 0.0
+        return self.grammar is not None or self.call_bias != 0.0 or self.loop_penalty > 0
 
 
 class Guides:
@@ -70,6 +74,10 @@ class Guides:
             raise ValueError("the assistant tag tokenizes differently before the call marker")
         return marked[len(tag)]
 
+    @cached_property
+    def marker(self) -> list[int]:
+        return marker_tokens(self.tokenizer)
+
     def guide(self, constraint: CallConstraint | None) -> "RowGuide | None":
         if not constraint:
             return None
@@ -81,7 +89,10 @@ class Guides:
             if constraint.written and not matcher.accept_string(constraint.written):
                 raise ValueError(f"the call grammar refuses the turn's start {constraint.written!r}")
         bias = constraint.call_bias if not constraint.written else 0.0  # a written turn has decided
-        return RowGuide(matcher, self.call_token if bias else None, bias)
+        guide = RowGuide(matcher, self.call_token if bias else None, bias)
+        if constraint.loop_penalty > 0:
+            guide.loops = Loops(self.marker, constraint.loop_penalty, FUNCTION_CALL_MARKER in constraint.written)
+        return guide
 
 
 def guides_for(model, tokenizer) -> Guides:
@@ -94,18 +105,37 @@ def guides_for(model, tokenizer) -> Guides:
     return guides
 
 
+@dataclass
+class Loops:
+    """A row's loop penalty: the reply's tokens so far, and where a call starts (fcmistral.call_loops)."""
+
+    marker: list[int]
+    multiplier: float
+    starts_in_call: bool  # the turn's written start opened a call
+    reply: list[int] = field(default_factory=list)
+
+    def lower(self, logits: torch.Tensor) -> None:
+        call = call_tokens(self.reply, self.marker, self.starts_in_call)
+        if call:
+            lower_loops(call, logits, self.multiplier)
+
+
 class RowGuide:
-    """One row's matcher and call bias (see the module docstring); ``adjust_rows`` applies them."""
+    """One row's matcher, call bias and loop penalty (see the module docstring); ``adjust_rows``
+    applies them."""
 
     def __init__(self, matcher, call_token: int | None, call_bias: float) -> None:
         self.matcher, self.call_token, self.call_bias = matcher, call_token, call_bias
         self.started = False  # the row has taken its first token
+        self.loops: Loops | None = None
 
     def take(self, token: int, padding: bool = False) -> None:
         """The row took ``token``: the matcher follows it. A token it refuses ends the constraint
         rather than the row: a masked row cannot take one, but ``generate`` goes on giving a finished
         row ``padding`` tokens."""
         self.started = True
+        if self.loops is not None and not padding:
+            self.loops.reply.append(token)
         if self.matcher is not None and not self.matcher.is_terminated() and not self.matcher.accept_token(token):
             if not padding:
                 log.warning("the call grammar refused token %d; the row goes on unconstrained", token)
@@ -131,6 +161,8 @@ def adjust_rows(guides: Sequence[RowGuide | None], logits: torch.Tensor) -> None
             continue
         if not guide.started and guide.call_token is not None:
             logits[index, guide.call_token] += guide.call_bias
+        if guide.loops is not None:
+            guide.loops.lower(logits[index])
         if guide.masking:
             masked.append(index)
     if not masked:

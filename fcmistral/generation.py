@@ -4,6 +4,8 @@ its own engine (fcmistral.serving.engine)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
@@ -66,11 +68,12 @@ def generate_batch(
     model, tokenizer, prompts: list[str], max_new_tokens: int = 400, do_sample: bool = False,
     temperature: float = 1.0, top_p: float = 1.0, streamer=None, min_new_tokens: int = 0,
     constraints: list[CallConstraint | None] | None = None, repetition_penalty: float = 1.0,
-    synced_gpus: bool = False,
+    synced_gpus: bool = False, loop_penalty: float = 0.0,
 ) -> list[str]:
     """Replies to ``prompts`` in one left-padded forward pass per step, each cut at its end marker;
     ``constraints`` (one per prompt, or None) constrain calls and bias the decision to call;
     ``repetition_penalty`` (> 1) lowers the logits of tokens the reply has already written;
+    ``loop_penalty`` (> 0) lowers those that would repeat a sequence inside a call (fcmistral.call_loops);
     ``synced_gpus``: every process steps until all are done (a sharded model's forwards are collective).
 
     Generation stops on ``<|endoftext|>`` (plain text in Mistral's vocabulary, hence a stop
@@ -83,6 +86,9 @@ def generate_batch(
         # transformers' processor, over the reply only: generate's own ``repetition_penalty`` counts
         # the prompt's tokens too, and a call copies its argument values from the prompt.
         processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=width))
+    if loop_penalty:
+        constraints = [replace(c or CallConstraint(), loop_penalty=loop_penalty)
+                       for c in constraints or [None] * len(prompts)]
     if constraints and any(constraints):
         guides = guides_for(model, tokenizer)
         processors.append(_GuidedRows([guides.guide(c) for c in constraints], tokenizer.pad_token_id))

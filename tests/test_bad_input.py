@@ -87,6 +87,9 @@ CASES = [
     ("fcmistral/artifacts/smollm2.py", "--output OCCUPIED", "already holds files: pass --overwrite"),
     ("inference.py", "--model_path TINY --callables BAD_TOOLS", "function 'f': 'parameters' must be a JSON Schema object"),
     ("inference.py", "--model_path TINY --tool_time_limit 0", "--tool_time_limit must be above 0"),
+    ("inference.py", "--model_path TINY --loop_penalty -0.5", "--loop_penalty must be 0 or above"),
+    ("serve.py", "--model_path TINY --loop_penalty -0.5", "--loop_penalty must be 0 or above"),
+    ("evaluate.py", "--model_path TINY --loop_penalty -0.5", "--loop_penalty must be 0 or above"),
 ]
 
 

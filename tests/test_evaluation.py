@@ -293,6 +293,9 @@ def test_vllm_backend_wiring(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="--repetition_penalty needs --backend hf"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm", repetition_penalty=1.2),
                                        ModelArguments(model_path="m"))
+    with pytest.raises(UserError, match="--loop_penalty needs --backend hf"):
+        evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm", loop_penalty=0.8),
+                                       ModelArguments(model_path="m"))
     monkeypatch.setattr("fcmistral.generation.vllm_usable", lambda: False)
     with pytest.raises(UserError, match="needs vLLM installed and a GPU"):
         evaluate_script.make_generator(evaluate_script.EvalArguments(backend="vllm"), ModelArguments(model_path="m"))

@@ -7,8 +7,9 @@ Semantics, where the glaive format decides them:
   hoped for. Under ``"auto"``, the grammar constrains calls as the server's ``--constrained_calls``
   says: ``never``, ``strict`` (the calls of tools marked ``"strict": true``; the others' arguments
   need only be a JSON object) or ``always``; ``parallel_tool_calls`` false allows one call.
-  ``--call_bias`` makes the model call more or less often. ``"none"`` (and a request without tools) uses the
-  no-functions system prompt and stops at a call marker, so the reply is text.
+  ``--call_bias`` makes the model call more or less often, ``--loop_penalty`` ends a call's loops.
+  ``"none"`` (and a request without tools) uses the no-functions system prompt and stops at a call
+  marker, so the reply is text.
 - Every call is checked before it is returned: its function must be among this request's tools,
   its arguments must be valid JSON (no NaN) and pass the tool's JSON schema. A reply whose call
   fails is answered once more, with the failure given to the model as a FUNCTION RESPONSE (as a
@@ -97,7 +98,8 @@ def call_constraint(request: ChatRequest, functions: list[dict[str, Any]], prefi
         if prefix:  # tool_choice required or named: the grammar takes over where the written prefix ends
             choice = request.tool_choice
             offered = [f for f in functions if isinstance(choice, str) or f["name"] == choice.function.name]
-            return CallConstraint(call_grammar(offered, "required", parallel), written=" " + prefix)
+            return CallConstraint(call_grammar(offered, "required", parallel), written=" " + prefix,
+                                  loop_penalty=limits.loop_penalty)
         strict = {tool.function.name for tool in request.tools or [] if tool.function.strict}
         grammar = None
         if limits.constrained_calls == "always" or (limits.constrained_calls == "strict" and strict):
@@ -107,7 +109,7 @@ def call_constraint(request: ChatRequest, functions: list[dict[str, Any]], prefi
     except Exception:  # noqa: BLE001 - a schema xgrammar cannot turn into a grammar: its calls are still checked
         log.warning("no call grammar for this request's tools; its calls are checked, not constrained", exc_info=True)
         grammar = None
-    return CallConstraint(grammar, limits.call_bias) or None
+    return CallConstraint(grammar, limits.call_bias, loop_penalty=limits.loop_penalty) or None
 
 
 class ChatCompletions:

@@ -23,6 +23,7 @@ class Limits:
     top_p: float = 1.0
     constrained_calls: str = "never"  # under tool_choice "auto": "never", "strict" (tools marked strict), "always"
     call_bias: float = 0.0  # added to the call marker's first logit where a reply starts (fcmistral.constraint)
+    loop_penalty: float = 0.0  # DRY's multiplier inside a call (fcmistral.call_loops)
 
 
 def sampling(request: SamplingFields, limits: Limits, prompt: str, prompt_ids: list[int],

@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fcmistral.arguments import ModelArguments
+from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
 
@@ -134,6 +134,7 @@ class ServeArguments:
         "choices": ["never", "strict", "always"]})
     call_bias: float = field(default=0.0, metadata={
         "help": "added to the call marker's first logit where a reply starts: > 0 calls more often, < 0 less"})
+    loop_penalty: float = field(default=0.0, metadata={"help": LOOP_PENALTY_HELP})
     max_batch_size: int = field(default=32, metadata={"help": "requests generated together at most"})
     engine_threads: int = field(default=None, metadata={
         "help": "torch threads of the generation process (default: measured at load: all cores if they make a "
@@ -146,6 +147,8 @@ class ServeArguments:
             raise UserError(f"--port {self.port}: a port is a number from 0 to 65535")
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("--api_key must not be empty")
+        if self.loop_penalty < 0:
+            raise UserError("--loop_penalty must be 0 or above")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise UserError("sampling needs --temperature above 0 and --top_p in (0, 1]")
 
@@ -177,7 +180,8 @@ def serve_api(model_args: ModelArguments, args: ServeArguments) -> None:
     limits = Limits(max_request_bytes=args.max_request_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
                     top_p=args.top_p if args.do_sample else 1.0, request_timeout_s=args.request_timeout_s,
-                    constrained_calls=args.constrained_calls, call_bias=args.call_bias)
+                    constrained_calls=args.constrained_calls, call_bias=args.call_bias,
+                    loop_penalty=args.loop_penalty)
     if args.allowed_hosts is not None:
         allowed = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     else:

@@ -20,14 +20,14 @@ from tests.serving.scripted import CharTokenizer, ScriptedModel, reply_after
 
 @pytest.fixture(autouse=True)
 def char_text_encoder(monkeypatch):
-    """The engine encodes prompts (and the call bias finds the call marker's token) with
+    """The engine encodes prompts (and the call bias and the loop penalty find the call marker's tokens) with
     fcmistral.modeling.text_encoder, a copy of a Hugging Face tokenizer's Rust backend; the
     character tokenizer is its own."""
-    from fcmistral import constraint
+    from fcmistral import call_loops, constraint
     from fcmistral.serving.engine import client
 
     real = client.text_encoder
-    for module in (client, constraint):
+    for module in (client, constraint, call_loops):
         monkeypatch.setattr(module, "text_encoder", lambda tok: tok if isinstance(tok, CharTokenizer) else real(tok))
 
 

@@ -15,6 +15,7 @@ from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, format_call
 EOS, PAD = 0, 1
 REPLY = 1024  # the scripted model writes character c as token ord(c) + 2 + REPLY; prompts are ord(c) + 2
 TOOLS = [{"type": "function", "function": schema} for schema in DEMO_SCHEMAS]
+LOOP = 40  # the "o"s of the looping call
 
 
 class CharTokenizer:
@@ -83,8 +84,8 @@ def reply_after(prompt: str) -> str:
         return "\n\n\nASSISTANT:" if "acknowledge" in prompt else "\n\n\nUSER:"
     last_user = prompt.rsplit("USER: ", 1)[-1]
     forced = prompt[prompt.rindex(ASSISTANT_TAG) + len(ASSISTANT_TAG):]
-    if forced:  # tool_choice wrote the start of the call
-        whole = weather(location="Oslo", unit="celsius")
+    if forced:  # tool_choice wrote the start of the call (a place name looping on "o" when asked to loop)
+        whole = weather(location="O" + "o" * LOOP if last_user.startswith("loop") else "Oslo", unit="celsius")
         return whole[len(forced.lstrip()):] + " " + END_OF_TURN
     if "FUNCTION RESPONSE:" in last_user and '"error"' in last_user:
         return " " + weather(location="Rome", unit="celsius") + " " + END_OF_TURN  # the retry

@@ -14,7 +14,7 @@ from fcmistral.format.calls import parse_call
 from fcmistral.format.checks import call_problem
 from fcmistral.prompt import FunctionCall, format_call
 from fcmistral.serving.limits import Limits
-from tests.serving.scripted import TOOLS
+from tests.serving.scripted import LOOP, TOOLS
 from tests.serving.test_server import ask, plain, reassemble, same
 
 pytest.importorskip("xgrammar", reason="xgrammar is not installed")
@@ -54,6 +54,20 @@ def test_tool_choice_required_and_named_are_constrained(serve):
     client, model, _ = serve()  # --constrained_calls never: tool_choice still constrains
     call = first_call(ask(client, "Weather?", tools=TOOLS, tool_choice="required"))
     assert call_problem(call, SCHEMAS) is None and len(model.prompts) == 1
+
+
+def test_the_loop_penalty_ends_a_loop_inside_a_call(serve):
+    """--loop_penalty: the model would write a place name looping on "o" (its script wins by 4);
+    the penalty, growing with the loop, outweighs that after a few more, and the call stays valid.
+    (tool_choice wrote the call's start into the prompt: the reply is inside a call from its start.)"""
+    looping = "O" + "o" * LOOP
+    client, _, _ = serve()
+    assert first_call(ask(client, "loop", tools=TOOLS, tool_choice="required")).arguments["location"] == looping
+    client, model, _ = serve(limits=Limits(loop_penalty=0.8))
+    call = first_call(ask(client, "loop", tools=TOOLS, tool_choice="required"))
+    assert call_problem(call, SCHEMAS) is None and len(model.prompts) == 1
+    location = call.arguments["location"]
+    assert location.startswith("O" + "o" * 8) and not location.startswith(looping), location
 
 
 def test_strict_tools_constrained_beside_plain_ones_in_one_batch(serve):
