@@ -99,7 +99,7 @@ def guides_for(model, tokenizer) -> Guides:
     """The row guides of ``model`` (kept on it: compiled grammars are reused across batches)."""
     guides = getattr(model, "_fcmistral_guides", None)
     if guides is None:
-        vocab_size = getattr(model, "vocab_size", None) or model.get_output_embeddings().weight.shape[0]
+        vocab_size = getattr(model, "vocab_size", None) or model.get_output_embeddings().out_features
         guides = Guides(tokenizer, vocab_size)
         model._fcmistral_guides = guides
     return guides

@@ -11,6 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenalty
 
 from fcmistral.constraint import CallConstraint, RowGuide, adjust_rows, guides_for
 from fcmistral.modeling import load_adapter, load_model, load_tokenizer, text_encoder, tokenizer_source
+from fcmistral.prepacked import prepack_linears
 from fcmistral.prompt import END_OF_TURN
 
 
@@ -20,12 +21,19 @@ def load_generation_tokenizer(model_path: str, adapter_path: str | None = None):
 
 
 def load_for_generation(model_path: str, adapter_path: str | None = None, load_in_4bit: bool = False,
-                        dtype: torch.dtype | None = None):
-    """Model and tokenizer in eval mode, computing in ``dtype`` (default: the hardware's choice)."""
+                        dtype: torch.dtype | None = None, prepack: bool = True):
+    """Model and tokenizer in eval mode, computing in ``dtype`` (default: the hardware's choice).
+
+    With ``prepack``, a model without an adapter computing in bf16 on a CPU gets its linear layers'
+    weights reordered once for oneDNN (fcmistral.prepacked: the same results, faster one-row
+    products); an adapter's LoRA layers wrap plain ``nn.Linear`` layers, so those stay plain.
+    """
     tokenizer = load_generation_tokenizer(model_path, adapter_path)
     model = load_model(model_path, load_in_4bit=load_in_4bit, tokenizer=tokenizer, dtype=dtype)
     if adapter_path:
         model = load_adapter(model, adapter_path)
+    elif prepack:
+        prepack_linears(model)
     model.eval()
     return model, tokenizer
 

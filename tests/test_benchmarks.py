@@ -95,6 +95,17 @@ def test_generation_and_data_benchmarks_report_their_ratios():
     assert data["full_cached_s"] < data["full_s"]
 
 
+def test_decode_step_benchmark_compares_plain_and_prepacked_layers():
+    from fcmistral.hardware import detect_hardware
+
+    if not detect_hardware().cpu_native_bf16:
+        pytest.skip("this CPU has no native bf16 kernels: prepacking does not apply")
+    report = run_benchmark("decode_step.py", "--rounds", "1", "--steps", "2", "--prompt_tokens", "20")
+    assert report["logits_identical"] is True and report["prompt_tokens"] == 20
+    for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
+        assert report[case]["plain_ms"] > 0 and report[case]["prepacked_ms"] > 0
+
+
 def test_fsdp_load_memory_benchmark_reports_every_rank():
     report = run_benchmark("fsdp_load_memory.py", "--tiny")
     for mode in ("every_rank_reads", "rank0_broadcasts"):

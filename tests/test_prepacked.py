@@ -1,0 +1,58 @@
+"""oneDNN-prepacked linear layers (fcmistral/prepacked.py): the same results as the plain layers,
+applied only where they pay (bf16 on a CPU with native bf16) and never under an adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fcmistral.demo.functions import DEMO_SCHEMAS
+from fcmistral.generation import generate_batch, load_for_generation
+from fcmistral.hardware import detect_hardware
+from fcmistral.prepacked import PrepackedLinear, can_prepack, prepack_linears
+from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
+
+native_bf16 = pytest.mark.skipif(not detect_hardware().cpu_native_bf16,
+                                 reason="this CPU has no native bf16 kernels: prepacking does not apply")
+
+
+def count(model: nn.Module, kind: type) -> int:
+    return sum(type(module) is kind for module in model.modules())
+
+
+@native_bf16
+def test_a_prepacked_layer_computes_what_the_plain_one_does():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        linear = nn.Linear(96, 200, bias=bias).to(torch.bfloat16)
+        x = torch.randn(3, 7, 96, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            assert torch.equal(PrepackedLinear(linear)(x), linear(x))
+            assert PrepackedLinear(linear)(x[:, :0]).shape == (3, 0, 200)
+
+
+@native_bf16
+def test_generation_loads_bf16_models_prepacked_and_writes_the_same_replies(tiny_model_dir):
+    plain, tokenizer = load_for_generation(str(tiny_model_dir), dtype=torch.bfloat16, prepack=False)
+    prepacked, _ = load_for_generation(str(tiny_model_dir), dtype=torch.bfloat16)
+    linears = count(plain, nn.Linear)
+    assert linears > 0 and count(prepacked, PrepackedLinear) == linears and count(prepacked, nn.Linear) == 0
+    prompts = [generation_prompt(build_system_prompt(DEMO_SCHEMAS), [Turn("user", question)])
+               for question in ("What is the weather in Paris?", "hello", "Convert 10 USD to EUR, please.")]
+    ids = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        assert torch.equal(plain(**ids).logits, prepacked(**ids).logits)
+    assert generate_batch(prepacked, tokenizer, prompts, max_new_tokens=24) == \
+        generate_batch(plain, tokenizer, prompts, max_new_tokens=24)
+
+
+def test_fp32_models_and_adapters_stay_plain(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    fp32, _ = load_for_generation(str(tiny_model_dir), dtype=torch.float32)
+    assert not can_prepack(fp32) and prepack_linears(fp32) == 0 and count(fp32, PrepackedLinear) == 0
+    adapter = tmp_path / "adapter"
+    get_peft_model(fp32, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    with_adapter, _ = load_for_generation(str(tiny_model_dir), str(adapter), dtype=torch.bfloat16)
+    assert count(with_adapter, PrepackedLinear) == 0
