@@ -52,8 +52,12 @@ class PrepackedLinear(nn.Module):
 def can_prepack(model: nn.Module) -> bool:
     """Whether ``model`` computes where prepacking pays: bf16 on a CPU with native bf16 kernels."""
     weight = next(model.parameters(), None)
-    return (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.bfloat16
+    return (weight is not None and is_cpu_bf16(weight)
             and hasattr(torch.ops.mkldnn, "_linear_pointwise") and detect_hardware().cpu_native_bf16)
+
+
+def is_cpu_bf16(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16
 
 
 def prepack_linears(model: nn.Module) -> int:
@@ -68,7 +72,9 @@ def prepack_linears(model: nn.Module) -> int:
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:  # exactly: subclasses (4-bit, LoRA) compute differently
+            # Exactly nn.Linear: subclasses (4-bit, LoRA) compute differently; and in bf16 (a 4-bit
+            # model's head may keep another dtype).
+            if type(child) is nn.Linear and is_cpu_bf16(child.weight):
                 setattr(parent, name, PrepackedLinear(child))
                 replaced += 1
     release_freed_memory()

@@ -56,3 +56,15 @@ def test_fp32_models_and_adapters_stay_plain(tiny_model_dir, tmp_path):
     get_peft_model(fp32, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
     with_adapter, _ = load_for_generation(str(tiny_model_dir), str(adapter), dtype=torch.bfloat16)
     assert count(with_adapter, PrepackedLinear) == 0
+
+
+@native_bf16
+def test_a_4bit_model_keeps_its_quantized_layers_and_writes_the_same_replies(tiny_model_dir):
+    plain, tokenizer = load_for_generation(str(tiny_model_dir), load_in_4bit=True, dtype=torch.bfloat16,
+                                           prepack=False)
+    prepacked, _ = load_for_generation(str(tiny_model_dir), load_in_4bit=True, dtype=torch.bfloat16)
+    kinds = {type(module).__name__ for module in prepacked.modules()}
+    assert "Linear4bit" in kinds, kinds
+    prompts = [generation_prompt(build_system_prompt(DEMO_SCHEMAS), [Turn("user", "What is the weather in Oslo?")])]
+    assert generate_batch(prepacked, tokenizer, prompts, max_new_tokens=16) == \
+        generate_batch(plain, tokenizer, prompts, max_new_tokens=16)
