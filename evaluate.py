@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, parse_arguments
+from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, check_loop_penalty, parse_arguments
 from fcmistral.cli import run_cli
 from fcmistral.constraint import CallConstraint
 from fcmistral.data.loading import load_rows
@@ -224,8 +224,7 @@ def rescore(records: list[dict]) -> list[dict]:
 def main() -> None:
     model_args, args = parse_arguments((ModelArguments, EvalArguments), __doc__.split("\n\n")[0],
                                        positive=("batch_size", "max_new_tokens", "limit", "repetition_penalty"))
-    if args.loop_penalty < 0:
-        raise UserError("--loop_penalty must be 0 or above")
+    check_loop_penalty(args.loop_penalty)
     if args.benchmark != "bfcl" and (args.categories or args.bfcl_data):
         raise UserError("--categories and --bfcl_data choose BFCL questions: add --benchmark bfcl")
     if args.predictions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,6 +25,13 @@ from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP
 LOOP_PENALTY_HELP = ("above 0: lowers the tokens that would repeat a sequence already written inside the call, "
                      "ending its loops (DRY's multiplier, as llama.cpp's --dry-multiplier; 0.8 its suggested value; "
                      "fcmistral/call_loops.py)")
+
+
+def check_loop_penalty(value: float) -> None:
+    """``--loop_penalty``'s one check, for every script that takes it: NaN or inf would turn the
+    lowered logits into NaN or -inf."""
+    if not 0 <= value < math.inf:
+        raise UserError("--loop_penalty must be 0 or above (a finite number)")
 
 
 def looks_local(path: str) -> bool:

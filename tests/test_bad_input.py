@@ -90,6 +90,9 @@ CASES = [
     ("inference.py", "--model_path TINY --loop_penalty -0.5", "--loop_penalty must be 0 or above"),
     ("serve.py", "--model_path TINY --loop_penalty -0.5", "--loop_penalty must be 0 or above"),
     ("evaluate.py", "--model_path TINY --loop_penalty -0.5", "--loop_penalty must be 0 or above"),
+    ("inference.py", "--model_path TINY --loop_penalty nan --prompt hi", "--loop_penalty must be 0 or above"),
+    ("serve.py", "--model_path TINY --loop_penalty inf", "--loop_penalty must be 0 or above"),
+    ("evaluate.py", "--model_path TINY --loop_penalty nan", "--loop_penalty must be 0 or above"),
 ]
 
 
