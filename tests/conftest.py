@@ -22,6 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def _native_bf16() -> bool:
+    from fcmistral.hardware import detect_hardware
+
+    return detect_hardware().cpu_native_bf16
+
+
+# Tests of what applies only where bf16 is native on the CPU (fcmistral/prepacked.py).
+native_bf16 = pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bf16 kernels: prepacking does not apply")
+
+
 def run_script(script: str, *args: str, timeout: int = 600, stdin: str | None = None,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run one of the project's scripts (a path relative to the repository) as a user would;

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from fcmistral.evaluation.bfcl_data import installed_data_dir
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, native_bf16, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -95,11 +95,8 @@ def test_generation_and_data_benchmarks_report_their_ratios():
     assert data["full_cached_s"] < data["full_s"]
 
 
+@native_bf16
 def test_decode_step_benchmark_compares_plain_and_prepacked_layers():
-    from fcmistral.hardware import detect_hardware
-
-    if not detect_hardware().cpu_native_bf16:
-        pytest.skip("this CPU has no native bf16 kernels: prepacking does not apply")
     report = run_benchmark("decode_step.py", "--rounds", "1", "--steps", "2", "--prompt_tokens", "20")
     assert report["logits_identical"] is True and report["prompt_tokens"] == 20
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):

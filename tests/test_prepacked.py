@@ -3,18 +3,14 @@ applied only where they pay (bf16 on a CPU with native bf16) and never under an 
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
 from fcmistral.demo.functions import DEMO_SCHEMAS
 from fcmistral.generation import generate_batch, load_for_generation
-from fcmistral.hardware import detect_hardware
 from fcmistral.prepacked import PrepackedLinear, can_prepack, prepack_linears
 from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
-
-native_bf16 = pytest.mark.skipif(not detect_hardware().cpu_native_bf16,
-                                 reason="this CPU has no native bf16 kernels: prepacking does not apply")
+from tests.conftest import native_bf16
 
 
 def count(model: nn.Module, kind: type) -> int:
