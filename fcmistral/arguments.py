@@ -115,6 +115,10 @@ class DataArguments:
     rename_rate: float = field(default=0.0, metadata={
         "help": "fraction of train rows whose functions and parameters are renamed to random identifiers in "
                 "schemas and calls (descriptions kept)"})
+    irrelevance_stand_in: bool = field(default=False, metadata={
+        "help": "with --irrelevance_rate: where the called function was the only one offered, offer another "
+                "row's function in its place rather than none, so the refusal is learnt with a function in view "
+                "(as BFCL's irrelevance questions ask)"})
     shuffle_functions: bool = field(default=False, metadata={"help": "shuffle the offered functions of each train row"})
     parallel_rate: float = field(default=0.0, metadata={
         "help": "fraction of train rows with one call made parallel: the request lists two or three values for "
@@ -129,6 +133,8 @@ class DataArguments:
         for name in ("irrelevance_rate", "rename_rate", "parallel_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name} must be between 0 and 1")
+        if self.irrelevance_stand_in and not self.irrelevance_rate:
+            raise UserError("--irrelevance_stand_in needs --irrelevance_rate above 0 (it changes those rows only)")
         if not 0 < self.decision_weight < float("inf"):  # NaN fails both comparisons
             raise UserError("--decision_weight must be a finite number above 0")
 

@@ -151,6 +151,7 @@ def run_main_in_this_process(script: str, args: list[str], capsys, monkeypatch) 
         ({"--per_device_train_batch_size": "0"}, "--per_device_train_batch_size must be above 0"),
         ({"--lora_r": "0"}, "--lora_r must be above 0"),
         ({"--irrelevance_rate": "1.5"}, "--irrelevance_rate must be between 0 and 1"),
+        ({"--irrelevance_stand_in": "true"}, "--irrelevance_stand_in needs --irrelevance_rate above 0"),
         ({"--decision_weight": "0"}, "--decision_weight must be a finite number above 0"),
         ({"--decision_weight": "inf"}, "--decision_weight must be a finite number above 0"),
         ({"--lr_scheduler_type": "bogus"}, "invalid choice: 'bogus'"),

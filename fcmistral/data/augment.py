@@ -5,7 +5,10 @@ Two of Hammer's recipes (Lin et al., 2024), which no training framework ships:
   was the only one), the call turn becomes a refusal naming what is missing, in glaive's own style, and
   the turns that depended on the call are dropped. glaive v2's refusals all decline other requests
   than the offered functions; these teach the case BFCL's irrelevance category asks: a request the
-  offered functions *almost* fit.
+  offered functions *almost* fit. With **stand-ins**, a row whose only function was the called one is
+  offered another row's function instead of none: BFCL's irrelevance questions always offer one, and a
+  row left without functions teaches only what the no-functions rows teach already (29% of the
+  declines drawn on the wide data, docs/training.md row h).
 - **renaming**: functions and their parameters renamed to random identifiers, consistently in the
   schemas and the calls (descriptions kept), so the model must read the schema rather than recall a
   name; and **shuffling** the order of the offered functions.
@@ -47,6 +50,8 @@ REFUSALS = (
     "Unfortunately I can't {task}: none of my functions does that. Is there anything else I can help with?",
 )
 
+PARTNER_TRIES = 8  # other rows tried for a partner or a stand-in before a row stays as it is
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -56,6 +61,7 @@ class Augmentation:
     rename_rate: float = 0.0
     shuffle_functions: bool = False
     parallel_rate: float = 0.0
+    irrelevance_stand_in: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.irrelevance_rate or self.rename_rate or self.shuffle_functions or self.parallel_rate)
@@ -74,27 +80,44 @@ def _task(function: dict[str, Any]) -> str:
     return description[0].lower() + description[1:]
 
 
-def without_called_function(row: GlaiveRow, rng: random.Random) -> GlaiveRow | None:
+def without_called_function(row: GlaiveRow, rng: random.Random,
+                            stand_ins: list[dict[str, Any]] = ()) -> GlaiveRow | None:
     """The row up to its first call, with the called functions no longer offered and a refusal instead
-    of the call; None when the row makes no call."""
+    of the call; None when the row makes no call. Where no function would be left and ``stand_ins``
+    (other rows) are given, one of their functions is offered in the removed one's place."""
     index = next((i for i, turn in enumerate(row.turns) if turn.role == "function_call"), None)
     if index is None:
         return None
     called = {call.name for call in row.turns[index].calls}
     first = row.turns[index].calls[0].name
     removed = next((f for f in row.functions if f.get("name") == first), {"name": first})
+    refusal = Turn("assistant", rng.choice(REFUSALS).format(task=_task(removed)))
     functions = [f for f in row.functions if f.get("name") not in called]
+    if not functions and stand_ins and (stand_in := _stand_in(called, removed, stand_ins, rng)):
+        functions = [stand_in]
     kept = row.turns[:index]
     while kept and kept[-1].is_assistant:  # "Let me check that for you." belongs to the call
         kept = kept[:-1]
-    refusal = Turn("assistant", rng.choice(REFUSALS).format(task=_task(removed)))
     return replace(row, system=build_system_prompt(functions), functions=functions, turns=kept + [refusal])
+
+
+def _stand_in(called: set[str], removed: dict[str, Any], rows: list[dict[str, Any]],
+              rng: random.Random) -> dict[str, Any] | None:
+    """A function another row offers that cannot serve the declined request: neither a called name nor
+    the removed function's description (glaive has near-copies under other names); None when
+    PARTNER_TRIES rows offer none."""
+    for _ in range(PARTNER_TRIES):
+        other = _parsed(rng.choice(rows))
+        offered = [f for f in other.functions if f.get("name") not in called
+                   and f.get("description") != removed.get("description")] if other else []
+        if offered:
+            return rng.choice(offered)
+    return None
 
 
 # How the two requests of a parallel row are asked in one user message ({b_}: the second request with
 # a lower-case first letter, where it continues the sentence).
 JOINS = ("{a} Also, {b_}", "{a}\n{b}", "{a} And one more thing: {b}", "Two things. {a} And {b_}", "{a} Then {b_}")
-PARTNER_TRIES = 8  # partner rows tried before a row stays single
 SAME_FUNCTION_SHARE = 0.5  # joined parallel rows whose partner calls the row's own function (module docstring)
 
 
@@ -312,7 +335,8 @@ def augment_row(row: dict[str, Any], index: int, augmentation: Augmentation, see
         augmentation.parallel_rate, augmentation.irrelevance_rate, augmentation.rename_rate))
     if parallel and partners:
         parsed = _with_partner(parsed, _same_function_partners(parsed, partners), partners, rng)
-    if irrelevance and (declined := without_called_function(parsed, rng)):
+    stand_ins = partners if augmentation.irrelevance_stand_in else ()
+    if irrelevance and (declined := without_called_function(parsed, rng, stand_ins)):
         parsed = declined
     if rename:
         parsed = renamed(parsed, rng)

@@ -43,6 +43,30 @@ def test_irrelevance_removes_the_called_function_and_declines(sample_rows):
         assert again.turns[:-1] == row.turns[:len(again.turns) - 1] and again.turns[-2].role == "user"
 
 
+def test_stand_ins_offer_another_rows_function_where_none_would_be_left(sample_rows):
+    """With stand-ins, a declined row whose only function was the called one offers one function from
+    another row (never the called one, nor a copy of it under another name); rows that keep a function
+    of their own, and every row without the option, are declined as before."""
+    rows = rows_with_calls(sample_rows)[:120]
+    off, on = Augmentation(irrelevance_rate=1.0), Augmentation(irrelevance_rate=1.0, irrelevance_stand_in=True)
+    stood_in = 0
+    for index, raw in enumerate(rows):
+        before, after = (parse_row(augment_row(raw, index, a, 5, rows)) for a in (off, on))
+        row = parse_row(raw)
+        called = next(t.calls[0] for t in row.turns if t.role == "function_call").name
+        removed = next(f for f in row.functions if f["name"] == called)
+        assert FUNCTION_CALL_MARKER not in after.chat and after.turns == before.turns
+        if len(row.functions) > 1:
+            assert after.system == before.system
+            continue
+        assert before.system == SYSTEM_NO_FUNCTIONS
+        (stand_in,) = after.functions
+        assert stand_in["name"] != called and stand_in["description"] != removed["description"]
+        assert any(stand_in in parse_row(r).functions for r in rows)
+        stood_in += 1
+    assert stood_in > 10
+
+
 def test_renamed_calls_fit_their_renamed_schemas(sample_rows):
     rng = random.Random(1)
     for raw in rows_with_calls(sample_rows):
