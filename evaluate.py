@@ -21,7 +21,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, check_loop_penalty, parse_arguments
+from fcmistral.arguments import (
+    LOOP_PENALTY_HELP,
+    ModelArguments,
+    check_call_bias,
+    check_loop_penalty,
+    parse_arguments,
+)
 from fcmistral.cli import run_cli
 from fcmistral.constraint import CallConstraint
 from fcmistral.data.loading import load_rows
@@ -165,8 +171,10 @@ def call_biases(args: EvalArguments) -> list[float]:
         values = [float(v) for v in args.call_bias.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"--call_bias takes numbers separated by commas, not {args.call_bias!r}") from None
-    if not values or any(v != v or abs(v) == float("inf") for v in values):
-        raise UserError(f"--call_bias takes finite numbers, not {args.call_bias!r}")
+    if not values:
+        raise UserError(f"--call_bias takes numbers separated by commas, not {args.call_bias!r}")
+    for value in values:
+        check_call_bias(value)
     return values
 
 

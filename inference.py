@@ -17,7 +17,13 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
-from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, check_loop_penalty, parse_arguments
+from fcmistral.arguments import (
+    LOOP_PENALTY_HELP,
+    ModelArguments,
+    check_call_bias,
+    check_loop_penalty,
+    parse_arguments,
+)
 from fcmistral.cli import run_cli
 from fcmistral.demo.functions import DEMO_CALLABLES, DEMO_SCHEMAS
 from fcmistral.errors import UserError
@@ -53,6 +59,7 @@ class InferenceArguments:
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
     def __post_init__(self) -> None:
         check_loop_penalty(self.loop_penalty)
+        check_call_bias(self.call_bias)
         if self.json and not self.prompt:
             raise UserError("--json goes with --prompt")
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):

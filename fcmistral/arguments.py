@@ -34,6 +34,13 @@ def check_loop_penalty(value: float) -> None:
         raise UserError("--loop_penalty must be 0 or above (a finite number)")
 
 
+def check_call_bias(value: float) -> None:
+    """``--call_bias``'s one check, for every script that takes it: NaN or inf added to the call
+    marker's logit would make every reply's first step NaN or a certainty."""
+    if not -math.inf < value < math.inf:
+        raise UserError(f"--call_bias must be a finite number, not {value}")
+
+
 def looks_local(path: str) -> bool:
     """Whether a model path is clearly a folder rather than a hub name: it starts with ``.``, ``/``
     or ``~``, or its parent folder exists here."""
@@ -213,8 +220,8 @@ def parse_arguments(types: tuple[type, ...], description: str, defaults: dict[st
     parser.set_defaults(**{**(defaults or {}), **config})
     namespace = vars(parser.parse_args(args=argv))
     for name in positive:
-        if namespace.get(name) is not None and namespace[name] <= 0:
-            raise UserError(f"--{name} must be above 0")
+        if namespace.get(name) is not None and not 0 < namespace[name] < math.inf:  # NaN fails both
+            raise UserError(f"--{name} must be above 0 and finite")
     try:  # what HfArgumentParser.parse_args_into_dataclasses does with the namespace
         return tuple(kind(**{f.name: namespace[f.name] for f in dataclasses.fields(kind) if f.init})
                      for kind in types)

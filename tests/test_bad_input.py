@@ -93,6 +93,11 @@ CASES = [
     ("inference.py", "--model_path TINY --loop_penalty nan --prompt hi", "--loop_penalty must be 0 or above"),
     ("serve.py", "--model_path TINY --loop_penalty inf", "--loop_penalty must be 0 or above"),
     ("evaluate.py", "--model_path TINY --loop_penalty nan", "--loop_penalty must be 0 or above"),
+    ("inference.py", "--model_path TINY --call_bias nan --prompt hi", "--call_bias must be a finite number"),
+    ("serve.py", "--model_path TINY --call_bias=-inf", "--call_bias must be a finite number"),
+    ("evaluate.py", "--model_path TINY --call_bias=0,nan", "--call_bias must be a finite number"),
+    ("evaluate.py", "--model_path TINY --repetition_penalty nan", "--repetition_penalty must be above 0"),
+    ("inference.py", "--model_path TINY --tool_time_limit inf", "--tool_time_limit must be above 0 and finite"),
 ]
 
 

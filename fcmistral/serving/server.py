@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, check_loop_penalty
+from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, check_call_bias, check_loop_penalty
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
 
@@ -148,6 +148,7 @@ class ServeArguments:
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("--api_key must not be empty")
         check_loop_penalty(self.loop_penalty)
+        check_call_bias(self.call_bias)
         if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise UserError("sampling needs --temperature above 0 and --top_p in (0, 1]")
 
