@@ -9,6 +9,7 @@ import logging
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tokenizers import Tokenizer
@@ -20,6 +21,9 @@ from fcmistral.hardware import compute_dtype
 from fcmistral.prompt import END_OF_TURN
 
 log = logging.getLogger(__name__)
+# A model -> named figures: what evaluation's probes compute and training's evaluations log (one type for
+# both, here below them, as the trainer must not import the evaluation stage).
+ModelMetrics = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def _load_error(what: str, path: str, err: Exception) -> UserError:

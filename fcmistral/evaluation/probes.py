@@ -16,7 +16,7 @@ yardstick.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,10 +26,10 @@ from fcmistral.errors import UserError
 from fcmistral.evaluation.items import EvalItem, glaive_items
 from fcmistral.evaluation.scoring import judge
 from fcmistral.generation import generate_batch, length_sorted_batches
+from fcmistral.modeling import ModelMetrics
 from fcmistral.turns import replies
 
 log = logging.getLogger(__name__)
-ProbeMetrics = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def load_probes(rows: list[dict[str, Any]], limit: int) -> list[EvalItem]:
@@ -60,7 +60,7 @@ def _processes() -> int:
 
 
 def probe_metrics(options: CallEvalArguments, rows: list[dict[str, Any]], tokenizer, metric_for_best_model: str,
-                  batch_size: int = 8) -> ProbeMetrics:
+                  batch_size: int = 8) -> ModelMetrics:
     """``call_metrics`` of greedy replies to the probes of ``rows`` (``options.call_eval_data``'s), from
     the model as it is: their turns as the chat runs them (fcmistral.turns.replies).
 

@@ -3,14 +3,10 @@ tokens weighed in the loss where asked."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
 from transformers import Trainer
 
+from fcmistral.modeling import ModelMetrics
 from fcmistral.training.loss import WEIGHTS, supervised_loss
-
-ExtraMetrics = Callable[[torch.nn.Module], dict[str, float]]  # the model -> metrics (fcmistral.evaluation.probes)
 
 
 class CallTrainer(Trainer):
@@ -23,7 +19,7 @@ class CallTrainer(Trainer):
     ``--metric_for_best_model`` (a callback's ``on_evaluate`` runs after both).
     """
 
-    def __init__(self, *args, extra_metrics: ExtraMetrics | None = None, **kwargs) -> None:
+    def __init__(self, *args, extra_metrics: ModelMetrics | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.extra_metrics = extra_metrics
 
