@@ -169,7 +169,8 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
         # 135M parameters fit without recomputing activations: 23% faster steps (12.2 s against 15.9 s
         # per 2,048-token step on the 2-core EPYC, 2026-12-04); the results are the same computation.
         "--activation_checkpointing", "false", "--logging_steps", "10", "--report_to", "none",
-        "--compute_dtype", args.compute_dtype, "--test_size", "0.05", *ROWS[key][1], log=out / "train.log")
+        "--compute_dtype", args.compute_dtype, "--test_size", "0.05", "--seed", str(args.seed), *ROWS[key][1],
+        log=out / "train.log")
     figures["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
                                 str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
     return merged, figures
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "real-model")
     parser.add_argument("--train_rows", type=int, default=0, help="train on the first N rows only (0: all)")
     parser.add_argument("--max_steps", type=int, default=120, help="optimizer steps of --batch_size packed rows")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="train.py's --seed (the dev split, each epoch's augmentation draw, the adapter's start): "
+                             "a row again with another seed, into another --output_dir, shows the spread between runs")
     parser.add_argument("--max_length", type=int, default=2048,
                         help="tokens per packed training row (2,048: the wide rows with parallel calls offer up to 6 functions)")
     parser.add_argument("--batch_size", type=int, default=1, help="packed rows per step")
@@ -263,14 +267,14 @@ def main() -> None:
         model, row = args.model_path, {}
         if args.evaluate_again:
             row = {k: v for k, v in report["rows"].get(key, {}).items() if k in ("train_s", "train_peak_mib", "merge_s",
-                                                                                 "max_steps")}
+                                                                                 "max_steps", "seed")}
             model = row_dir / "merged" if ROWS[key][1] is not None else model
             start -= row.get("train_s", 0) + row.get("merge_s", 0)  # the row's time: its training, then this
         elif ROWS[key][1] is not None:
             source = args.sample_data if key == "a" else wide_train
             train_data = first_rows(source, args.train_rows, row_dir / "train_rows.jsonl")
             model, row = train_and_merge(key, train_data, row_dir, args)
-            row["max_steps"] = args.max_steps
+            row["max_steps"], row["seed"] = args.max_steps, args.seed
         row.update(evaluate(model, row_dir, args))
         types = [t for t in args.gguf_types.split(",") if t]
         if types and ROWS[key][1] is not None:
