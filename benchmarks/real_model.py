@@ -11,12 +11,12 @@ Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 f
 the wide generated data (fcmistral.demo.wide_data: 210 functions); ``c`` wide + ``--irrelevance_rate
 0.1``; ``d`` wide + every augmentation (irrelevance 0.1, rename 0.6, shuffled functions, parallel
 0.1); ``e`` wide + ``--irrelevance_rate 0.3``; ``f`` as e, with ``--decision_weight 10``; ``g`` as e,
-with ``--parallel_rate 0.3``; ``h`` as e, with ``--irrelevance_stand_in``. Steps, each a subprocess as a user would run it: build
-``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2) and the wide data when missing;
-train with packing (train.py); merge (convert_weights.py); evaluate (evaluate.py) on the wide
-held-out rows, whose 40 functions no row trains on (call names, exact arguments), and on BFCL: the
-first ``--bfcl_limit`` questions of ``simple`` and ``irrelevance`` and half as many of ``multiple``,
-``parallel`` and ``parallel_multiple``.
+with ``--parallel_rate 0.3``; ``h`` as e, with ``--irrelevance_stand_in``. Steps, each a subprocess as
+a user would run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2)
+and the wide data when missing; train with packing (train.py); merge (convert_weights.py); evaluate
+(evaluate.py) on the wide held-out rows, whose 40 functions no row trains on (call names, exact
+arguments), and on BFCL: the first ``--bfcl_limit`` questions of ``simple`` and ``irrelevance`` and
+half as many of ``multiple``, ``parallel`` and ``parallel_multiple``.
 With ``--gguf_types``, the merged model is exported as GGUF and its held-out calls in llama.cpp are
 compared with transformers' (llama-cpp-python). Rows run one at a time (``--only``), so the table can
 be filled across sessions: each row's results are merged into ``OUTPUT_DIR/report.json`` and the
