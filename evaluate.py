@@ -170,7 +170,7 @@ def call_biases(args: EvalArguments) -> list[float]:
     try:
         values = [float(v) for v in args.call_bias.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--call_bias takes numbers separated by commas, not {args.call_bias!r}") from None
+        values = []
     if not values:
         raise UserError(f"--call_bias takes numbers separated by commas, not {args.call_bias!r}")
     for value in values:
