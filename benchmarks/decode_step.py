@@ -1,12 +1,15 @@
-"""Prefill and decode-step times with plain linear layers against oneDNN-prepacked ones (fcmistral.prepacked).
+"""Prefill and decode-step times with plain linear layers, oneDNN-prepacked ones (fcmistral.prepacked),
+and prepacked ones under the direct decode step (fcmistral.decode_step), as the serving engine runs them.
 
     python benchmarks/decode_step.py [--model_path artifacts/smollm2-135m] [--rounds 5]
 
 Two copies of the model in bf16 (the dtype prepacking applies to), measured in turns within one run
-(round 1 plain, round 1 prepacked, round 2 plain, ...), so the machine's noise falls on both: a prompt
-of ``--prompt_tokens`` for 1 and 8 rows, then ``--steps`` decode steps of those rows with their KV
-cache. Prints the median of the rounds per case, the ratio, and whether the logits agree to the bit.
-Refuses to run where prepacking does not apply (no native bf16 on this CPU).
+(round 1 plain, prepacked, direct; round 2 ...), so the machine's noise falls on all: a prompt of
+``--prompt_tokens`` for 1 and 8 rows, then ``--steps`` decode steps of those rows with their KV cache
+in the engine's slots and the engine's step mask. Prints the median of the rounds per case, the
+ratios to plain, and whether the logits agree to the bit (the prompt's: plain and prepacked; every
+step's: prepacked forward and direct step). Refuses to run where prepacking does not apply (no
+native bf16 on this CPU).
 """
 
 from __future__ import annotations
@@ -21,22 +24,36 @@ import torch
 from common import model_or_tiny
 from transformers import DynamicCache
 
+from fcmistral.decode_step import DecodeStep
 from fcmistral.generation import load_for_generation
 from fcmistral.prepacked import can_prepack
+from fcmistral.serving.engine.slots import SlotLayer
 
 
 @torch.inference_mode()
-def timed(model, ids: torch.Tensor, steps: int) -> tuple[float, float, torch.Tensor]:
-    """(prefill seconds, seconds per decode step, the prompt's last logits)."""
+def timed(model, ids: torch.Tensor, steps: int, direct: DecodeStep | None = None
+          ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """(prefill seconds, seconds per decode step, the prompt's last logits, every step's logits);
+    the steps with ``direct`` when given, else with the model's forward."""
     cache = DynamicCache()
     start = time.perf_counter()
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     prefill = time.perf_counter() - start
-    logits, token = out.logits[:, -1].float(), out.logits[:, -1:].argmax(-1)
+    slots = DynamicCache()
+    slots.layers = [SlotLayer(layer.keys, layer.values) for layer in cache.layers]
+    rows, width = ids.shape
+    mask, position = torch.ones(rows, width, dtype=torch.long), torch.full((rows, 1), width - 1)
+    prompt_logits, step_logits = logits.float(), []
     start = time.perf_counter()
     for _ in range(steps):
-        token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-    return prefill, (time.perf_counter() - start) / steps, logits
+        token = logits.argmax(-1, keepdim=True)
+        mask, position = torch.nn.functional.pad(mask, (0, 1), value=1), position + 1
+        own_mask = mask.bool()[:, None, None, :]  # the engine's step mask (serving.engine.scheduler)
+        logits = direct(token, position, own_mask, slots) if direct else model(
+            input_ids=token, attention_mask=own_mask, position_ids=position, past_key_values=slots,
+            use_cache=True).logits[:, -1]
+        step_logits.append(logits)
+    return prefill, (time.perf_counter() - start) / steps, prompt_logits, torch.stack(step_logits)
 
 
 def main() -> None:
@@ -53,25 +70,31 @@ def main() -> None:
         if not can_prepack(plain):
             raise SystemExit("error: prepacking does not apply here (no native bf16 kernels on this CPU)")
         prepacked, _ = load_for_generation(model_path, dtype=torch.bfloat16)
+        direct = DecodeStep.for_model(prepacked)
+        if direct is None:
+            raise SystemExit("error: the direct decode step does not apply to this model (fcmistral/decode_step.py)")
         text = "What's the weather like in Paris today, and what should I wear for a walk? " * 40
         prompt = tokenizer(text, return_tensors="pt").input_ids[:, :args.prompt_tokens]
         times: dict[str, list[float]] = {}
-        agree = True
+        agree = direct_agrees = True
         for _ in range(args.rounds):
             for rows in (1, 8):
                 ids = prompt.repeat(rows, 1)
-                results = {name: timed(model, ids, args.steps) for name, model in
-                           (("plain", plain), ("prepacked", prepacked))}
+                results = {name: timed(model, ids, args.steps, step) for name, model, step in
+                           (("plain", plain, None), ("prepacked", prepacked, None), ("direct", prepacked, direct))}
                 agree &= torch.equal(results["plain"][2], results["prepacked"][2])
-                for name, (prefill, step, _) in results.items():
-                    times.setdefault(f"prefill_{rows}_{name}", []).append(prefill)
+                direct_agrees &= torch.equal(results["prepacked"][3], results["direct"][3])
+                for name, (prefill, step, _, _) in results.items():
+                    if name != "direct":  # its prompt is the prepacked model's forward
+                        times.setdefault(f"prefill_{rows}_{name}", []).append(prefill)
                     times.setdefault(f"step_{rows}_{name}", []).append(step)
     report = {"model": args.model_path or "tiny", "threads": torch.get_num_threads(), "rounds": args.rounds,
-              "prompt_tokens": prompt.shape[1], "logits_identical": agree}
+              "prompt_tokens": prompt.shape[1], "logits_identical": agree, "direct_step_logits_identical": direct_agrees}
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
-        plain_ms, packed_ms = (1e3 * statistics.median(times[f"{case}_{name}"]) for name in ("plain", "prepacked"))
-        report[case] = {"plain_ms": round(plain_ms, 2), "prepacked_ms": round(packed_ms, 2),
-                        "ratio": round(packed_ms / plain_ms, 2)}
+        names = ("plain", "prepacked", "direct") if case.startswith("step") else ("plain", "prepacked")
+        ms = {name: 1e3 * statistics.median(times[f"{case}_{name}"]) for name in names}
+        report[case] = {f"{name}_ms": round(value, 2) for name, value in ms.items()}
+        report[case] |= {f"{name}_ratio": round(ms[name] / ms["plain"], 2) for name in names[1:]}
     print(json.dumps(report, indent=2))
 
 

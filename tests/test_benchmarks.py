@@ -96,11 +96,13 @@ def test_generation_and_data_benchmarks_report_their_ratios():
 
 
 @native_bf16
-def test_decode_step_benchmark_compares_plain_and_prepacked_layers():
+def test_decode_step_benchmark_compares_plain_and_prepacked_layers_and_the_direct_step():
     report = run_benchmark("decode_step.py", "--rounds", "1", "--steps", "2", "--prompt_tokens", "20")
-    assert report["logits_identical"] is True and report["prompt_tokens"] == 20
+    assert report["logits_identical"] is True and report["direct_step_logits_identical"] is True
+    assert report["prompt_tokens"] == 20
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
         assert report[case]["plain_ms"] > 0 and report[case]["prepacked_ms"] > 0
+    assert report["step_8"]["direct_ms"] > 0 and report["step_8"]["direct_ratio"] > 0
 
 
 def test_fsdp_load_memory_benchmark_reports_every_rank():

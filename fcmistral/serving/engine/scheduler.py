@@ -49,6 +49,7 @@ from typing import Callable
 import torch
 
 from fcmistral.constraint import RowGuide, guides_for
+from fcmistral.decode_step import DecodeStep
 from fcmistral.serving.engine.client import EngineClient, GenerationRequest, Update
 from fcmistral.serving.engine.prefix_cache import PrefixCache
 from fcmistral.serving.engine.rows import Row, choose, fail, sampler, take
@@ -77,6 +78,9 @@ class BatchingEngine(EngineClient):
         self._own_step_mask = (getattr(config, "_attn_implementation", None) == "sdpa"
                                and getattr(config, "sliding_window", None) is None
                                and set(getattr(config, "layer_types", None) or ()) <= {"full_attention"})
+        # A prepacked Llama/Mistral model on a CPU: its decode step without transformers' forward
+        # (fcmistral.decode_step: the same logits, less Python); else the model's forward.
+        self._decode = DecodeStep.for_model(model) if self._own_step_mask else None
         self._waiting: deque[Row] = deque()
         self._ready = threading.Condition()
         self._prefixes = PrefixCache(model)
@@ -206,9 +210,13 @@ class BatchingEngine(EngineClient):
         # mask is each row's own, given as is (transformers would rebuild it from the 2D mask: 7% of a
         # step with the tiny model). Otherwise (a sliding window, other kernels) transformers builds it.
         mask = batch.mask.bool()[:, None, None, :] if self._own_step_mask else batch.mask
-        logits = self.model(input_ids=torch.tensor(batch.tokens, device=device)[:, None], attention_mask=mask,
-                            position_ids=torch.tensor(batch.positions, device=device)[:, None],
-                            past_key_values=batch.cache, use_cache=True).logits[:, -1]
+        tokens = torch.tensor(batch.tokens, device=device)[:, None]
+        positions = torch.tensor(batch.positions, device=device)[:, None]
+        if self._decode is not None:
+            logits = self._decode(tokens, positions, mask, batch.cache)
+        else:
+            logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                past_key_values=batch.cache, use_cache=True).logits[:, -1]
         batch.positions = [position + 1 for position in batch.positions]
         batch.tokens = choose(batch.rows, logits)
         self._hand(batch.rows, batch.tokens)
