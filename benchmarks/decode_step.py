@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from fcmistral.decode_step import DecodeStep
 from fcmistral.generation import load_for_generation
 from fcmistral.prepacked import can_prepack
-from fcmistral.serving.engine.slots import SlotLayer
+from fcmistral.serving.engine.slots import slot_cache
 
 
 @torch.inference_mode()
@@ -39,8 +39,7 @@ def timed(model, ids: torch.Tensor, steps: int, direct: DecodeStep | None = None
     start = time.perf_counter()
     logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     prefill = time.perf_counter() - start
-    slots = DynamicCache()
-    slots.layers = [SlotLayer(layer.keys, layer.values) for layer in cache.layers]
+    slots = slot_cache(cache)
     rows, width = ids.shape
     mask, position = torch.ones(rows, width, dtype=torch.long), torch.full((rows, 1), width - 1)
     prompt_logits, step_logits = logits.float(), []

@@ -26,6 +26,15 @@ from fcmistral.prepacked import ProductPart
 ARCHITECTURES = ("llama", "mistral")
 
 
+def attends_all_with_sdpa(config) -> bool:
+    """Whether every layer of a model with ``config`` attends with SDPA to all earlier tokens (no
+    sliding window): then a decode step's attention mask can be each row's own boolean mask, given
+    as is (the serving engine's step mask), and this module's step applies to its architectures."""
+    return (getattr(config, "_attn_implementation", None) == "sdpa"
+            and getattr(config, "sliding_window", None) is None
+            and set(getattr(config, "layer_types", None) or ()) <= {"full_attention"})
+
+
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """transformers' LlamaRMSNorm/MistralRMSNorm, operator for operator (float32 inside)."""
     hidden = x.to(torch.float32)
@@ -59,10 +68,7 @@ class DecodeStep:
         config = getattr(model, "config", None)
         decoder = getattr(model, "model", None)
         if (config is None or getattr(config, "model_type", None) not in ARCHITECTURES
-                or getattr(config, "_attn_implementation", None) != "sdpa"
-                or getattr(config, "sliding_window", None) is not None
-                or getattr(config, "hidden_act", None) != "silu"
-                or set(getattr(config, "layer_types", None) or ()) - {"full_attention"}
+                or not attends_all_with_sdpa(config) or getattr(config, "hidden_act", None) != "silu"
                 or decoder is None or not hasattr(decoder, "layers")):
             return None
         for layer in decoder.layers:

@@ -12,7 +12,7 @@ from fcmistral.decode_step import DecodeStep
 from fcmistral.demo.functions import DEMO_SCHEMAS
 from fcmistral.generation import load_for_generation
 from fcmistral.prompt import Turn, build_system_prompt, generation_prompt
-from fcmistral.serving.engine.slots import SlotLayer
+from fcmistral.serving.engine.slots import slot_cache
 from tests.conftest import native_bf16
 
 QUESTIONS = ("What is the weather in Paris?", "hi", "Convert 10 USD to EUR, please, and then tell me a joke.")
@@ -50,9 +50,7 @@ def test_the_step_computes_transformers_logits_to_the_bit(tiny_model_dir, slots)
             positions = (mask.cumsum(1) - 1).clamp(min=0)
             logits = model(**batch, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
             if slots:
-                layers = [SlotLayer(layer.keys, layer.values) for layer in cache.layers]
-                cache = DynamicCache()
-                cache.layers = layers
+                cache = slot_cache(cache)
             position, steps = positions[:, -1:], []
             for _ in range(12):
                 token = logits.argmax(-1, keepdim=True)

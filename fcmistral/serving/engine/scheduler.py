@@ -49,7 +49,7 @@ from typing import Callable
 import torch
 
 from fcmistral.constraint import RowGuide, guides_for
-from fcmistral.decode_step import DecodeStep
+from fcmistral.decode_step import DecodeStep, attends_all_with_sdpa
 from fcmistral.serving.engine.client import EngineClient, GenerationRequest, Update
 from fcmistral.serving.engine.prefix_cache import PrefixCache
 from fcmistral.serving.engine.rows import Row, choose, fail, sampler, take
@@ -74,10 +74,7 @@ class BatchingEngine(EngineClient):
         # Called in the generation thread after each step, and when idle every idle_beat_s: the engine
         # process sends the step's updates then, or a heartbeat.
         self._after_step = after_step
-        config = getattr(model, "config", None)
-        self._own_step_mask = (getattr(config, "_attn_implementation", None) == "sdpa"
-                               and getattr(config, "sliding_window", None) is None
-                               and set(getattr(config, "layer_types", None) or ()) <= {"full_attention"})
+        self._own_step_mask = attends_all_with_sdpa(getattr(model, "config", None))
         # A prepacked Llama/Mistral model on a CPU: its decode step without transformers' forward
         # (fcmistral.decode_step: the same logits, less Python); else the model's forward.
         self._decode = DecodeStep.for_model(model) if self._own_step_mask else None

@@ -70,6 +70,13 @@ class SlotLayer(DynamicLayer):
         self.room[0][slot, :, first:self.end], self.room[1][slot, :, first:self.end] = keys, values
 
 
+def slot_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache holding ``cache``'s keys and values in ``SlotLayer`` rooms (copied once)."""
+    slots = DynamicCache()
+    slots.layers = [SlotLayer(layer.keys, layer.values) for layer in cache.layers]
+    return slots
+
+
 class Batch:
     """The rows being generated, one per slot (``None``: a free slot, until a joining row takes it),
     and their cache; ``mask`` [slots, columns] marks each slot's real columns (a row's columns end
@@ -77,8 +84,7 @@ class Batch:
 
     def __init__(self, group: Group, pad: int) -> None:
         self.pad, self.rows, self.mask = pad, list(group.rows), group.mask
-        self.cache = DynamicCache()
-        self.cache.layers = [SlotLayer(layer.keys, layer.values) for layer in group.cache.layers]
+        self.cache = slot_cache(group.cache)
         self.tokens, self.positions = list(group.tokens), group.mask.sum(dim=1).tolist()
         self.idle_steps = 0  # consecutive steps with most slots free
 
