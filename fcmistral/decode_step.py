@@ -89,12 +89,17 @@ class DecodeStep:
         cos, sin = self.decoder.rotary_emb(x, positions)
         cos, sin = cos[:, :, None], sin[:, :, None]  # [rows, 1, 1, head_dim]: broadcast over heads
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        rotated = (heads + kv_heads) * dim  # the product's query and key columns, side by side
         for index, (norm_in, qkv, out, norm_post, gate_up, down, scaling) in enumerate(self.layers):
-            query, key, value = (part.view(rows, 1, -1, dim) for part in qkv(_rms_norm(x, norm_in)))
-            key, value = _rotate(key, cos, sin).transpose(1, 2), value.transpose(1, 2)
+            product = qkv.linear(_rms_norm(x, norm_in))
+            # Queries and keys rotated in one go: the same operators per element as transformers'
+            # two calls, half the operator calls.
+            query_key = _rotate(product[..., :rotated].view(rows, 1, heads + kv_heads, dim), cos, sin)
+            key = query_key[:, :, heads:].transpose(1, 2)
+            value = product[..., rotated:].view(rows, 1, kv_heads, dim).transpose(1, 2)
             keys, values = cache.update(key, value, index)
             # One query per row: its heads grouped under their key/value head (transformers' pack_gqa).
-            query = _rotate(query, cos, sin).reshape(rows, kv_heads, heads // kv_heads, dim)
+            query = query_key[:, :, :heads].reshape(rows, kv_heads, heads // kv_heads, dim)
             attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling)
             x = x + out(attended.reshape(rows, 1, heads * dim))
             gate, up = gate_up(_rms_norm(x, norm_post))

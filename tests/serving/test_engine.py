@@ -105,3 +105,19 @@ def test_a_reply_is_decoded_a_few_tokens_at_a_time_into_the_same_text(kind, tiny
         take(row, token, Counting())
     assert "".join(u.text for u in updates) == decode(ids, skip_special_tokens=False)
     assert len(ids) > 150 and max(windows) <= 8
+
+
+def test_greedy_rows_take_the_first_of_equal_best_logits():
+    """Greedy choice reads bf16 logits as ``argmax`` does, ties to the first index and a NaN row
+    to its NaN (the engine takes ``max``'s indices, faster on a CPU in bf16)."""
+    from fcmistral.serving.engine.client import GenerationRequest
+    from fcmistral.serving.engine.rows import Row, choose
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (6, 4099), generator=generator).to(torch.bfloat16)  # many equal best values
+    logits[1, :2000] = float("-inf")
+    logits[2, 17] = float("nan")
+    rows = [Row(GenerationRequest("", 4, temperature=0.0), lambda update: None) for _ in range(6)]
+    tokens = choose([*rows[:3], None, *rows[4:]], logits.clone())
+    assert tokens == logits.float().argmax(dim=-1).tolist()
+    assert tokens[2] == 17 and len(set(tokens)) > 1

@@ -63,7 +63,9 @@ def choose(rows: list[Row | None], logits: torch.Tensor) -> list[int]:
     whose sampling fails ends with an error alone; the others go on. A row with a guide has its
     logits masked and biased first (rows without pay nothing)."""
     adjust_rows([row.guide if row is not None and not row.finished else None for row in rows], logits)
-    tokens = logits.argmax(dim=-1).tolist()
+    # ``max``'s indices: the first maximal value, as ``argmax``'s, but bf16 ``argmax`` on a CPU is slow
+    # (8 rows of SmolLM2's 49,152 logits: 1.35 ms against 0.22 ms, 2-core AMD EPYC Zen 4, 2026-12-04).
+    tokens = logits.max(dim=-1).indices.tolist()
     for i, row in enumerate(rows):
         if row is not None and row.sampler is not None and not row.finished:
             warpers, generator = row.sampler
