@@ -8,7 +8,9 @@ Two copies of the model in bf16 (the dtype prepacking applies to), measured in t
 ``--prompt_tokens`` for 1 and 8 rows, then ``--steps`` decode steps of those rows with their KV cache
 in the engine's slots and the engine's step mask. Prints the median of the rounds per case, the
 ratios to plain, and whether the logits agree to the bit (the prompt's: plain and prepacked; every
-step's: prepacked forward and direct step). Refuses to run where prepacking does not apply (no
+step's: prepacked forward and direct step); then where a direct step's time goes, with 8 rows (the
+products, attention, the other operators, and the Python between them: torch.profiler's own time
+of each operator against the steps' wall time). Refuses to run where prepacking does not apply (no
 native bf16 on this CPU).
 """
 
@@ -22,6 +24,7 @@ import time
 
 import torch
 from common import model_or_tiny
+from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache
 
 from fcmistral.decode_step import DecodeStep
@@ -53,6 +56,35 @@ def timed(model, ids: torch.Tensor, steps: int, direct: DecodeStep | None = None
             use_cache=True).logits[:, -1]
         step_logits.append(logits)
     return prefill, (time.perf_counter() - start) / steps, prompt_logits, torch.stack(step_logits)
+
+
+# Where a step's time goes: torch.profiler's operators by group (the rest of their own time is
+# "other operators"; the steps' wall time less every operator's own time is the Python between them).
+STEP_PARTS = {"products": ("mkldnn::_linear_pointwise",),
+              "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",)}
+
+
+@torch.inference_mode()
+def step_breakdown(model, direct: DecodeStep, ids: torch.Tensor, steps: int) -> dict:
+    """The share of each part of ``steps`` direct decode steps of ``ids``' rows (see STEP_PARTS),
+    with the greedy choice of each step's token in the steps' time, as the engine has it."""
+    cache = DynamicCache()
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    slots, (rows, width) = slot_cache(cache), ids.shape
+    mask, position = torch.ones(rows, width, dtype=torch.long), torch.full((rows, 1), width - 1)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = logits.max(dim=-1, keepdim=True).indices  # the engine's greedy choice (serving.engine.rows)
+            mask, position = torch.nn.functional.pad(mask, (0, 1), value=1), position + 1
+            logits = direct(token, position, mask.bool()[:, None, None, :], slots)
+        wall = time.perf_counter() - start
+    own = {event.key: event.self_cpu_time_total / 1e6 for event in profiler.key_averages()}
+    parts = {name: sum(own.get(op, 0.0) for op in ops) for name, ops in STEP_PARTS.items()}
+    parts["other_operators"] = sum(own.values()) - sum(parts.values())
+    parts["python_between"] = max(wall - sum(own.values()), 0.0)
+    return {"step_ms_profiled": round(1e3 * wall / steps, 2)} | {
+        f"{name}_share": round(seconds / wall, 3) for name, seconds in parts.items()}
 
 
 def main() -> None:
@@ -87,6 +119,7 @@ def main() -> None:
                     if name != "direct":  # its prompt is the prepacked model's forward
                         times.setdefault(f"prefill_{rows}_{name}", []).append(prefill)
                     times.setdefault(f"step_{rows}_{name}", []).append(step)
+        breakdown = step_breakdown(prepacked, direct, prompt.repeat(8, 1), args.steps)
     report = {"model": args.model_path or "tiny", "threads": torch.get_num_threads(), "rounds": args.rounds,
               "prompt_tokens": prompt.shape[1], "logits_identical": agree, "direct_step_logits_identical": direct_agrees}
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
@@ -94,6 +127,7 @@ def main() -> None:
         ms = {name: 1e3 * statistics.median(times[f"{case}_{name}"]) for name in names}
         report[case] = {f"{name}_ms": round(value, 2) for name, value in ms.items()}
         report[case] |= {f"{name}_ratio": round(ms[name] / ms["plain"], 2) for name in names[1:]}
+    report["step_8_direct_breakdown"] = breakdown
     print(json.dumps(report, indent=2))
 
 

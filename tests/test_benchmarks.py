@@ -103,6 +103,9 @@ def test_decode_step_benchmark_compares_plain_and_prepacked_layers_and_the_direc
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
         assert report[case]["plain_ms"] > 0 and report[case]["prepacked_ms"] > 0
     assert report["step_8"]["direct_ms"] > 0 and report["step_8"]["direct_ratio"] > 0
+    shares = report["step_8_direct_breakdown"]
+    assert shares["products_share"] > 0 and shares["attention_share"] > 0 and shares["other_operators_share"] > 0
+    assert 0.5 < sum(v for k, v in shares.items() if k.endswith("_share")) <= 1.01
 
 
 def test_fsdp_load_memory_benchmark_reports_every_rank():
