@@ -11,7 +11,8 @@ Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 f
 the wide generated data (fcmistral.demo.wide_data: 210 functions); ``c`` wide + ``--irrelevance_rate
 0.1``; ``d`` wide + every augmentation (irrelevance 0.1, rename 0.6, shuffled functions, parallel
 0.1); ``e`` wide + ``--irrelevance_rate 0.3``; ``f`` as e, with ``--decision_weight 10``; ``g`` as e,
-with ``--parallel_rate 0.3``; ``h`` as e, with ``--irrelevance_stand_in``. Steps, each a subprocess as
+with ``--parallel_rate 0.3``; ``h`` as e, with ``--irrelevance_stand_in``; ``i`` as e, on the wide
+data with 30% of its train rows calling functions of other fields (``--general_share 0.3``). Steps, each a subprocess as
 a user would run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2)
 and the wide data when missing; train with packing (train.py); merge (convert_weights.py); evaluate
 (evaluate.py) on the wide held-out rows, whose 40 functions no row trains on (call names, exact
@@ -149,7 +150,12 @@ ROWS = {
     # 29% of e's refusals were drawn from rows offering one function, left offering none, while BFCL's
     # irrelevance questions always offer one; row e with a stand-in function there.
     "h": ("wide + irrelevance 0.3 with stand-ins", ["--irrelevance_rate", "0.3", "--irrelevance_stand_in"]),
+    # Added after reading row e's BFCL failures: every wide function is a booking (identifiers, dates,
+    # party sizes); row e with 30% of its rows calling functions of other fields instead (numbers with
+    # decimals, lists of numbers, units, a list of objects), the held-out file unchanged.
+    "i": ("wide + other fields 0.3 + irrelevance 0.3", ["--irrelevance_rate", "0.3"]),
 }
+GENERAL_SHARE = {"i": 0.3}  # rows trained on the wide data with --general_share (their own data folder)
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
 
@@ -174,6 +180,16 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
     figures["merge_s"], _ = run("convert_weights.py", "--model_path", str(args.model_path), "--adapter_path",
                                 str(adapter), "--save_path", str(merged), "--overwrite", log=out / "merge.log")
     return merged, figures
+
+
+def wide_data(folder: Path, out: Path, general_share: float = 0.0) -> tuple[Path, Path]:
+    """The wide data's train and held-out files in ``folder``, written when missing
+    (fcmistral.demo.wide_data, with ``general_share`` of its rows from other fields)."""
+    train, heldout = folder / "wide_train.jsonl", folder / "wide_heldout.jsonl"
+    if not (train.is_file() and heldout.is_file()):
+        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(folder), "--general_share", str(general_share),
+            log=out / f"{folder.name}.log")
+    return train, heldout
 
 
 def first_rows(path: Path, n: int, out: Path) -> Path:
@@ -256,9 +272,7 @@ def main() -> None:
     if not (args.model_path / "config.json").is_file():
         report["build_s"], _ = run("-m", "fcmistral.artifacts.smollm2", "--output", str(args.model_path),
                                    log=out / "build.log")
-    wide_train, wide_heldout = args.wide_dir / "wide_train.jsonl", args.wide_dir / "wide_heldout.jsonl"
-    if not (wide_train.is_file() and wide_heldout.is_file()):
-        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(args.wide_dir), log=out / "wide_data.log")
+    wide_train, wide_heldout = wide_data(args.wide_dir, out)
     args.eval_data = args.eval_data or wide_heldout
     for key in keys:
         row_dir = out / key
@@ -271,7 +285,9 @@ def main() -> None:
             model = row_dir / "merged" if ROWS[key][1] is not None else model
             start -= row.get("train_s", 0) + row.get("merge_s", 0)  # the row's time: its training, then this
         elif ROWS[key][1] is not None:
-            source = args.sample_data if key == "a" else wide_train
+            source = (args.sample_data if key == "a" else wide_data(args.wide_dir.with_name(
+                f"{args.wide_dir.name}-general-{GENERAL_SHARE[key]:g}"), out, GENERAL_SHARE[key])[0]
+                if key in GENERAL_SHARE else wide_train)
             train_data = first_rows(source, args.train_rows, row_dir / "train_rows.jsonl")
             model, row = train_and_merge(key, train_data, row_dir, args)
             row["max_steps"], row["seed"] = args.max_steps, args.seed

@@ -16,7 +16,9 @@ function serves (many different ones: another kind's operation), and chit-chat w
 Distractor functions are often the same kind's other operations, so the choice is a real one.
 
 ``--heldout_kinds`` kinds (the last ones) never occur in the training rows: the held-out file
-measures new schemas, as BFCL does.
+measures new schemas, as BFCL does. ``--general_share`` replaces a share of the train rows with rows
+calling 31 functions of other fields (fcmistral.demo.general_functions: finance, geometry, physics,
+statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged.
 
     python -m fcmistral.demo.wide_data --out_dir outputs/wide    # wide_train.jsonl, wide_heldout.jsonl
 """
@@ -28,10 +30,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fcmistral.data.augment import REFUSALS, join_requests
-from fcmistral.demo.sample_data import _chitchat_row, _function_row, _prop, _schema, write_jsonl
+from fcmistral.demo.general_functions import general_groups
+from fcmistral.demo.operations import Argument, Operation
+from fcmistral.demo.sample_data import _chitchat_row, _function_row, _prop, write_jsonl
 from fcmistral.format.glaive import parse_functions
 from fcmistral.prompt import FunctionCall, Turn, build_system_prompt, call_turn, render_chat
 
@@ -111,28 +115,6 @@ def _booking(r: random.Random) -> str:
 
 def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-# An argument: (name, JSON Schema, required, value sampler, phrase naming the value in a request).
-Argument = tuple[str, dict[str, Any], bool, Callable[[random.Random], Any], Callable[[Any], str]]
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One of the eight functions of a kind: its name and description, its arguments, how a
-    request opens, and the function's result and the assistant's answer for given arguments."""
-
-    name: str
-    description: str
-    arguments: list[Argument]
-    openings: tuple[str, ...]
-    result: Callable[[dict[str, Any], random.Random], dict[str, Any]]
-    answer: Callable[[dict[str, Any], dict[str, Any]], str]
-
-    @property
-    def schema(self) -> dict[str, Any]:
-        return _schema(self.name, self.description, {a[0]: a[1] for a in self.arguments},
-                       [a[0] for a in self.arguments if a[2]])
 
 
 def operations(kind: Kind) -> list[Operation]:
@@ -237,7 +219,7 @@ def _offered(op: Operation, pool: list[list[Operation]], r: random.Random) -> li
     """The target and 0-2 distractors, often the same kind's other operations."""
     same = next(ops for ops in pool if op in ops)
     others = [o for o in (same if r.random() < 0.6 else [o for ops in pool for o in ops]) if o is not op]
-    chosen = [op, *r.sample(others, r.choice([0, 1, 1, 2]))]
+    chosen = [op, *r.sample(others, min(r.choice([0, 1, 1, 2]), len(others)))]  # a field may have two functions
     r.shuffle(chosen)
     return chosen
 
@@ -286,10 +268,15 @@ def _sentence(phrase: str) -> str:
     return phrase[0].upper() + phrase[1:] + "."
 
 
-def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS,
-             seed: int = 2024) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS, seed: int = 2024,
+             general_share: float = 0.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train rows over the first kinds (plus 10% chit-chat and 10% of the sample data's everyday
-    functions), held-out rows over the last ``heldout_kinds`` kinds only."""
+    functions), held-out rows over the last ``heldout_kinds`` kinds only.
+
+    ``general_share``: that share of the train rows, drawn apart (their own random stream), is
+    replaced by rows of fcmistral.demo.general_functions' fields; every other row, and the held-out
+    rows, stay as they are without it (so a run with them is compared on the same held-out file).
+    """
     r = random.Random(seed)
     pool = [operations(kind) for kind in KINDS]
     seen, unseen = pool[:-heldout_kinds], pool[-heldout_kinds:]
@@ -299,6 +286,9 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
         # the sample data's ten everyday functions (weather, stocks...) for variety
         train.append(_chitchat_row(r) if draw < 0.1 else _function_row(r) if draw < 0.2 else _row(seen, r))
     heldout = [_row(unseen, r) for _ in range(heldout_rows)]
+    if general_share:
+        general, fields = random.Random(seed + 1), general_groups()
+        train = [_row(fields, general) if general.random() < general_share else row for row in train]
     return train, heldout
 
 
@@ -313,6 +303,9 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=3000)
     parser.add_argument("--heldout_rows", type=int, default=200)
     parser.add_argument("--heldout_kinds", type=int, default=HELDOUT_KINDS)
+    parser.add_argument("--general_share", type=float, default=0.0,
+                        help="share of the train rows replaced by rows calling functions of other fields (finance, "
+                             "geometry, physics, statistics...: fcmistral.demo.general_functions); 0: bookings only")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = parser.parse_args()
     paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
@@ -321,7 +314,9 @@ def main() -> None:
         raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
     if not 0 < args.heldout_kinds < len(KINDS):
         raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
-    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds)
+    if not 0 <= args.general_share <= 1:
+        raise SystemExit(f"error: --general_share must be between 0 and 1, got {args.general_share}")
+    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds, general_share=args.general_share)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for rows, path in zip((train, heldout), paths):
         write_jsonl(rows, path)

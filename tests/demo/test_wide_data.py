@@ -55,3 +55,40 @@ def test_the_command_writes_both_files_and_never_overwrites(tmp_path):
     assert len(rows) == 50 and len((tmp_path / "wide_heldout.jsonl").read_text().splitlines()) == 5
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 1 and again.stderr.startswith("error: ") and "--overwrite" in again.stderr
+
+
+def test_general_share_replaces_train_rows_with_other_fields_and_keeps_the_held_out_rows():
+    """``--general_share``: rows calling functions of other fields (finance, physics, statistics...)
+    replace that share of the train rows, whose calls fit their schemas; the other train rows and the
+    held-out rows are those of the data without them, so runs are compared on the same held-out file."""
+    from fcmistral.demo.general_functions import general_groups
+
+    train, heldout = generate(1000, 100)
+    mixed, mixed_heldout = generate(1000, 100, general_share=0.3)
+    assert mixed_heldout == heldout
+    general = {op.name for group in general_groups() for op in group}
+    replaced = [row for row, before in zip(mixed, train) if row != before]
+    assert 200 < len(replaced) < 400
+    assert all(function_names([row]) <= general for row in replaced)
+    assert len(function_names(replaced)) == len(general) >= 30
+    types = set()
+    for raw in replaced:
+        row = parse_row(raw)
+        schemas = {f["name"]: f for f in row.functions}
+        assert all(call_problem(c, schemas) is None for t in row.turns if t.role == "function_call" for c in t.calls), raw
+        for function in row.functions:
+            types |= _types(function["parameters"])
+    assert {"string", "integer", "number", "boolean", "array", "object", "enum"} <= types
+
+
+def test_the_command_takes_a_general_share_and_refuses_one_out_of_range(tmp_path):
+    from fcmistral.demo.general_functions import general_groups
+
+    command = [sys.executable, "-m", "fcmistral.demo.wide_data", "--out_dir", str(tmp_path), "--train_rows", "60",
+               "--heldout_rows", "5"]
+    done = subprocess.run([*command, "--general_share", "0.5"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "wide_train.jsonl").read_text().splitlines()]
+    assert function_names(rows) & {op.name for group in general_groups() for op in group}
+    refused = subprocess.run([*command, "--general_share", "1.5", "--overwrite"], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --general_share")
