@@ -31,17 +31,18 @@ INGREDIENTS = ["flour", "sugar", "butter", "salt", "milk", "rice", "cocoa", "oat
 ZONES = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "Africa/Lagos", "Australia/Sydney", "America/Sao_Paulo"]
 
 
+def _as_written(value: float) -> float | int:
+    """A ``number`` argument as the request writes it: 5, not 5.0 (a first run of row i, whose whole
+    amounts were written 5.0, wrote 20.0 for integer parameters too)."""
+    return int(value) if value == int(value) else value
+
+
 def _num(low: float, high: float, places: int = 1):
-    return lambda r: round(r.uniform(low, high), places)
-
-
-def _whole(low: int, high: int):
-    """A whole amount of a ``number`` parameter: written 5.0 in the call, as JSON writes a float."""
-    return lambda r: float(r.randint(low, high))
+    return lambda r: _as_written(round(r.uniform(low, high), places))
 
 
 def _numbers(n: tuple[int, int], low: float, high: float, places: int = 1):
-    return lambda r: [round(r.uniform(low, high), places) for _ in range(r.randint(*n))]
+    return lambda r: [_as_written(round(r.uniform(low, high), places)) for _ in range(r.randint(*n))]
 
 
 def _list(values: list) -> str:
@@ -72,7 +73,7 @@ def _molar_mass(formula: str) -> float:
 def _finance() -> list[Operation]:
     return [
         Operation("calculate_loan_payment", "Calculate the payment per period of a fixed-rate loan", [
-            ("principal", _prop("number", "The amount borrowed"), True, lambda r: float(r.randint(5, 400) * 1000),
+            ("principal", _prop("number", "The amount borrowed"), True, lambda r: r.randint(5, 400) * 1000,
              lambda v: f"of {v:,.0f} dollars"),
             ("annual_rate", _prop("number", "The yearly interest rate in percent"), True, _num(1, 9, 2),
              lambda v: f"at {v:g}% a year"),
@@ -85,7 +86,7 @@ def _finance() -> list[Operation]:
                                                     a.get("payments_per_year", 12)), 2)},
             lambda a, res: f"Each payment would be about ${res['payment']:,}."),
         Operation("project_savings", "Project the balance of savings with compound interest", [
-            ("deposit", _prop("number", "The starting deposit"), True, lambda r: float(r.randint(1, 90) * 100),
+            ("deposit", _prop("number", "The starting deposit"), True, lambda r: r.randint(1, 90) * 100,
              lambda v: f"of {v:,.0f} euros"),
             ("annual_rate", _prop("number", "The yearly interest rate in percent"), True, _num(0.5, 6, 2),
              lambda v: f"growing at {v:g}% a year"),
@@ -101,14 +102,14 @@ def _finance() -> list[Operation]:
             ("total", _prop("number", "The bill's total"), True, _num(20, 600, 2), lambda v: f"of ${v:g}"),
             ("people", _prop("integer", "How many people share it", minimum=1, maximum=30), True, lambda r: r.randint(2, 9),
              lambda v: f"between {v} people"),
-            ("tip_percent", _prop("number", "The tip in percent"), False, lambda r: float(r.choice([10, 12.5, 15, 18, 20])),
+            ("tip_percent", _prop("number", "The tip in percent"), False, lambda r: r.choice([10, 12.5, 15, 18, 20]),
              lambda v: f"with a {v:g}% tip")],
             ("Split a bill", "Help me divide a bill", "How much does each of us pay for a bill"),
             lambda a, r: {"each": round(a["total"] * (1 + a.get("tip_percent", 0) / 100) / a["people"], 2)},
             lambda a, res: f"Each person pays ${res['each']}."),
         Operation("apply_discount", "The price after a percentage discount", [
             ("price", _prop("number", "The original price"), True, _num(5, 900, 2), lambda v: f"on an item costing {v:g}"),
-            ("discount_percent", _prop("number", "The discount in percent"), True, lambda r: float(r.choice([5, 10, 15, 25, 30, 40])),
+            ("discount_percent", _prop("number", "The discount in percent"), True, lambda r: r.choice([5, 10, 15, 25, 30, 40]),
              lambda v: f"with {v:g}% off"),
             ("coupon_code", _prop("string", "A coupon code to add"), False, lambda r: r.choice(["SPRING5", "WELCOME", "VIP-2026"]),
              lambda v: f"and the coupon {v}")],
@@ -145,8 +146,8 @@ def _geometry() -> list[Operation]:
             lambda a, r: {"volume": round(math.pi * a["radius"] ** 2 * a["height"], 3)},
             lambda a, res: f"The volume is {res['volume']} cubic {a.get('unit', 'm')}."),
         Operation("right_triangle_hypotenuse", "The hypotenuse of a right triangle from its two legs", [
-            ("leg_a", _prop("number", "The first leg"), True, _whole(3, 30), lambda v: f"with legs {v:g}"),
-            ("leg_b", _prop("number", "The second leg"), True, _whole(3, 40), lambda v: f"and {v:g}")],
+            ("leg_a", _prop("number", "The first leg"), True, lambda r: r.randint(3, 30), lambda v: f"with legs {v:g}"),
+            ("leg_b", _prop("number", "The second leg"), True, lambda r: r.randint(3, 40), lambda v: f"and {v:g}")],
             ("How long is the hypotenuse of a right triangle", "Find the hypotenuse of a right triangle"),
             lambda a, r: {"hypotenuse": round(math.hypot(a["leg_a"], a["leg_b"]), 4)},
             lambda a, res: f"The hypotenuse is {res['hypotenuse']}."),
@@ -174,9 +175,9 @@ def _physics() -> list[Operation]:
             lambda a, r: {"joules": round(0.5 * a["mass_kg"] * a["velocity"] ** 2, 2)},
             lambda a, res: f"The kinetic energy is {res['joules']} J."),
         Operation("electric_current", "The current through a resistor (Ohm's law)", [
-            ("voltage", _prop("number", "The voltage in volts"), True, lambda r: float(r.choice([1.5, 3.3, 5, 9, 12, 24, 230])),
+            ("voltage", _prop("number", "The voltage in volts"), True, lambda r: r.choice([1.5, 3.3, 5, 9, 12, 24, 230]),
              lambda v: f"at {v:g} V"),
-            ("resistance", _prop("number", "The resistance in ohms"), True, _whole(10, 4700), lambda v: f"through {v:g} ohms")],
+            ("resistance", _prop("number", "The resistance in ohms"), True, lambda r: r.randint(10, 4700), lambda v: f"through {v:g} ohms")],
             ("What current flows", "Work out the current", "How many amps flow"),
             lambda a, r: {"amperes": round(a["voltage"] / a["resistance"], 5)},
             lambda a, res: f"The current is {res['amperes']} A."),
@@ -214,9 +215,9 @@ def _statistics() -> list[Operation]:
             lambda a, res: f"The {a['percentile']}th percentile is {res['value']}."),
         Operation("weighted_average", "The weighted average of numbers", [
             ("values", {"type": "array", "description": "The numbers", "items": {"type": "number"}}, True,
-             lambda r: [float(r.randint(50, 100)) for _ in range(3)], lambda v: f"of the grades {_list(v)}"),
+             lambda r: [r.randint(50, 100) for _ in range(3)], lambda v: f"of the grades {_list(v)}"),
             ("weights", {"type": "array", "description": "The weight of each number", "items": {"type": "number"}}, True,
-             lambda r: r.choice([[0.2, 0.3, 0.5], [0.5, 0.25, 0.25], [1.0, 2.0, 3.0]]), lambda v: f"weighted {_list(v)}")],
+             lambda r: r.choice([[0.2, 0.3, 0.5], [0.5, 0.25, 0.25], [1, 2, 3]]), lambda v: f"weighted {_list(v)}")],
             ("What is the weighted average", "Compute my weighted grade", "Work out the weighted mean"),
             lambda a, r: {"average": round(sum(v * w for v, w in zip(a["values"], a["weights"])) / sum(a["weights"]), 3)},
             lambda a, res: f"The weighted average is {res['average']}."),
@@ -308,7 +309,7 @@ def _chemistry() -> list[Operation]:
              lambda v: f"from a {v:g} M stock"),
             ("target_molarity", _prop("number", "The wanted concentration in mol/L"), True, _num(0.01, 0.4, 3),
              lambda v: f"to get {v:g} M"),
-            ("target_volume_ml", _prop("number", "The wanted volume in millilitres"), True, _whole(50, 2000),
+            ("target_volume_ml", _prop("number", "The wanted volume in millilitres"), True, lambda r: r.randint(50, 2000),
              lambda v: f"in {v:g} mL")],
             ("How much stock do I need", "Plan a dilution", "Work out the dilution"),
             lambda a, r: {"stock_ml": round(a["target_molarity"] * a["target_volume_ml"] / a["stock_molarity"], 3)},
@@ -360,13 +361,13 @@ def _cooking_and_energy() -> list[Operation]:
                 "type": "object", "properties": {"name": _prop("string", "The ingredient"),
                                                  "grams": _prop("number", "The amount in grams")},
                 "required": ["name", "grams"]}}, True,
-             lambda r: [{"name": name, "grams": float(r.choice([5, 50, 100, 125, 200, 250, 500]))}
+             lambda r: [{"name": name, "grams": r.choice([5, 50, 100, 125, 200, 250, 500])}
                         for name in r.sample(INGREDIENTS, r.randint(2, 4))],
              lambda v: "with " + _list([f"{i['grams']:g} g of {i['name']}" for i in v])),
-            ("factor", _prop("number", "The multiplier (2: double)"), True, lambda r: r.choice([0.5, 1.5, 2.0, 3.0]),
+            ("factor", _prop("number", "The multiplier (2: double)"), True, lambda r: r.choice([0.5, 1.5, 2, 3]),
              lambda v: f"scaled by {v:g}")],
             ("Scale my recipe", "Adjust a recipe", "Resize a recipe"),
-            lambda a, r: {"ingredients": [{"name": i["name"], "grams": i["grams"] * a["factor"]} for i in a["ingredients"]]},
+            lambda a, r: {"ingredients": [{"name": i["name"], "grams": _as_written(i["grams"] * a["factor"])} for i in a["ingredients"]]},
             lambda a, res: "You need " + _list([f"{i['grams']:g} g of {i['name']}" for i in res["ingredients"]]) + "."),
         Operation("roasting_time", "Roasting time for a piece of meat", [
             ("weight_kg", _prop("number", "The weight in kilograms"), True, _num(0.5, 6, 1), lambda v: f"of {v:g} kg"),
@@ -387,7 +388,7 @@ def _cooking_and_energy() -> list[Operation]:
             lambda a, r: {"cost": round(a["kwh"] * a["price_per_kwh"] * a.get("days", 1), 2)},
             lambda a, res: f"That costs {res['cost']}."),
         Operation("trip_emissions", "The CO2 emitted by a trip", [
-            ("distance_km", _prop("number", "The distance in kilometres"), True, _num(2, 3000, 0), lambda v: f"of {v:g} km"),
+            ("distance_km", _prop("number", "The distance in kilometres"), True, lambda r: r.randint(2, 3000), lambda v: f"of {v:g} km"),
             ("mode", _prop("string", "How you travel", enum=["car", "train", "plane", "bus"]), True,
              lambda r: r.choice(["car", "train", "plane", "bus"]), lambda v: f"by {v}"),
             ("passengers", _prop("integer", "People sharing the vehicle", minimum=1, maximum=9), False,

@@ -21,6 +21,14 @@ def _types(schema: dict) -> set[str]:
     return found | (_types(schema["items"]) if isinstance(schema.get("items"), dict) else set())
 
 
+def _numbers(value) -> list:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
 def test_rows_are_valid_wide_and_held_out_functions_are_unseen():
     train, heldout = generate(1500, 150)
     assert len(function_names(train)) >= 200 and not function_names(train) & function_names(heldout)
@@ -75,7 +83,11 @@ def test_general_share_replaces_train_rows_with_other_fields_and_keeps_the_held_
     for raw in replaced:
         row = parse_row(raw)
         schemas = {f["name"]: f for f in row.functions}
-        assert all(call_problem(c, schemas) is None for t in row.turns if t.role == "function_call" for c in t.calls), raw
+        calls = [c for t in row.turns if t.role == "function_call" for c in t.calls]
+        assert all(call_problem(c, schemas) is None for c in calls), raw
+        # Numbers as the request writes them: a whole amount is 5, never 5.0 (taught that, a model
+        # wrote 20.0 for integer parameters too).
+        assert not [v for c in calls for v in _numbers(c.arguments) if isinstance(v, float) and v == int(v)], raw
         for function in row.functions:
             types |= _types(function["parameters"])
     assert {"string", "integer", "number", "boolean", "array", "object", "enum"} <= types
