@@ -102,7 +102,11 @@ def test_decode_step_benchmark_compares_plain_and_prepacked_layers_and_the_direc
     assert report["prompt_tokens"] == 20
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
         assert report[case]["plain_ms"] > 0 and report[case]["prepacked_ms"] > 0
-    assert report["step_8"]["direct_ms"] > 0 and report["step_8"]["direct_ratio"] > 0
+    # The ratio as printed (2 decimals): a first-shape spike of the plain step under a busy machine
+    # rounded it to 0.0 once, so it is checked against the times, not for being above 0.
+    step = report["step_8"]
+    assert step["direct_ms"] > 0 and step["direct_ratio"] == pytest.approx(step["direct_ms"] / step["plain_ms"], rel=0.02,
+                                                                           abs=0.01)  # times printed to 0.01 ms
     shares = report["step_8_direct_breakdown"]
     assert shares["products_share"] > 0 and shares["attention_share"] > 0 and shares["other_operators_share"] > 0
     assert 0.5 < sum(v for k, v in shares.items() if k.endswith("_share")) <= 1.01
