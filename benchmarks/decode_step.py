@@ -17,6 +17,7 @@ native bf16 on this CPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -34,10 +35,12 @@ from fcmistral.serving.engine.slots import slot_cache
 
 
 @torch.inference_mode()
-def timed(model, ids: torch.Tensor, steps: int, direct: DecodeStep | None = None
+def timed(model, ids: torch.Tensor, steps: int, direct: DecodeStep | None = None,
+          steps_within: contextlib.AbstractContextManager | None = None
           ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
     """(prefill seconds, seconds per decode step, the prompt's last logits, every step's logits);
-    the steps with ``direct`` when given, else with the model's forward."""
+    the steps with ``direct`` when given, else with the model's forward, and inside ``steps_within``
+    when given (a profiler). Each step's token is the engine's greedy choice, timed with the step."""
     cache = DynamicCache()
     start = time.perf_counter()
     logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -46,16 +49,18 @@ def timed(model, ids: torch.Tensor, steps: int, direct: DecodeStep | None = None
     rows, width = ids.shape
     mask, position = torch.ones(rows, width, dtype=torch.long), torch.full((rows, 1), width - 1)
     prompt_logits, step_logits = logits.float(), []
-    start = time.perf_counter()
-    for _ in range(steps):
-        token = logits.argmax(-1, keepdim=True)
-        mask, position = torch.nn.functional.pad(mask, (0, 1), value=1), position + 1
-        own_mask = mask.bool()[:, None, None, :]  # the engine's step mask (serving.engine.scheduler)
-        logits = direct(token, position, own_mask, slots) if direct else model(
-            input_ids=token, attention_mask=own_mask, position_ids=position, past_key_values=slots,
-            use_cache=True).logits[:, -1]
-        step_logits.append(logits)
-    return prefill, (time.perf_counter() - start) / steps, prompt_logits, torch.stack(step_logits)
+    with steps_within or contextlib.nullcontext():
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = logits.max(dim=-1, keepdim=True).indices  # the engine's greedy choice (serving.engine.rows)
+            mask, position = torch.nn.functional.pad(mask, (0, 1), value=1), position + 1
+            own_mask = mask.bool()[:, None, None, :]  # the engine's step mask (serving.engine.scheduler)
+            logits = direct(token, position, own_mask, slots) if direct else model(
+                input_ids=token, attention_mask=own_mask, position_ids=position, past_key_values=slots,
+                use_cache=True).logits[:, -1]
+            step_logits.append(logits)
+        step = (time.perf_counter() - start) / steps
+    return prefill, step, prompt_logits, torch.stack(step_logits)
 
 
 # Where a step's time goes: torch.profiler's operators by group (the rest of their own time is
@@ -64,26 +69,17 @@ STEP_PARTS = {"products": ("mkldnn::_linear_pointwise",),
               "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",)}
 
 
-@torch.inference_mode()
 def step_breakdown(model, direct: DecodeStep, ids: torch.Tensor, steps: int) -> dict:
     """The share of each part of ``steps`` direct decode steps of ``ids``' rows (see STEP_PARTS),
-    with the greedy choice of each step's token in the steps' time, as the engine has it."""
-    cache = DynamicCache()
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    slots, (rows, width) = slot_cache(cache), ids.shape
-    mask, position = torch.ones(rows, width, dtype=torch.long), torch.full((rows, 1), width - 1)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        start = time.perf_counter()
-        for _ in range(steps):
-            token = logits.max(dim=-1, keepdim=True).indices  # the engine's greedy choice (serving.engine.rows)
-            mask, position = torch.nn.functional.pad(mask, (0, 1), value=1), position + 1
-            logits = direct(token, position, mask.bool()[:, None, None, :], slots)
-        wall = time.perf_counter() - start
+    the steps as ``timed`` runs them."""
+    profiler = profile(activities=[ProfilerActivity.CPU])  # around the steps only, not the prefill
+    _, step, _, _ = timed(model, ids, steps, direct, steps_within=profiler)
+    wall = step * steps
     own = {event.key: event.self_cpu_time_total / 1e6 for event in profiler.key_averages()}
     parts = {name: sum(own.get(op, 0.0) for op in ops) for name, ops in STEP_PARTS.items()}
     parts["other_operators"] = sum(own.values()) - sum(parts.values())
     parts["python_between"] = max(wall - sum(own.values()), 0.0)
-    return {"step_ms_profiled": round(1e3 * wall / steps, 2)} | {
+    return {"step_ms_profiled": round(1e3 * step, 2)} | {
         f"{name}_share": round(seconds / wall, 3) for name, seconds in parts.items()}
 
 
