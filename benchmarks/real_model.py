@@ -192,6 +192,17 @@ def wide_data(folder: Path, out: Path, general_share: float = 0.0) -> tuple[Path
     return train, heldout
 
 
+def training_file(key: str, args: argparse.Namespace, out: Path) -> Path:
+    """Row ``key``'s training data: the sample data (row a), the wide data with a share of other fields
+    (GENERAL_SHARE's rows, in a folder of their own beside --wide_dir), or the wide data."""
+    if key == "a":
+        return args.sample_data
+    if key in GENERAL_SHARE:
+        folder = args.wide_dir.with_name(f"{args.wide_dir.name}-general-{GENERAL_SHARE[key]:g}")
+        return wide_data(folder, out, GENERAL_SHARE[key])[0]
+    return wide_data(args.wide_dir, out)[0]
+
+
 def first_rows(path: Path, n: int, out: Path) -> Path:
     """``path`` itself, or its first ``n`` rows copied into ``out`` (n = 0: all)."""
     if not n:
@@ -272,7 +283,7 @@ def main() -> None:
     if not (args.model_path / "config.json").is_file():
         report["build_s"], _ = run("-m", "fcmistral.artifacts.smollm2", "--output", str(args.model_path),
                                    log=out / "build.log")
-    wide_train, wide_heldout = wide_data(args.wide_dir, out)
+    _, wide_heldout = wide_data(args.wide_dir, out)
     args.eval_data = args.eval_data or wide_heldout
     for key in keys:
         row_dir = out / key
@@ -285,10 +296,7 @@ def main() -> None:
             model = row_dir / "merged" if ROWS[key][1] is not None else model
             start -= row.get("train_s", 0) + row.get("merge_s", 0)  # the row's time: its training, then this
         elif ROWS[key][1] is not None:
-            source = (args.sample_data if key == "a" else wide_data(args.wide_dir.with_name(
-                f"{args.wide_dir.name}-general-{GENERAL_SHARE[key]:g}"), out, GENERAL_SHARE[key])[0]
-                if key in GENERAL_SHARE else wide_train)
-            train_data = first_rows(source, args.train_rows, row_dir / "train_rows.jsonl")
+            train_data = first_rows(training_file(key, args, out), args.train_rows, row_dir / "train_rows.jsonl")
             model, row = train_and_merge(key, train_data, row_dir, args)
             row["max_steps"], row["seed"] = args.max_steps, args.seed
         row.update(evaluate(model, row_dir, args))
