@@ -18,7 +18,8 @@ Distractor functions are often the same kind's other operations, so the choice i
 ``--heldout_kinds`` kinds (the last ones) never occur in the training rows: the held-out file
 measures new schemas, as BFCL does. ``--general_share`` replaces a share of the train rows with rows
 calling 31 functions of other fields (fcmistral.demo.general_functions: finance, geometry, physics,
-statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged.
+statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged;
+``--several_values_share`` likewise with requests naming several values of one argument, one call each.
 
     python -m fcmistral.demo.wide_data --out_dir outputs/wide    # wide_train.jsonl, wide_heldout.jsonl
 """
@@ -199,8 +200,12 @@ def operations(kind: Kind) -> list[Operation]:
     ]
 
 
-def _request(op: Operation, arguments: dict[str, Any], r: random.Random, omit: str | None = None) -> str:
-    phrases = [say(arguments[name]) for name, _, _, _, say in op.arguments if name in arguments and name != omit]
+def _request(op: Operation, arguments: dict[str, Any], r: random.Random, omit: str | None = None,
+             said: dict[str, str] | None = None) -> str:
+    """A request naming ``arguments`` (less ``omit``), each by its phrase or as ``said`` has it."""
+    said = said or {}
+    phrases = [said.get(name) or say(arguments[name]) for name, _, _, _, say in op.arguments
+               if name in arguments and name != omit]
     opening = r.choice(op.openings)
     return r.choice(["{o} {p}.", "{o} {p}, please.", "Hi! {o} {p}.", "{o} {p}?"]).format(o=opening, p=" ".join(phrases))
 
@@ -264,18 +269,60 @@ def _row(pool: list[list[Operation]], r: random.Random) -> dict[str, str]:
     return {"system": build_system_prompt([f.schema for f in functions]), "chat": render_chat(turns)}
 
 
+SAME_AGAIN = ["Then the same {p}.", "Do the same {p} too.", "And again {p}, please.", "Same again {p}."]
+
+
+def _several_values_row(pool: list[list[Operation]], r: random.Random) -> dict[str, str] | None:
+    """One request naming two to four values of one argument ("in Paris and in Tokyo"), answered by one
+    call per value in one turn (prompt.py's parallel convention), then every result and one answer;
+    None when the drawn call has no argument with several values to draw.
+
+    Why: ``_row``'s parallel rows join two requests, each with its own values; a request that lists
+    several values of one argument never occurs there, and row i's model wrote one call, or the first
+    value in every call, for such requests (BFCL parallel, read after its run)."""
+    ops = [o for group in pool for o in group]
+    op = r.choice(ops)
+    functions = _offered(op, pool, r)
+    arguments = _arguments(op, r)
+    varied = [a for a in op.arguments if a[0] in arguments and a[1].get("type") in ("string", "integer", "number")]
+    if not varied:
+        return None
+    name, _, _, sample, say = r.choice(varied)
+    values, wanted = [arguments[name]], r.choice([2, 2, 3, 4])
+    for _ in range(20):
+        value = sample(r)
+        if len(values) < wanted and value not in values:
+            values.append(value)
+    if len(values) < 2:
+        return None
+    calls = [{**arguments, name: value} for value in values]
+    results = [op.result(call, r) for call in calls]
+    phrases = [say(value).removeprefix("and ") for value in values]
+    if r.random() < 0.5:  # the values side by side where the argument is named
+        request = _request(op, arguments, r, said={name: _and([say(values[0])] + phrases[1:])})
+    else:  # the first value in the request, the others after it
+        request = _request(op, arguments, r) + " " + r.choice(SAME_AGAIN).format(p=_and(phrases[1:]))
+    turns = [Turn("user", request), call_turn([FunctionCall(op.name, call) for call in calls]),
+             *(Turn("function_response", json.dumps(result, ensure_ascii=False)) for result in results),
+             Turn("assistant", " ".join(op.answer(call, result) for call, result in zip(calls, results)))]
+    return {"system": build_system_prompt([f.schema for f in functions]), "chat": render_chat(turns)}
+
+
 def _sentence(phrase: str) -> str:
     return phrase[0].upper() + phrase[1:] + "."
 
 
 def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS, seed: int = 2024,
-             general_share: float = 0.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+             general_share: float = 0.0, several_values_share: float = 0.0
+             ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train rows over the first kinds (plus 10% chit-chat and 10% of the sample data's everyday
     functions), held-out rows over the last ``heldout_kinds`` kinds only.
 
     ``general_share``: that share of the train rows, drawn apart (their own random stream), is
     replaced by rows of fcmistral.demo.general_functions' fields; every other row, and the held-out
     rows, stay as they are without it (so a run with them is compared on the same held-out file).
+    ``several_values_share``: likewise (a stream of its own), by requests naming several values of one
+    argument (``_several_values_row``), over the train rows' functions (the other fields' too, with them).
     """
     r = random.Random(seed)
     pool = [operations(kind) for kind in KINDS]
@@ -289,6 +336,10 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     if general_share:
         general, fields = random.Random(seed + 1), general_groups()
         train = [_row(fields, general) if general.random() < general_share else row for row in train]
+    if several_values_share:
+        several, functions = random.Random(seed + 2), seen + (general_groups() if general_share else [])
+        train = [(several.random() < several_values_share and _several_values_row(functions, several)) or row
+                 for row in train]
     return train, heldout
 
 
@@ -306,6 +357,9 @@ def main() -> None:
     parser.add_argument("--general_share", type=float, default=0.0,
                         help="share of the train rows replaced by rows calling functions of other fields (finance, "
                              "geometry, physics, statistics...: fcmistral.demo.general_functions); 0: bookings only")
+    parser.add_argument("--several_values_share", type=float, default=0.0,
+                        help="share of the train rows replaced by requests naming several values of one argument "
+                             "('in Paris and in Tokyo'), answered by one call per value in one turn; 0: none")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = parser.parse_args()
     paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
@@ -314,9 +368,11 @@ def main() -> None:
         raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
     if not 0 < args.heldout_kinds < len(KINDS):
         raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
-    if not 0 <= args.general_share <= 1:
-        raise SystemExit(f"error: --general_share must be between 0 and 1, got {args.general_share}")
-    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds, general_share=args.general_share)
+    for option in ("general_share", "several_values_share"):
+        if not 0 <= getattr(args, option) <= 1:
+            raise SystemExit(f"error: --{option} must be between 0 and 1, got {getattr(args, option)}")
+    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds, general_share=args.general_share,
+                              several_values_share=args.several_values_share)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for rows, path in zip((train, heldout), paths):
         write_jsonl(rows, path)

@@ -104,3 +104,37 @@ def test_the_command_takes_a_general_share_and_refuses_one_out_of_range(tmp_path
     assert function_names(rows) & {op.name for group in general_groups() for op in group}
     refused = subprocess.run([*command, "--general_share", "1.5", "--overwrite"], cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 1 and refused.stderr.startswith("error: --general_share")
+    refused = subprocess.run([*command, "--several_values_share", "-0.1", "--overwrite"], cwd=REPO, capture_output=True,
+                             text=True)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --several_values_share")
+
+
+def test_several_values_share_replaces_train_rows_with_one_call_per_value_named():
+    """``--several_values_share``: requests naming two to four values of one argument ("in Paris and in
+    Tokyo") replace that share of the train rows, answered by one call per value in one turn, then
+    every result and one answer; the other rows and the held-out rows are those of the data without them."""
+    from fcmistral.demo.general_functions import general_groups
+
+    train, heldout = generate(600, 50, general_share=0.3)
+    mixed, mixed_heldout = generate(600, 50, general_share=0.3, several_values_share=0.3)
+    assert mixed_heldout == heldout
+    replaced = [parse_row(row) for row, before in zip(mixed, train) if row != before]
+    assert 120 < len(replaced) < 240
+    general = {op.name for group in general_groups() for op in group}
+    assert function_names([{"system": r.system} for r in replaced]) & general  # the other fields' too
+    counts = set()
+    for row in replaced:
+        calls = row.turns[1].calls
+        counts.add(len(calls))
+        assert [t.role for t in row.turns] == ["user", "function_call"] + ["function_response"] * len(calls) + ["assistant"]
+        schemas = {f["name"]: f for f in row.functions}
+        assert len({c.name for c in calls}) == 1 and all(call_problem(c, schemas) is None for c in calls), row.text
+        varied = {key for c in calls for key in c.arguments if c.arguments[key] != calls[0].arguments[key]}
+        assert len(varied) == 1 and all(c.arguments.keys() == calls[0].arguments.keys() for c in calls), row.text
+        (key,) = varied
+        values = [c.arguments[key] for c in calls]
+        assert len(set(map(str, values))) == len(values)  # one call per value, none twice
+        request = row.turns[0].content.lower()
+        written = [{v.lower(), v.lower().replace("_", " ")} if isinstance(v, str) else {str(v), f"{v:,}", f"{v:g}"} for v in values]
+        assert all(any(w in request for w in ways) for ways in written), row.text
+    assert counts == {2, 3, 4}
