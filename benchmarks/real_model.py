@@ -12,7 +12,9 @@ the wide generated data (fcmistral.demo.wide_data: 210 functions); ``c`` wide + 
 0.1``; ``d`` wide + every augmentation (irrelevance 0.1, rename 0.6, shuffled functions, parallel
 0.1); ``e`` wide + ``--irrelevance_rate 0.3``; ``f`` as e, with ``--decision_weight 10``; ``g`` as e,
 with ``--parallel_rate 0.3``; ``h`` as e, with ``--irrelevance_stand_in``; ``i`` as e, on the wide
-data with 30% of its train rows calling functions of other fields (``--general_share 0.3``). Steps, each a subprocess as
+data with 30% of its train rows calling functions of other fields (``--general_share 0.3``); ``j`` as i, with
+15% of its rows requests naming several values of one argument, one call each (``--several_values_share
+0.15``). Steps, each a subprocess as
 a user would run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2)
 and the wide data when missing; train with packing (train.py); merge (convert_weights.py); evaluate
 (evaluate.py) on the wide held-out rows, whose 40 functions no row trains on (call names, exact
@@ -154,8 +156,14 @@ ROWS = {
     # party sizes); row e with 30% of its rows calling functions of other fields instead (numbers with
     # decimals, lists of numbers, units, a list of objects), the held-out file unchanged.
     "i": ("wide + other fields 0.3 + irrelevance 0.3", ["--irrelevance_rate", "0.3"]),
+    # Added after reading row i's BFCL parallel replies (one call, or the first value in every call, where
+    # a request named several values of one argument): row i with 15% of its rows such requests, one
+    # call per value.
+    "j": ("wide + other fields 0.3 + several values 0.15 + irrelevance 0.3", ["--irrelevance_rate", "0.3"]),
 }
-GENERAL_SHARE = {"i": 0.3}  # rows trained on the wide data with --general_share (their own data folder)
+# Rows trained on wide data generated with other options (fcmistral.demo.wide_data's), each set of
+# options in a folder of its own beside --wide_dir (WIDE-general-0.3, ...).
+DATA_OPTIONS = {"i": {"general_share": 0.3}, "j": {"general_share": 0.3, "several_values_share": 0.15}}
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
 
@@ -182,24 +190,25 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
     return merged, figures
 
 
-def wide_data(folder: Path, out: Path, general_share: float = 0.0) -> tuple[Path, Path]:
+def wide_data(folder: Path, out: Path, options: dict[str, float] | None = None) -> tuple[Path, Path]:
     """The wide data's train and held-out files in ``folder``, written when missing
-    (fcmistral.demo.wide_data, with ``general_share`` of its rows from other fields)."""
+    (fcmistral.demo.wide_data, with ``options``: its --general_share, --several_values_share)."""
     train, heldout = folder / "wide_train.jsonl", folder / "wide_heldout.jsonl"
     if not (train.is_file() and heldout.is_file()):
-        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(folder), "--general_share", str(general_share),
-            log=out / f"{folder.name}.log")
+        flags = [part for name, value in (options or {}).items() for part in (f"--{name}", str(value))]
+        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(folder), *flags, log=out / f"{folder.name}.log")
     return train, heldout
 
 
 def training_file(key: str, args: argparse.Namespace, out: Path) -> Path:
-    """Row ``key``'s training data: the sample data (row a), the wide data with a share of other fields
-    (GENERAL_SHARE's rows, in a folder of their own beside --wide_dir), or the wide data."""
+    """Row ``key``'s training data: the sample data (row a), the wide data generated with DATA_OPTIONS'
+    options (in a folder of their own beside --wide_dir), or the wide data."""
     if key == "a":
         return args.sample_data
-    if key in GENERAL_SHARE:
-        folder = args.wide_dir.with_name(f"{args.wide_dir.name}-general-{GENERAL_SHARE[key]:g}")
-        return wide_data(folder, out, GENERAL_SHARE[key])[0]
+    if key in DATA_OPTIONS:
+        options = DATA_OPTIONS[key]
+        suffix = "".join(f"-{name.split('_')[0]}-{value:g}" for name, value in options.items())
+        return wide_data(args.wide_dir.with_name(args.wide_dir.name + suffix), out, options)[0]
     return wide_data(args.wide_dir, out)[0]
 
 
