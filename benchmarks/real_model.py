@@ -33,6 +33,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -191,12 +192,23 @@ def train_and_merge(key: str, train_data: Path, out: Path, args: argparse.Namesp
 
 
 def wide_data(folder: Path, out: Path, options: dict[str, float] | None = None) -> tuple[Path, Path]:
-    """The wide data's train and held-out files in ``folder``, written when missing
-    (fcmistral.demo.wide_data, with ``options``: its --general_share, --several_values_share)."""
+    """The wide data's train and held-out files in ``folder`` (fcmistral.demo.wide_data, with
+    ``options``: its --general_share, --several_values_share), written when missing.
+
+    Files already there are used only if they are what this code writes: a folder left by an earlier
+    version of the generator would otherwise train a row on other data than its report says, silently
+    (it happened once); it is the user's to move aside, never replaced here."""
     train, heldout = folder / "wide_train.jsonl", folder / "wide_heldout.jsonl"
+    flags = [part for name, value in (options or {}).items() for part in (f"--{name}", str(value))]
     if not (train.is_file() and heldout.is_file()):
-        flags = [part for name, value in (options or {}).items() for part in (f"--{name}", str(value))]
         run("-m", "fcmistral.demo.wide_data", "--out_dir", str(folder), *flags, log=out / f"{folder.name}.log")
+        return train, heldout
+    with tempfile.TemporaryDirectory() as fresh:
+        run("-m", "fcmistral.demo.wide_data", "--out_dir", fresh, *flags, log=out / f"{folder.name}.log")
+        stale = [path for path in (train, heldout) if path.read_bytes() != (Path(fresh) / path.name).read_bytes()]
+    if stale:
+        raise SystemExit(f"error: {stale[0]} is not the wide data this code writes (an earlier version's?); move "
+                         f"{folder} aside (it is never replaced here), or pass another --wide_dir")
     return train, heldout
 
 

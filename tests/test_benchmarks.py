@@ -173,3 +173,21 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     evaluated = json.loads((out / "report.json").read_text())["rows"]["a"]
     assert held_out(evaluated) == 1 and evaluated["train_s"] == rows["a"]["train_s"]
     assert (out / "a" / "merged" / "model.safetensors").stat().st_mtime_ns == trained
+
+
+def test_real_model_refuses_wide_data_other_than_this_code_writes(tmp_path):
+    """A data folder an earlier generator wrote would train a row on other data than its report says:
+    the experiment stops with one line and leaves the folder as it is."""
+    wide, model = tmp_path / "wide", tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # the data is checked before the model is loaded
+    made = subprocess.run([sys.executable, "-m", "fcmistral.demo.wide_data", "--out_dir", str(wide)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    rows = (wide / "wide_train.jsonl").read_text().splitlines(keepends=True)
+    edited = "".join(rows[1:] + rows[:1])  # the same rows in another order: other data all the same
+    (wide / "wide_train.jsonl").write_text(edited)
+    result = run_script("benchmarks/real_model.py", "--model_path", str(model), "--wide_dir", str(wide), "--output_dir",
+                        str(tmp_path / "real"), "--only", "zero")
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "wide_train.jsonl" in result.stderr
+    assert (wide / "wide_train.jsonl").read_text() == edited
