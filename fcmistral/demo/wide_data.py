@@ -279,7 +279,10 @@ def _several_values_row(pool: list[list[Operation]], r: random.Random) -> dict[s
 
     Why: ``_row``'s parallel rows join two requests, each with its own values; a request that lists
     several values of one argument never occurs there, and row i's model wrote one call, or the first
-    value in every call, for such requests (BFCL parallel, read after its run)."""
+    value in every call, for such requests (BFCL parallel, read after its run). Training's
+    ``--parallel_rate`` makes such rows from any data (fcmistral.data.augment.with_listed_values), but
+    only from partner rows whose call differs in one value, two or three of them; here the generator
+    draws the values itself, so every function with a string or number argument gets them, up to four."""
     ops = [o for group in pool for o in group]
     op = r.choice(ops)
     functions = _offered(op, pool, r)
