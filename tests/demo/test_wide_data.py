@@ -126,7 +126,8 @@ def test_several_values_share_replaces_train_rows_with_one_call_per_value_named(
     for row in replaced:
         calls = row.turns[1].calls
         counts.add(len(calls))
-        assert [t.role for t in row.turns] == ["user", "function_call"] + ["function_response"] * len(calls) + ["assistant"]
+        roles = ["user", "function_call"] + ["function_response"] * len(calls) + ["assistant"]
+        assert [t.role for t in row.turns] == roles
         schemas = {f["name"]: f for f in row.functions}
         assert len({c.name for c in calls}) == 1 and all(call_problem(c, schemas) is None for c in calls), row.text
         varied = {key for c in calls for key in c.arguments if c.arguments[key] != calls[0].arguments[key]}
@@ -135,6 +136,7 @@ def test_several_values_share_replaces_train_rows_with_one_call_per_value_named(
         values = [c.arguments[key] for c in calls]
         assert len(set(map(str, values))) == len(values)  # one call per value, none twice
         request = row.turns[0].content.lower()
-        written = [{v.lower(), v.lower().replace("_", " ")} if isinstance(v, str) else {str(v), f"{v:,}", f"{v:g}"} for v in values]
+        written = [{v.lower(), v.lower().replace("_", " ")} if isinstance(v, str) else {str(v), f"{v:,}", f"{v:g}"}
+                   for v in values]
         assert all(any(w in request for w in ways) for ways in written), row.text
     assert counts == {2, 3, 4}
