@@ -200,12 +200,11 @@ def wide_data(folder: Path, out: Path, options: dict[str, float] | None = None) 
     (it happened once); it is the user's to move aside, never replaced here."""
     train, heldout = folder / "wide_train.jsonl", folder / "wide_heldout.jsonl"
     flags = [part for name, value in (options or {}).items() for part in (f"--{name}", str(value))]
-    if not (train.is_file() and heldout.is_file()):
-        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(folder), *flags, log=out / f"{folder.name}.log")
-        return train, heldout
+    there = train.is_file() and heldout.is_file()
     with tempfile.TemporaryDirectory() as fresh:
-        run("-m", "fcmistral.demo.wide_data", "--out_dir", fresh, *flags, log=out / f"{folder.name}.log")
-        stale = [path for path in (train, heldout) if path.read_bytes() != (Path(fresh) / path.name).read_bytes()]
+        target = Path(fresh) if there else folder  # files there: write beside them, to compare
+        run("-m", "fcmistral.demo.wide_data", "--out_dir", str(target), *flags, log=out / f"{folder.name}.log")
+        stale = [path for path in (train, heldout) if there and path.read_bytes() != (target / path.name).read_bytes()]
     if stale:
         raise SystemExit(f"error: {stale[0]} is not the wide data this code writes (an earlier version's?); move "
                          f"{folder} aside (it is never replaced here), or pass another --wide_dir")

@@ -336,11 +336,12 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
         # the sample data's ten everyday functions (weather, stocks...) for variety
         train.append(_chitchat_row(r) if draw < 0.1 else _function_row(r) if draw < 0.2 else _row(seen, r))
     heldout = [_row(unseen, r) for _ in range(heldout_rows)]
+    fields = general_groups() if general_share else []
     if general_share:
-        general, fields = random.Random(seed + 1), general_groups()
+        general = random.Random(seed + 1)
         train = [_row(fields, general) if general.random() < general_share else row for row in train]
     if several_values_share:
-        several, functions = random.Random(seed + 2), seen + (general_groups() if general_share else [])
+        several, functions = random.Random(seed + 2), seen + fields
         train = [(several.random() < several_values_share and _several_values_row(functions, several)) or row
                  for row in train]
     return train, heldout
