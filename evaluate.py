@@ -84,6 +84,11 @@ class EvalArguments:
     call_bias: str = field(default="0", metadata={
         "help": "added to the call marker's first logit where the reply starts (> 0 calls more often); a "
                 "comma-separated list evaluates each value (hf backend)"})
+    majority_decisions: bool = field(default=False, metadata={
+        "help": "call only where the call marker holds at least half the probability at the reply's start (after "
+                "--call_bias), and write a second assistant turn only where its tag holds at least half: each "
+                "two-way decision by its probability, not by the likeliest single token (fcmistral.constraint; "
+                "hf backend)"})
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "above 1: lowers the logits of tokens the reply has already written (transformers' repetition "
                 "penalty over the reply only, not the prompt; hf backend)"})
@@ -145,7 +150,8 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
     backend = args.backend
     if backend == "auto":
         backend = "vllm" if (vllm_usable() and not model_args.adapter_path and not any(call_biases(args))
-                             and args.repetition_penalty == 1.0 and not args.loop_penalty) else "hf"
+                             and args.repetition_penalty == 1.0 and not args.loop_penalty
+                             and not args.majority_decisions) else "hf"
     if backend == "vllm":
         if not vllm_usable():
             raise UserError("--backend vllm needs vLLM installed and a GPU")
@@ -157,6 +163,8 @@ def make_generator(args: EvalArguments, model_args: ModelArguments):
             raise UserError("--repetition_penalty needs --backend hf (vLLM's counts the prompt's tokens too)")
         if args.loop_penalty:
             raise UserError("--loop_penalty needs --backend hf")
+        if args.majority_decisions:
+            raise UserError("--majority_decisions needs --backend hf (it reads each decision's probability)")
         log.info("generating with vLLM")
         return VLLMGenerator(model_args.model_path, args.max_new_tokens)
     model, tokenizer = load_for_generation(model_args.model_path, model_args.adapter_path, model_args.load_in_4bit,
@@ -187,7 +195,7 @@ def constraint_of(item: EvalItem | BFCLItem, args: EvalArguments, call_bias: flo
         except Exception as err:  # noqa: BLE001 - xgrammar's reasons vary; the user needs the item and the reason
             raise UserError(f"--constrained_calls: the functions of item {item.query_id!r} give no grammar: "
                             f"{first_line(err)}") from None
-    return CallConstraint(grammar, call_bias) or None
+    return CallConstraint(grammar, call_bias, majority=args.majority_decisions) or None
 
 
 def generate_predictions(args: EvalArguments, generate, items: list[EvalItem] | list[BFCLItem], path: Path,

@@ -7,12 +7,24 @@ and gives each row its own ``RowGuide``: its matcher, which masks the tokens the
 and follows the tokens the row takes, and the bias added to the call marker's first token where
 the assistant turn starts, and the loop penalty (fcmistral.call_loops) inside the call being written.
 Used by offline generation (fcmistral.generation) and the server's engine alike; a row with none of
-the three has no guide and pays nothing.
+them has no guide and pays nothing.
+
+*Majority decisions* (``majority``): greedy decoding takes the call marker wherever it is the likeliest
+single token, yet the choice at the turn's start is between two outcomes, calling and writing words,
+and the words' share spreads over many first tokens: a model giving the marker 0.4 calls when no
+first word has more (row f of docs/training.md: the marker was the likeliest token on every declining
+item). With ``majority`` the marker is taken only where it holds at least half the probability (after
+the call bias). The same holds after a finished text turn, where the next role tag decides between a
+second assistant turn (in the glaive format, the call after "Sure, let me check.") and handing the
+conversation back, which ``USER`` and the row's end share: a *peek* guide (``CallConstraint.peek_of``)
+takes the ``ASSISTANT`` tag only where it holds at least half, else a refusal followed by a call in a
+second turn gets through (docs/training.md counts them).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence
@@ -21,7 +33,7 @@ import torch
 
 from fcmistral.call_loops import call_tokens, lower_loops, marker_tokens
 from fcmistral.modeling import text_encoder
-from fcmistral.prompt import ASSISTANT_TAG, FUNCTION_CALL_MARKER
+from fcmistral.prompt import ASSISTANT_TAG, FUNCTION_CALL_MARKER, TURN_SEPARATOR
 
 log = logging.getLogger(__name__)
 GRAMMAR_CACHE_BYTES = 256 << 20  # xgrammar's cache of compiled grammars, at most (its docs: may slightly exceed)
@@ -34,15 +46,24 @@ class CallConstraint:
     call marker's first token at the turn's first token: > 0 calls more often, < 0 less) and
     ``loop_penalty`` (> 0: DRY's multiplier inside a call, fcmistral.call_loops).
     ``written``: the start of the turn already in the prompt (the server's ``tool_choice`` writes
-    one), which the grammar reads before the model's first token."""
+    one), which the grammar reads before the model's first token. ``majority``: the call marker
+    only where it holds at least half the probability (the module docstring); ``peek``: the constraint
+    of a peek after a text turn (``peek_of``), whose decision is the ``ASSISTANT`` tag."""
 
     grammar: str | None = None
     call_bias: float = 0.0
     written: str = ""
     loop_penalty: float = 0.0
+    majority: bool = False
+    peek: bool = False
 
     def __bool__(self) -> bool:
-        return self.grammar is not None or self.call_bias != 0.0 or self.loop_penalty > 0
+        return self.grammar is not None or self.call_bias != 0.0 or self.loop_penalty > 0 or self.majority
+
+    def peek_of(self) -> "CallConstraint | None":
+        """The constraint of a peek after a text turn generated under this one: majority decisions
+        go on to the second turn's tag; nothing else applies there."""
+        return CallConstraint(majority=True, peek=True) if self.majority else None
 
 
 class Guides:
@@ -75,12 +96,20 @@ class Guides:
         return marked[len(tag)]
 
     @cached_property
+    def tag_token(self) -> int:
+        """The first token of the ``ASSISTANT`` tag after a turn separator (a peek's decision)."""
+        encoding = text_encoder(self.tokenizer).encode(TURN_SEPARATOR + ASSISTANT_TAG)
+        return next(token for token, (start, end) in zip(encoding.ids, encoding.offsets) if end > len(TURN_SEPARATOR))
+
+    @cached_property
     def marker(self) -> list[int]:
         return marker_tokens(self.tokenizer)
 
     def guide(self, constraint: CallConstraint | None) -> "RowGuide | None":
         if not constraint:
             return None
+        if constraint.peek:
+            return RowGuide(None, self.tag_token, 0.0, majority=True, anywhere=True)
         matcher = None
         if constraint.grammar is not None:
             import xgrammar
@@ -88,8 +117,9 @@ class Guides:
             matcher = xgrammar.GrammarMatcher(self._compiler.compile_structural_tag(constraint.grammar))
             if constraint.written and not matcher.accept_string(constraint.written):
                 raise ValueError(f"the call grammar refuses the turn's start {constraint.written!r}")
-        bias = constraint.call_bias if not constraint.written else 0.0  # a written turn has decided
-        guide = RowGuide(matcher, self.call_token if bias else None, bias)
+        decided = bool(constraint.written)  # a written turn has decided: no bias, no majority
+        bias, majority = (0.0, False) if decided else (constraint.call_bias, constraint.majority)
+        guide = RowGuide(matcher, self.call_token if bias or majority else None, bias, majority)
         if constraint.loop_penalty > 0:
             guide.loops = Loops(self.marker, constraint.loop_penalty, FUNCTION_CALL_MARKER in constraint.written)
         return guide
@@ -121,11 +151,15 @@ class Loops:
 
 
 class RowGuide:
-    """One row's matcher, call bias and loop penalty (see the module docstring); ``adjust_rows``
-    applies them."""
+    """One row's matcher, decision token (the call marker's first token, or a peek's tag) with its
+    bias and majority rule, and loop penalty (see the module docstring); ``adjust_rows`` applies them.
+    ``anywhere``: the decision may come at any step (a peek's tag follows the separator's tokens),
+    not only at the first."""
 
-    def __init__(self, matcher, call_token: int | None, call_bias: float) -> None:
-        self.matcher, self.call_token, self.call_bias = matcher, call_token, call_bias
+    def __init__(self, matcher, decision: int | None, call_bias: float, majority: bool = False,
+                 anywhere: bool = False) -> None:
+        self.matcher, self.decision, self.call_bias = matcher, decision, call_bias
+        self.majority, self.anywhere = majority, anywhere
         self.started = False  # the row has taken its first token
         self.loops: Loops | None = None
 
@@ -147,6 +181,7 @@ class RowGuide:
 
 
 _BITS = torch.arange(32, dtype=torch.int32)
+_HALF = -math.log(2.0)
 
 
 def adjust_rows(guides: Sequence[RowGuide | None], logits: torch.Tensor) -> None:
@@ -159,8 +194,10 @@ def adjust_rows(guides: Sequence[RowGuide | None], logits: torch.Tensor) -> None
     for index, guide in enumerate(guides):
         if guide is None:
             continue
-        if not guide.started and guide.call_token is not None:
-            logits[index, guide.call_token] += guide.call_bias
+        if guide.decision is not None and (guide.anywhere or not guide.started):
+            logits[index, guide.decision] += guide.call_bias
+            if guide.majority and logits[index].float().log_softmax(-1)[guide.decision] < _HALF:
+                logits[index, guide.decision] = float("-inf")
         if guide.loops is not None:
             guide.loops.lower(logits[index])
         if guide.masking:

@@ -189,15 +189,19 @@ Generate = Callable[[list[str], list["CallConstraint | None"], int | None], list
 limit (None: the generator's own)."""
 
 
+def _peek_constraint(constraint: "CallConstraint | None") -> "CallConstraint | None":
+    return constraint.peek_of() if constraint is not None else None
+
+
 def replies(generate: Generate, conversations: list[Conversation],
             constraints: list[CallConstraint | None] | None = None) -> list[str]:
     """Each conversation's reply as the terminal chat runs it, conversations in batches (evaluation,
     the training's call metric): the assistant's turns under the chat's policy, so a model that
     writes "Sure, let me check." and then the call in a second turn is scored on its call, as a user
     of the chat or the server would get it. The turns are joined by a blank line. ``constraints``:
-    one per conversation (peeks are never constrained). Every generation counts as stopped, as in
-    the chat (the generators return text without a finish reason): a call cut short is scored as
-    unreadable."""
+    one per conversation; its peeks get its ``peek_of`` (majority decisions) or none. Every generation
+    counts as stopped, as in the chat (the generators return text without a finish reason): a call cut
+    short is scored as unreadable."""
     constraints = constraints or [None] * len(conversations)
 
     def answer(asks: list[tuple[int, Ask]]) -> list[Generated]:
@@ -205,7 +209,7 @@ def replies(generate: Generate, conversations: list[Conversation],
         for limit in dict.fromkeys(ask.max_new_tokens for _, ask in asks):  # the replies, the peeks
             group = [(i, ask) for i, ask in asks if ask.max_new_tokens == limit]
             outputs = generate([ask.prompt for _, ask in group],
-                               [None if ask.peek else constraints[i] for i, ask in group], limit)
+                               [_peek_constraint(constraints[i]) if ask.peek else constraints[i] for i, ask in group], limit)
             texts.update((i, text) for (i, _), text in zip(group, outputs))
         return [(texts[i], "stop") for i, _ in asks]
 

@@ -46,7 +46,7 @@ def test_the_call_bias_moves_the_first_token_only(guides):
     later = torch.zeros(1, len(guides.tokenizer))
     adjust_rows([guide], later)
     assert later.sum() == 0
-    assert guides.guide(CallConstraint(call_grammar(DEMO_SCHEMAS, "required"), 3.0, written=" <functioncall>")).call_token is None
+    assert guides.guide(CallConstraint(call_grammar(DEMO_SCHEMAS, "required"), 3.0, written=" <functioncall>")).decision is None
 
 
 def test_generate_batch_writes_a_valid_call_when_one_is_required(tiny_model_dir):
@@ -66,3 +66,40 @@ def test_generate_batch_writes_a_valid_call_when_one_is_required(tiny_model_dir)
     calls, problem = check_calls(replies[0], {s["name"]: s for s in schemas})
     assert problem is None and len(calls) >= 1, replies[0]
     assert replies[1] == plain[1]  # the row without a constraint is generated as before
+
+
+def _logits(guides: Guides, decision: int, value: float) -> torch.Tensor:
+    """One row where ``decision`` has logit ``value`` and two other tokens 0.8, the rest nothing."""
+    logits = torch.full((1, len(guides.tokenizer)), -1e9)
+    logits[0, [1, 2]] = 0.8
+    logits[0, decision] = value
+    return logits
+
+
+def test_majority_decisions_take_the_call_marker_only_where_it_holds_half(guides):
+    """Greedy decoding calls where the marker is the likeliest single token (here 0.38 against 0.31 for
+    each of two first words); with ``majority`` it calls only at 0.5 or more, after the call bias."""
+    ahead = _logits(guides, guides.call_token, 1.0)  # p(marker) = e / (e + 2 e^0.8) = 0.38
+    adjust_rows([guides.guide(CallConstraint(call_bias=1e-9))], ahead)
+    assert ahead[0].argmax() == guides.call_token
+    adjust_rows([guides.guide(CallConstraint(majority=True))], ahead)
+    assert ahead[0, guides.call_token] == float("-inf") and ahead[0].argmax() in (1, 2)
+    sure = _logits(guides, guides.call_token, 3.0)  # 0.82
+    adjust_rows([guides.guide(CallConstraint(majority=True))], sure)
+    assert sure[0].argmax() == guides.call_token
+    biased = _logits(guides, guides.call_token, 3.0)  # 0.82, lowered by the bias to 0.38 first
+    adjust_rows([guides.guide(CallConstraint(call_bias=-2.0, majority=True))], biased)
+    assert biased[0, guides.call_token] == float("-inf")
+    assert guides.guide(CallConstraint(majority=True, written=" <functioncall>")).decision is None  # decided
+
+
+def test_a_peek_takes_the_assistant_tag_only_where_it_holds_half_at_any_step(guides):
+    assert "ASSISTANT:".startswith(guides.tokenizer.decode([guides.tag_token]).strip())
+    peek = CallConstraint(majority=True).peek_of()
+    assert peek == CallConstraint(majority=True, peek=True) and CallConstraint(call_bias=-1.0).peek_of() is None
+    guide = guides.guide(peek)
+    guide.take(5)  # the separator's tokens come first: the tag may come at any step
+    doubtful, likely = _logits(guides, guides.tag_token, 1.0), _logits(guides, guides.tag_token, 3.0)
+    adjust_rows([guide], doubtful)
+    adjust_rows([guide], likely)
+    assert doubtful[0, guides.tag_token] == float("-inf") and likely[0].argmax() == guides.tag_token

@@ -69,3 +69,26 @@ def test_a_call_cut_by_the_length_limit_is_text_and_a_forced_call_is_one_turn():
     prefix = GOOD[: GOOD.index("'{") + 1]
     outcome, asks = drive([(GOOD[len(prefix):], "stop")], policy=SERVER_POLICY, schemas=SCHEMAS, prefix=prefix)
     assert outcome.finish_reason == "tool_calls" and asks[0].prompt.endswith(" " + prefix) and len(asks) == 1
+
+
+def test_replies_give_each_peek_its_conversations_peek_constraint():
+    """Majority decisions go on to the peek after a text turn (the tag of a second turn decides a call
+    as much as the marker): a conversation with them peeks under ``peek_of``, one without unconstrained."""
+    from fcmistral.constraint import CallConstraint
+    from fcmistral.turns import replies
+
+    class Conversation:
+        system, turns = SYSTEM, TURNS
+        prompt = SYSTEM
+
+    seen: list[tuple[int | None, CallConstraint | None]] = []
+
+    def generate(prompts, constraints, limit):
+        seen.extend((limit, c) for c in constraints)
+        return ["\n\n\nUSER" if limit else "I can't do that." for _ in prompts]
+
+    majority, plain = CallConstraint(majority=True), CallConstraint(call_bias=-1.0)
+    assert replies(generate, [Conversation(), Conversation()], [majority, plain]) == ["I can't do that."] * 2
+    peeks = [c for limit, c in seen if limit]
+    assert peeks == [CallConstraint(majority=True, peek=True), None]
+    assert [c for limit, c in seen if not limit] == [majority, plain]
