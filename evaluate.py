@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from fcmistral.arguments import (
     LOOP_PENALTY_HELP,
+    MAJORITY_DECISIONS_HELP,
     ModelArguments,
     check_call_bias,
     check_loop_penalty,
@@ -84,11 +85,7 @@ class EvalArguments:
     call_bias: str = field(default="0", metadata={
         "help": "added to the call marker's first logit where the reply starts (> 0 calls more often); a "
                 "comma-separated list evaluates each value (hf backend)"})
-    majority_decisions: bool = field(default=False, metadata={
-        "help": "call only where the call marker holds at least half the probability at the reply's start (after "
-                "--call_bias), and write a second assistant turn only where its tag holds at least half: each "
-                "two-way decision by its probability, not by the likeliest single token (fcmistral.constraint; "
-                "hf backend)"})
+    majority_decisions: bool = field(default=False, metadata={"help": MAJORITY_DECISIONS_HELP + " (hf backend)"})
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "above 1: lowers the logits of tokens the reply has already written (transformers' repetition "
                 "penalty over the reply only, not the prompt; hf backend)"})

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from fcmistral.arguments import (
     LOOP_PENALTY_HELP,
+    MAJORITY_DECISIONS_HELP,
     ModelArguments,
     check_call_bias,
     check_loop_penalty,
@@ -55,6 +56,7 @@ class InferenceArguments:
     call_bias: float = field(default=0.0, metadata={
         "help": "added to the call marker's first logit where a turn starts: > 0 calls more often, < 0 less"})
     loop_penalty: float = field(default=0.0, metadata={"help": LOOP_PENALTY_HELP})
+    majority_decisions: bool = field(default=False, metadata={"help": MAJORITY_DECISIONS_HELP})
     prompt: str = field(default=None, metadata={"help": "one user message: print the transcript and exit"})
     json: bool = field(default=False, metadata={"help": "with --prompt: print the transcript as JSON"})
     def __post_init__(self) -> None:
@@ -133,7 +135,8 @@ def main() -> None:
     grammar = call_grammar(functions, "auto") if args.constrained_calls and functions else None
     complete = Completer(model, tokenizer, args.max_new_tokens, args.do_sample, args.temperature, args.top_p,
                          stream_prefix=ASSISTANT_TAG,
-                         constraint=CallConstraint(grammar, args.call_bias, loop_penalty=args.loop_penalty) or None)
+                         constraint=CallConstraint(grammar, args.call_bias, loop_penalty=args.loop_penalty,
+                                                    majority=args.majority_decisions) or None)
     session = ChatSession(complete, functions, callables, args.max_calls, stream=not args.prompt,
                           tool_time_limit=args.tool_time_limit)
     if args.prompt:

@@ -21,7 +21,8 @@ class Complete(Protocol):
     def __call__(self, prompt: str, max_new_tokens: int | None = None, stream: bool = False,
                  guided: bool = True) -> str:
         """The model's continuation of ``prompt``, cut before ``<|endoftext|>``; ``guided``: under
-        the completer's call constraint, if it has one (a peek past a turn is not)."""
+        the completer's call constraint, if it has one; a peek past a turn is not, only under its
+        ``peek_of`` (majority decisions, if the constraint has them)."""
 
 
 def assistant_step(complete: Complete, system: str, turns: list[Turn], stream: bool = False) -> list[Turn]:

@@ -7,7 +7,8 @@ Semantics, where the glaive format decides them:
   hoped for. Under ``"auto"``, the grammar constrains calls as the server's ``--constrained_calls``
   says: ``never``, ``strict`` (the calls of tools marked ``"strict": true``; the others' arguments
   need only be a JSON object) or ``always``; ``parallel_tool_calls`` false allows one call.
-  ``--call_bias`` makes the model call more or less often, ``--loop_penalty`` ends a call's loops.
+  ``--call_bias`` makes the model call more or less often, ``--loop_penalty`` ends a call's loops,
+  ``--majority_decisions`` takes a call (and a second turn) only where it holds half the probability.
   ``"none"`` (and a request without tools) uses the no-functions system prompt and stops at a call
   marker, so the reply is text.
 - Every call is checked before it is returned: its function must be among this request's tools,
@@ -109,7 +110,8 @@ def call_constraint(request: ChatRequest, functions: list[dict[str, Any]], prefi
     except Exception:  # noqa: BLE001 - a schema xgrammar cannot turn into a grammar: its calls are still checked
         log.warning("no call grammar for this request's tools; its calls are checked, not constrained", exc_info=True)
         grammar = None
-    return CallConstraint(grammar, limits.call_bias, loop_penalty=limits.loop_penalty) or None
+    return CallConstraint(grammar, limits.call_bias, loop_penalty=limits.loop_penalty,
+                          majority=limits.majority_decisions) or None
 
 
 class ChatCompletions:
@@ -139,9 +141,11 @@ class ChatCompletions:
         self.generation = self._request(next(self._policy))
 
     def _request(self, ask: Ask) -> GenerationRequest:
-        """The engine's request for one of the policy's asks (a peek: a few greedy tokens)."""
+        """The engine's request for one of the policy's asks (a peek: a few greedy tokens, under the
+        reply's ``peek_of``: majority decisions, or nothing)."""
         if ask.peek:
-            return GenerationRequest(ask.prompt, ask.max_new_tokens)
+            return GenerationRequest(ask.prompt, ask.max_new_tokens,
+                                     constraint=self.constraint.peek_of() if self.constraint else None)
         prompt_ids = check_prompt(ask.prompt, self.engine, self.limits)
         generation = sampling(self.request, self.limits, ask.prompt, prompt_ids,
                               () if self.calls_allowed else (FUNCTION_CALL_MARKER,))

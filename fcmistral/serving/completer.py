@@ -39,6 +39,7 @@ class Completer:
                  temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "",
                  constraint: CallConstraint | None = None) -> None:
         self.model, self.tokenizer, self.stream_prefix, self.constraint = model, tokenizer, stream_prefix, constraint
+        self.peek_constraint = constraint.peek_of() if constraint is not None else None
         self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                         "top_p": top_p}
 
@@ -50,7 +51,7 @@ class Completer:
             print(self.stream_prefix, end="", flush=True)
             streamer = EndMarkerStreamer(self.tokenizer)
         (reply,) = generate_batch(self.model, self.tokenizer, [prompt], streamer=streamer,
-                                  constraints=[self.constraint if guided else None], **options)
+                                  constraints=[self.constraint if guided else self.peek_constraint], **options)
         if stream:
             print(flush=True)
         return reply

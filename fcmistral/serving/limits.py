@@ -24,6 +24,7 @@ class Limits:
     constrained_calls: str = "never"  # under tool_choice "auto": "never", "strict" (tools marked strict), "always"
     call_bias: float = 0.0  # added to the call marker's first logit where a reply starts (fcmistral.constraint)
     loop_penalty: float = 0.0  # DRY's multiplier inside a call (fcmistral.call_loops)
+    majority_decisions: bool = False  # a call, or a second turn, only where it holds half (fcmistral.constraint)
 
 
 def sampling(request: SamplingFields, limits: Limits, prompt: str, prompt_ids: list[int],

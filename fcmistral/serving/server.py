@@ -21,7 +21,13 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fcmistral.arguments import LOOP_PENALTY_HELP, ModelArguments, check_call_bias, check_loop_penalty
+from fcmistral.arguments import (
+    LOOP_PENALTY_HELP,
+    MAJORITY_DECISIONS_HELP,
+    ModelArguments,
+    check_call_bias,
+    check_loop_penalty,
+)
 from fcmistral.errors import UserError
 from fcmistral.hardware import compute_dtype
 
@@ -135,6 +141,7 @@ class ServeArguments:
     call_bias: float = field(default=0.0, metadata={
         "help": "added to the call marker's first logit where a reply starts: > 0 calls more often, < 0 less"})
     loop_penalty: float = field(default=0.0, metadata={"help": LOOP_PENALTY_HELP})
+    majority_decisions: bool = field(default=False, metadata={"help": MAJORITY_DECISIONS_HELP})
     max_batch_size: int = field(default=32, metadata={"help": "requests generated together at most"})
     engine_threads: int = field(default=None, metadata={
         "help": "torch threads of the generation process (default: measured at load: all cores if they make a "
@@ -181,7 +188,7 @@ def serve_api(model_args: ModelArguments, args: ServeArguments) -> None:
                     max_tokens=args.max_new_tokens, temperature=args.temperature if args.do_sample else 0.0,
                     top_p=args.top_p if args.do_sample else 1.0, request_timeout_s=args.request_timeout_s,
                     constrained_calls=args.constrained_calls, call_bias=args.call_bias,
-                    loop_penalty=args.loop_penalty)
+                    loop_penalty=args.loop_penalty, majority_decisions=args.majority_decisions)
     if args.allowed_hosts is not None:
         allowed = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     else:

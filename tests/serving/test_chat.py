@@ -109,3 +109,20 @@ def test_parallel_calls_each_run_and_answer_in_order():
     assert responses[0] == {"unit": "celsius"} and responses[2] == {"unit": "fahrenheit", "days": 2}
     assert "kelvin" in responses[1]["error"]
     assert model.prompts[-1].count("FUNCTION RESPONSE: ") == 3
+
+
+def test_the_completer_peeks_under_its_constraints_peek_of(monkeypatch):
+    """inference.py's ``--majority_decisions`` reaches the peek after a text turn (its ``peek_of``);
+    without them the peek is unconstrained, as before."""
+    from fcmistral.constraint import CallConstraint
+    from fcmistral.serving import completer
+
+    seen = []
+    monkeypatch.setattr(completer, "generate_batch", lambda model, tokenizer, prompts, constraints, **_: (
+        seen.append(constraints[0]) or ["x"]))
+    for constraint in (CallConstraint(majority=True), CallConstraint(call_bias=-1.0), None):
+        complete = completer.Completer(None, None, constraint=constraint)
+        complete("prompt")
+        complete("prompt", max_new_tokens=8, guided=False)
+    assert seen == [CallConstraint(majority=True), CallConstraint(majority=True, peek=True),
+                    CallConstraint(call_bias=-1.0), None, None, None]

@@ -107,3 +107,22 @@ def test_a_tool_set_is_compiled_once(serve):
     assert compiler.get_cache_size_bytes() == size  # the same tools: the cached grammar
     ask(client, "call " + WRONG_CALLS[1], tools=TOOLS[:2])
     assert compiler.get_cache_size_bytes() > size
+
+
+def test_majority_decisions_reach_the_reply_and_the_peek_after_it():
+    """``--majority_decisions``: the reply's constraint has them, and so has the peek after a text turn
+    (the second turn's tag decides a call as much as the marker); without them a peek is unconstrained."""
+    from types import SimpleNamespace
+
+    from fcmistral.constraint import CallConstraint
+    from fcmistral.serving.chat_completions import ChatCompletions
+    from fcmistral.serving.protocol import ChatRequest, request_functions
+    from fcmistral.turns import Ask
+
+    request = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS})
+    engine = SimpleNamespace(encode=lambda prompt: [0] * len(prompt))
+    peek = Ask("...", 8, peek=True)
+    for limits, expected in ((Limits(majority_decisions=True), CallConstraint(majority=True, peek=True)), (Limits(), None)):
+        handler = ChatCompletions(request, engine, limits, "m", request_functions(request))
+        assert bool(handler.generation.constraint and handler.generation.constraint.majority) == limits.majority_decisions
+        assert handler._request(peek).constraint == expected
