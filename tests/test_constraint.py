@@ -103,3 +103,15 @@ def test_a_peek_takes_the_assistant_tag_only_where_it_holds_half_at_any_step(gui
     adjust_rows([guide], doubtful)
     adjust_rows([guide], likely)
     assert doubtful[0, guides.tag_token] == float("-inf") and likely[0].argmax() == guides.tag_token
+
+
+def test_a_peeks_tag_holds_half_only_with_the_path_to_it(guides):
+    """The other outcomes may part before the tag (a row's end spelt as one newline token, a next
+    turn's separator as two): the tag's probability is the whole path's, 0.6 x 0.82 here."""
+    guide = guides.guide(CallConstraint(majority=True).peek_of())
+    first = _logits(guides, 7, 1.7)  # p(7) = e^1.7 / (e^1.7 + 2 e^0.8) = 0.60
+    adjust_rows([guide], first)
+    guide.take(7)
+    then = _logits(guides, guides.tag_token, 3.0)  # 0.82 alone, 0.49 with the path
+    adjust_rows([guide], then)
+    assert then[0, guides.tag_token] == float("-inf")
