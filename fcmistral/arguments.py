@@ -24,8 +24,8 @@ from fcmistral.hardware import COMPUTE_DTYPE_CHOICES, COMPUTE_DTYPE_HELP
 # evaluate.py, inference.py and the server's option of the same name (fcmistral/call_loops.py).
 MAJORITY_DECISIONS_HELP = (
     "call only where the call marker holds at least half the probability at the turn's start (after --call_bias), "
-    "and write a second assistant turn only where its tag holds at least half: each two-way decision by its "
-    "probability, not by the likeliest single token (fcmistral/constraint.py)")
+    "and write a second assistant turn only where the path to its tag holds at least half: each two-way decision "
+    "by its probability, not by the likeliest single token (fcmistral/constraint.py)")
 LOOP_PENALTY_HELP = ("above 0: lowers the tokens that would repeat a sequence already written inside the call, "
                      "ending its loops (DRY's multiplier, as llama.cpp's --dry-multiplier; 0.8 its suggested value; "
                      "fcmistral/call_loops.py)")

@@ -17,8 +17,8 @@ item). With ``majority`` the marker is taken only where it holds at least half t
 the call bias). The same holds after a finished text turn, where the next role tag decides between a
 second assistant turn (in the glaive format, the call after "Sure, let me check.") and handing the
 conversation back, which ``USER`` and the row's end share: a *peek* guide (``CallConstraint.peek_of``)
-takes the ``ASSISTANT`` tag only where it holds at least half, else a refusal followed by a call in a
-second turn gets through (docs/training.md counts them).
+takes the ``ASSISTANT`` tag only where the path to it holds at least half (``RowGuide``), else a
+refusal followed by a call in a second turn gets through (docs/training.md counts them).
 """
 
 from __future__ import annotations
