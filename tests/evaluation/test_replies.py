@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fcmistral.constraint import CallConstraint
 from fcmistral.evaluation.items import EvalItem
 from fcmistral.evaluation.scoring import judge
 from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, FunctionCall, Turn, build_system_prompt, format_call
@@ -31,8 +32,9 @@ def test_a_reply_that_acknowledges_then_calls_is_scored_on_its_call():
                 replies.append(" Sure, let me check that for you.")
         return replies
 
-    outputs = replies(generate, items, ["c0", "c1"])
+    c0, c1 = CallConstraint("grammar 0", -1.0), CallConstraint("grammar 1")  # (stand-in grammars: never compiled here)
+    outputs = replies(generate, items, [c0, c1])
     assert outputs[0] == "Sure, let me check that for you.\n\n" + format_call(call.name, call.arguments)
     assert outputs[1] == format_call(call.name, call.arguments)
     assert [judge(o, call)["exact_match"] for o in outputs] == [True, True]
-    assert asked == [(None, ["c0", "c1"]), (PEEK_TOKENS, [None]), (None, ["c0"])]
+    assert asked == [(None, [c0, c1]), (PEEK_TOKENS, [None]), (None, [c0])]
