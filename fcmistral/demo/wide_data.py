@@ -19,7 +19,9 @@ Distractor functions are often the same kind's other operations, so the choice i
 measures new schemas, as BFCL does. ``--general_share`` replaces a share of the train rows with rows
 calling 31 functions of other fields (fcmistral.demo.general_functions: finance, geometry, physics,
 statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged;
-``--several_values_share`` likewise with requests naming several values of one argument, one call each.
+``--several_values_share`` likewise with requests naming several values of one argument, one call each;
+``--composed_share`` with rows calling functions composed from a library of optional parameters
+(fcmistral.demo.composed_functions).
 
     python -m fcmistral.demo.wide_data --out_dir outputs/wide    # wide_train.jsonl, wide_heldout.jsonl
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fcmistral.data.augment import REFUSALS, join_requests
+from fcmistral.demo.composed_functions import composed_groups
 from fcmistral.demo.general_functions import general_groups
 from fcmistral.demo.operations import Argument, Operation
 from fcmistral.demo.sample_data import _chitchat_row, _function_row, _prop, write_jsonl
@@ -316,7 +319,7 @@ def _sentence(phrase: str) -> str:
 
 
 def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS, seed: int = 2024,
-             general_share: float = 0.0, several_values_share: float = 0.0
+             general_share: float = 0.0, several_values_share: float = 0.0, composed_share: float = 0.0
              ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train rows over the first kinds (plus 10% chit-chat and 10% of the sample data's everyday
     functions), held-out rows over the last ``heldout_kinds`` kinds only.
@@ -324,8 +327,10 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     ``general_share``: that share of the train rows, drawn apart (their own random stream), is
     replaced by rows of fcmistral.demo.general_functions' fields; every other row, and the held-out
     rows, stay as they are without it (so a run with them is compared on the same held-out file).
-    ``several_values_share``: likewise (a stream of its own), by requests naming several values of one
-    argument (``_several_values_row``), over the train rows' functions (the other fields' too, with them).
+    ``composed_share``: likewise (a stream of its own), by rows calling functions composed from a
+    library of optional parameters (fcmistral.demo.composed_functions).
+    ``several_values_share``: likewise (a stream of its own, drawn last), by requests naming several values
+    of one argument (``_several_values_row``), over the booking kinds' and the other fields' functions.
     """
     r = random.Random(seed)
     pool = [operations(kind) for kind in KINDS]
@@ -340,6 +345,9 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     if general_share:
         general = random.Random(seed + 1)
         train = [_row(fields, general) if general.random() < general_share else row for row in train]
+    if composed_share:
+        composing, composed = random.Random(seed + 3), composed_groups()
+        train = [_row(composed, composing) if composing.random() < composed_share else row for row in train]
     if several_values_share:
         several, functions = random.Random(seed + 2), seen + fields
         train = [(several.random() < several_values_share and _several_values_row(functions, several)) or row
@@ -364,6 +372,9 @@ def main() -> None:
     parser.add_argument("--several_values_share", type=float, default=0.0,
                         help="share of the train rows replaced by requests naming several values of one argument "
                              "('in Paris and in Tokyo'), answered by one call per value in one turn; 0: none")
+    parser.add_argument("--composed_share", type=float, default=0.0,
+                        help="share of the train rows replaced by rows calling functions composed from a library of "
+                             "optional parameters (fcmistral.demo.composed_functions); 0: none")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = parser.parse_args()
     paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
@@ -372,11 +383,11 @@ def main() -> None:
         raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
     if not 0 < args.heldout_kinds < len(KINDS):
         raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
-    for option in ("general_share", "several_values_share"):
+    for option in ("general_share", "several_values_share", "composed_share"):
         if not 0 <= getattr(args, option) <= 1:
             raise SystemExit(f"error: --{option} must be between 0 and 1, got {getattr(args, option)}")
     train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds, general_share=args.general_share,
-                              several_values_share=args.several_values_share)
+                              several_values_share=args.several_values_share, composed_share=args.composed_share)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for rows, path in zip((train, heldout), paths):
         write_jsonl(rows, path)

@@ -107,6 +107,8 @@ def test_the_command_takes_a_general_share_and_refuses_one_out_of_range(tmp_path
     refused = subprocess.run([*command, "--several_values_share", "-0.1", "--overwrite"], cwd=REPO, capture_output=True,
                              text=True)
     assert refused.returncode == 1 and refused.stderr.startswith("error: --several_values_share")
+    refused = subprocess.run([*command, "--composed_share", "2", "--overwrite"], cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --composed_share")
 
 
 def test_several_values_share_replaces_train_rows_with_one_call_per_value_named():
@@ -140,3 +142,37 @@ def test_several_values_share_replaces_train_rows_with_one_call_per_value_named(
                    for v in values]
         assert all(any(w in request for w in ways) for ways in written), row.text
     assert counts == {2, 3, 4}
+
+
+def test_composed_share_replaces_train_rows_with_composed_functions():
+    """``--composed_share``: rows calling functions composed from the library of optional parameters
+    replace that share of the train rows; their calls fit their schemas and copy every value from the
+    request (none made up); the optional parameters go by many names and sit anywhere after the
+    subject; the other rows and the held-out rows are those of the data without them."""
+    from fcmistral.demo.composed_functions import composed_groups
+
+    train, heldout = generate(600, 50, general_share=0.3)
+    mixed, mixed_heldout = generate(600, 50, general_share=0.3, composed_share=0.3)
+    assert mixed_heldout == heldout
+    composed = [op for group in composed_groups() for op in group]
+    assert len({op.name for op in composed}) == len(composed) >= 100
+    optional = [a for op in composed for a in op.arguments if not a[2]]
+    assert len({a[0] for a in optional}) >= 25
+    assert any(not op.arguments[i][2] and op.arguments[i + 1][2] for op in composed for i in range(len(op.arguments) - 1))
+    replaced = [parse_row(row) for row, before in zip(mixed, train) if row != before]
+    assert 120 < len(replaced) < 240
+    assert function_names([{"system": r.system} for r in replaced]) <= {op.name for op in composed}
+    types, copied = set(), 0
+    for row in replaced:
+        schemas = {f["name"]: f for f in row.functions}
+        for function in row.functions:
+            types |= _types(function["parameters"])
+        calls = [c for t in row.turns if t.role == "function_call" for c in t.calls]
+        assert all(call_problem(c, schemas) is None for c in calls), row.text
+        if [t.role for t in row.turns][:2] == ["user", "function_call"] and len(calls) == 1:
+            request = row.turns[0].content
+            for value in calls[0].arguments.values():
+                if not isinstance(value, bool):
+                    assert (value if isinstance(value, str) else f"{value:g}") in request, row.text
+                    copied += 1
+    assert {"string", "integer", "number", "boolean", "enum"} <= types and copied > 100
