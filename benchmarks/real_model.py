@@ -15,7 +15,8 @@ with ``--parallel_rate 0.3``; ``h`` as e, with ``--irrelevance_stand_in``; ``i``
 data with 30% of its train rows calling functions of other fields (``--general_share 0.3``); ``j`` as i, with
 15% of its rows requests naming several values of one argument, one call each (``--several_values_share
 0.15``); ``k`` as j, with 30% of its rows calling functions composed from a library of optional
-parameters (``--composed_share 0.3``, fcmistral.demo.composed_functions). Steps, each a subprocess as
+parameters (``--composed_share 0.3``, fcmistral.demo.composed_functions); ``l`` as k, every generated
+refusal followed by the user's next request and its call (``--follow_up_share 1``). Steps, each a subprocess as
 a user would run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2)
 and the wide data when missing; train with packing (train.py); merge (convert_weights.py); evaluate
 (evaluate.py) on the wide held-out rows, whose 40 functions no row trains on (call names, exact
@@ -167,11 +168,16 @@ ROWS = {
     # data was one of a few dozen, always asked for in the same words. Row j with 30% of its rows calling
     # functions composed from a library of optional parameters under varied names and phrasings.
     "k": ("row j + composed functions 0.3", ["--irrelevance_rate", "0.3"]),
+    # Added after row k's BFCL irrelevance replies: 39 of its 57 failures declined, then called in a
+    # second turn. A row's refusal always ended it, so the USER tag never followed one in training;
+    # row k with every generated refusal followed by the user's next request and its call.
+    "l": ("row k + refusals followed up", ["--irrelevance_rate", "0.3"]),
 }
 # Rows trained on wide data generated with other options (fcmistral.demo.wide_data's), each set of
 # options in a folder of its own beside --wide_dir (WIDE-general-0.3, ...).
 DATA_OPTIONS = {"i": {"general_share": 0.3}, "j": {"general_share": 0.3, "several_values_share": 0.15},
-                "k": {"general_share": 0.3, "several_values_share": 0.15, "composed_share": 0.3}}
+                "k": {"general_share": 0.3, "several_values_share": 0.15, "composed_share": 0.3},
+                "l": {"general_share": 0.3, "several_values_share": 0.15, "composed_share": 0.3, "follow_up_share": 1.0}}
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
 

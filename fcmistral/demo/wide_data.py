@@ -21,7 +21,8 @@ calling 31 functions of other fields (fcmistral.demo.general_functions: finance,
 statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged;
 ``--several_values_share`` likewise with requests naming several values of one argument, one call each;
 ``--composed_share`` with rows calling functions composed from a library of optional parameters
-(fcmistral.demo.composed_functions).
+(fcmistral.demo.composed_functions); ``--follow_up_share`` lets that share of the train rows' refusals go
+on with a request an offered function serves.
 
     python -m fcmistral.demo.wide_data --out_dir outputs/wide    # wide_train.jsonl, wide_heldout.jsonl
 """
@@ -33,7 +34,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fcmistral.data.augment import REFUSALS, join_requests
 from fcmistral.demo.composed_functions import composed_groups
@@ -235,7 +236,9 @@ def _offered(op: Operation, pool: list[list[Operation]], r: random.Random) -> li
 ACKS = ["Sure, let me check that for you.", "Of course, one moment please.", "Let me take care of that."]
 
 
-def _row(pool: list[list[Operation]], r: random.Random) -> dict[str, str]:
+def _row(pool: list[list[Operation]], r: random.Random, follow_up: Callable[[], bool] = lambda: False) -> dict[str, str]:
+    """A row over ``pool``'s functions; a refusal goes on with a request an offered function serves
+    where ``follow_up()`` says so (its own draws: ``r``'s stream, and so every other row, is the same)."""
     ops = [o for group in pool for o in group]
     op = r.choice(ops)
     functions = _offered(op, pool, r)
@@ -245,6 +248,9 @@ def _row(pool: list[list[Operation]], r: random.Random) -> dict[str, str]:
         other = r.choice([o for o in ops if o not in functions])
         task = other.description[0].lower() + other.description[1:]
         turns = [Turn("user", _exchange(other, r)[0]), Turn("assistant", r.choice(REFUSALS).format(task=task))]
+        if follow_up():  # the user's turn after a refusal, then a call: the refusal hands the conversation back
+            turns += [Turn("user", request), call_turn([FunctionCall(op.name, arguments)]),
+                      Turn("function_response", result), Turn("assistant", answer)]
     elif pattern < 0.22:  # two requests, parallel calls
         second = r.choice(functions)
         request2, arguments2, result2, answer2 = _exchange(second, r)
@@ -319,8 +325,8 @@ def _sentence(phrase: str) -> str:
 
 
 def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS, seed: int = 2024,
-             general_share: float = 0.0, several_values_share: float = 0.0, composed_share: float = 0.0
-             ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+             general_share: float = 0.0, several_values_share: float = 0.0, composed_share: float = 0.0,
+             follow_up_share: float = 0.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train rows over the first kinds (plus 10% chit-chat and 10% of the sample data's everyday
     functions), held-out rows over the last ``heldout_kinds`` kinds only.
 
@@ -331,23 +337,30 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     library of optional parameters (fcmistral.demo.composed_functions).
     ``several_values_share``: likewise (a stream of its own, drawn last), by requests naming several values
     of one argument (``_several_values_row``), over the booking kinds' and the other fields' functions.
+    ``follow_up_share``: that share of the train rows' refusals (a stream of its own) go on with the
+    user's next request, which an offered function serves, and its call; the held-out rows never do.
     """
     r = random.Random(seed)
     pool = [operations(kind) for kind in KINDS]
     seen, unseen = pool[:-heldout_kinds], pool[-heldout_kinds:]
+    following = random.Random(seed + 4)
+
+    def follow_up() -> bool:
+        return follow_up_share > 0 and following.random() < follow_up_share
+
     train = []
     for _ in range(train_rows):
         draw = r.random()
         # the sample data's ten everyday functions (weather, stocks...) for variety
-        train.append(_chitchat_row(r) if draw < 0.1 else _function_row(r) if draw < 0.2 else _row(seen, r))
+        train.append(_chitchat_row(r) if draw < 0.1 else _function_row(r) if draw < 0.2 else _row(seen, r, follow_up))
     heldout = [_row(unseen, r) for _ in range(heldout_rows)]
     fields = general_groups() if general_share else []
     if general_share:
         general = random.Random(seed + 1)
-        train = [_row(fields, general) if general.random() < general_share else row for row in train]
+        train = [_row(fields, general, follow_up) if general.random() < general_share else row for row in train]
     if composed_share:
         composing, composed = random.Random(seed + 3), composed_groups()
-        train = [_row(composed, composing) if composing.random() < composed_share else row for row in train]
+        train = [_row(composed, composing, follow_up) if composing.random() < composed_share else row for row in train]
     if several_values_share:
         several, functions = random.Random(seed + 2), seen + fields
         train = [(several.random() < several_values_share and _several_values_row(functions, several)) or row
@@ -375,6 +388,9 @@ def main() -> None:
     parser.add_argument("--composed_share", type=float, default=0.0,
                         help="share of the train rows replaced by rows calling functions composed from a library of "
                              "optional parameters (fcmistral.demo.composed_functions); 0: none")
+    parser.add_argument("--follow_up_share", type=float, default=0.0,
+                        help="share of the train rows' refusals after which the user asks for something an offered "
+                             "function does, and the assistant calls it; 0: a refusal ends its row")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = parser.parse_args()
     paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
@@ -383,11 +399,12 @@ def main() -> None:
         raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
     if not 0 < args.heldout_kinds < len(KINDS):
         raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
-    for option in ("general_share", "several_values_share", "composed_share"):
+    for option in ("general_share", "several_values_share", "composed_share", "follow_up_share"):
         if not 0 <= getattr(args, option) <= 1:
             raise SystemExit(f"error: --{option} must be between 0 and 1, got {getattr(args, option)}")
     train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds, general_share=args.general_share,
-                              several_values_share=args.several_values_share, composed_share=args.composed_share)
+                              several_values_share=args.several_values_share, composed_share=args.composed_share,
+                              follow_up_share=args.follow_up_share)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for rows, path in zip((train, heldout), paths):
         write_jsonl(rows, path)

@@ -176,3 +176,22 @@ def test_composed_share_replaces_train_rows_with_composed_functions():
                     assert (value if isinstance(value, str) else f"{value:g}") in request, row.text
                     copied += 1
     assert {"string", "integer", "number", "boolean", "enum"} <= types and copied > 100
+
+
+def test_follow_up_share_lets_refusals_go_on_with_a_request_an_offered_function_serves():
+    """``--follow_up_share``: that share of the train rows' refusals go on with the user's next request
+    and a call of an offered function that fits its schema (the refusal hands the conversation back,
+    and training supervises the USER tag after it); every other row and the held-out rows are unchanged."""
+    train, heldout = generate(1500, 50, general_share=0.3, composed_share=0.3)
+    mixed, mixed_heldout = generate(1500, 50, general_share=0.3, composed_share=0.3, follow_up_share=1.0)
+    assert mixed_heldout == heldout
+    changed = [(parse_row(row), parse_row(before)) for row, before in zip(mixed, train) if row != before]
+    refusals = [raw for raw in train if raw["chat"].count("ASSISTANT:") == 1 and "<functioncall>" not in raw["chat"]
+                and "no access to external functions" not in raw["system"]]
+    assert 60 < len(changed) <= len(refusals)  # (the sample data's own refusals stay as they are)
+    for row, before in changed:
+        assert row.system == before.system and row.turns[:2] == before.turns
+        assert [t.role for t in row.turns] == ["user", "assistant", "user", "function_call", "function_response",
+                                               "assistant"]
+        schemas = {f["name"]: f for f in row.functions}
+        assert all(call_problem(c, schemas) is None for c in row.turns[3].calls), row.text
