@@ -372,6 +372,19 @@ def function_names(rows: list[dict[str, str]]) -> set[str]:
     return {f["name"] for row in rows for f in parse_functions(row["system"])}
 
 
+# generate()'s options, each a share in [0, 1] (0: off), and what the command's help says of them.
+SHARES = {
+    "general_share": "share of the train rows replaced by rows calling functions of other fields (finance, geometry, "
+                     "physics, statistics...: fcmistral.demo.general_functions); 0: bookings only",
+    "several_values_share": "share of the train rows replaced by requests naming several values of one argument "
+                            "('in Paris and in Tokyo'), answered by one call per value in one turn; 0: none",
+    "composed_share": "share of the train rows replaced by rows calling functions composed from a library of optional "
+                      "parameters (fcmistral.demo.composed_functions); 0: none",
+    "follow_up_share": "share of the train rows' refusals after which the user asks for something an offered function "
+                       "does, and the assistant calls it; 0: a refusal ends its row",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write wide_train.jsonl and wide_heldout.jsonl (glaive format, "
                                                  "240 functions; the held-out kinds never occur in training).")
@@ -379,18 +392,8 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=3000)
     parser.add_argument("--heldout_rows", type=int, default=200)
     parser.add_argument("--heldout_kinds", type=int, default=HELDOUT_KINDS)
-    parser.add_argument("--general_share", type=float, default=0.0,
-                        help="share of the train rows replaced by rows calling functions of other fields (finance, "
-                             "geometry, physics, statistics...: fcmistral.demo.general_functions); 0: bookings only")
-    parser.add_argument("--several_values_share", type=float, default=0.0,
-                        help="share of the train rows replaced by requests naming several values of one argument "
-                             "('in Paris and in Tokyo'), answered by one call per value in one turn; 0: none")
-    parser.add_argument("--composed_share", type=float, default=0.0,
-                        help="share of the train rows replaced by rows calling functions composed from a library of "
-                             "optional parameters (fcmistral.demo.composed_functions); 0: none")
-    parser.add_argument("--follow_up_share", type=float, default=0.0,
-                        help="share of the train rows' refusals after which the user asks for something an offered "
-                             "function does, and the assistant calls it; 0: a refusal ends its row")
+    for share, help_text in SHARES.items():
+        parser.add_argument(f"--{share}", type=float, default=0.0, help=help_text)
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = parser.parse_args()
     paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
@@ -399,12 +402,11 @@ def main() -> None:
         raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
     if not 0 < args.heldout_kinds < len(KINDS):
         raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
-    for option in ("general_share", "several_values_share", "composed_share", "follow_up_share"):
+    for option in SHARES:
         if not 0 <= getattr(args, option) <= 1:
             raise SystemExit(f"error: --{option} must be between 0 and 1, got {getattr(args, option)}")
-    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds, general_share=args.general_share,
-                              several_values_share=args.several_values_share, composed_share=args.composed_share,
-                              follow_up_share=args.follow_up_share)
+    train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds,
+                              **{share: getattr(args, share) for share in SHARES})
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for rows, path in zip((train, heldout), paths):
         write_jsonl(rows, path)
