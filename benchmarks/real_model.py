@@ -174,10 +174,12 @@ ROWS = {
     "l": ("row k + refusals followed up", ["--irrelevance_rate", "0.3"]),
 }
 # Rows trained on wide data generated with other options (fcmistral.demo.wide_data's), each set of
-# options in a folder of its own beside --wide_dir (WIDE-general-0.3, ...).
-DATA_OPTIONS = {"i": {"general_share": 0.3}, "j": {"general_share": 0.3, "several_values_share": 0.15},
-                "k": {"general_share": 0.3, "several_values_share": 0.15, "composed_share": 0.3},
-                "l": {"general_share": 0.3, "several_values_share": 0.15, "composed_share": 0.3, "follow_up_share": 1.0}}
+# options in a folder of its own beside --wide_dir (WIDE-general-0.3, ...); each later row adds one option
+# to the row before it (the folder's name lists them in that order).
+DATA_OPTIONS = {"i": {"general_share": 0.3}}
+DATA_OPTIONS["j"] = {**DATA_OPTIONS["i"], "several_values_share": 0.15}
+DATA_OPTIONS["k"] = {**DATA_OPTIONS["j"], "composed_share": 0.3}
+DATA_OPTIONS["l"] = {**DATA_OPTIONS["k"], "follow_up_share": 1.0}
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
 
