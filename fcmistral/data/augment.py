@@ -72,12 +72,27 @@ class Augmentation:
         return cls(**{f.name: getattr(options, f.name) for f in fields(cls)})
 
 
-def _task(function: dict[str, Any]) -> str:
-    """What a function does, as a refusal names it: its description, lower-cased, without the period."""
-    description = str(function.get("description") or "").strip().rstrip(".")
+# First words of a description that names a result ("The area of a rectangle", "How long ...") rather than
+# an action ("Calculate the area ..."): a refusal then says it can't *tell you* that result, since "I can't
+# the area of a rectangle" is what the model would learn to write.
+RESULT_OPENINGS = frozenset({"the", "a", "an", "this", "these", "how", "what", "which", "whether", "when", "where",
+                             "who", "why"})
+
+
+def _task(description: str, name: str) -> str:
+    """What a function does, as a refusal names it: its description, lower-cased, without the period, as
+    an action (a description that names a result is told)."""
+    description = description.strip().rstrip(".")
     if not description:
-        return f"use {function['name']}"
-    return description[0].lower() + description[1:]
+        return f"use {name}"
+    task = description[0].lower() + description[1:]
+    return f"tell you {task}" if task.split()[0] in RESULT_OPENINGS else task
+
+
+def refusal(description: str, name: str, rng: random.Random) -> str:
+    """A refusal in one of glaive's phrasings, naming what the function ``name`` described by
+    ``description`` does (one draw from ``rng``)."""
+    return rng.choice(REFUSALS).format(task=_task(description, name))
 
 
 def without_called_function(row: GlaiveRow, rng: random.Random,
@@ -91,14 +106,14 @@ def without_called_function(row: GlaiveRow, rng: random.Random,
     called = {call.name for call in row.turns[index].calls}
     first = row.turns[index].calls[0].name
     removed = next((f for f in row.functions if f.get("name") == first), {"name": first})
-    refusal = Turn("assistant", rng.choice(REFUSALS).format(task=_task(removed)))
+    declined = Turn("assistant", refusal(str(removed.get("description") or ""), first, rng))
     functions = [f for f in row.functions if f.get("name") not in called]
     if not functions and stand_ins and (stand_in := _stand_in(called, removed, stand_ins, rng)):
         functions = [stand_in]
     kept = row.turns[:index]
     while kept and kept[-1].is_assistant:  # "Let me check that for you." belongs to the call
         kept = kept[:-1]
-    return replace(row, system=build_system_prompt(functions), functions=functions, turns=kept + [refusal])
+    return replace(row, system=build_system_prompt(functions), functions=functions, turns=kept + [declined])
 
 
 def _stand_in(called: set[str], removed: dict[str, Any], rows: list[dict[str, Any]],

@@ -275,7 +275,7 @@ def _health() -> list[Operation]:
             ("What is my BMI", "Calculate the body mass index", "Compute a BMI"),
             lambda a, r: {"bmi": round(a["weight_kg"] / a["height_m"] ** 2, 1)},
             lambda a, res: f"The BMI is {res['bmi']}."),
-        Operation("daily_water_intake", "Recommended daily water intake", [
+        Operation("daily_water_intake", "The recommended daily water intake", [
             ("weight_kg", _prop("number", "The body weight in kilograms"), True, _num(40, 130), lambda v: f"for someone of {v:g} kg"),
             ("activity_minutes", _prop("integer", "Minutes of exercise a day", minimum=0, maximum=600), False,
              lambda r: r.choice([20, 30, 45, 60, 90]), lambda v: f"who exercises {v} minutes a day"),
@@ -369,7 +369,7 @@ def _cooking_and_energy() -> list[Operation]:
             ("Scale my recipe", "Adjust a recipe", "Resize a recipe"),
             lambda a, r: {"ingredients": [{"name": i["name"], "grams": _as_written(i["grams"] * a["factor"])} for i in a["ingredients"]]},
             lambda a, res: "You need " + _list([f"{i['grams']:g} g of {i['name']}" for i in res["ingredients"]]) + "."),
-        Operation("roasting_time", "Roasting time for a piece of meat", [
+        Operation("roasting_time", "The roasting time for a piece of meat", [
             ("weight_kg", _prop("number", "The weight in kilograms"), True, _num(0.5, 6, 1), lambda v: f"of {v:g} kg"),
             ("meat", _prop("string", "The meat", enum=["beef", "pork", "lamb", "chicken"]), True,
              lambda r: r.choice(["beef", "pork", "lamb", "chicken"]), lambda v: f"for a {v} roast"),

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fcmistral.data.augment import REFUSALS, join_requests
+from fcmistral.data.augment import join_requests, refusal
 from fcmistral.demo.composed_functions import composed_groups
 from fcmistral.demo.general_functions import general_groups
 from fcmistral.demo.operations import Argument, Operation
@@ -246,8 +246,7 @@ def _row(pool: list[list[Operation]], r: random.Random, follow_up: Callable[[], 
     request, arguments, result, answer = _exchange(op, r)
     if pattern < 0.1:  # a request no offered function serves
         other = r.choice([o for o in ops if o not in functions])
-        task = other.description[0].lower() + other.description[1:]
-        turns = [Turn("user", _exchange(other, r)[0]), Turn("assistant", r.choice(REFUSALS).format(task=task))]
+        turns = [Turn("user", _exchange(other, r)[0]), Turn("assistant", refusal(other.description, other.name, r))]
         if follow_up():  # the user's turn after a refusal, then a call: the refusal hands the conversation back
             turns += [Turn("user", request), call_turn([FunctionCall(op.name, arguments)]),
                       Turn("function_response", result), Turn("assistant", answer)]

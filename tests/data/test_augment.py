@@ -43,6 +43,19 @@ def test_irrelevance_removes_the_called_function_and_declines(sample_rows):
         assert again.turns[:-1] == row.turns[:len(again.turns) - 1] and again.turns[-2].role == "user"
 
 
+def test_refusals_tell_a_result_a_description_names(sample_rows):
+    """A description naming a result, not an action ("The area of a rectangle."), is refused as
+    "... can't tell you the area of a rectangle", never "can't the area of a rectangle"."""
+    raw = rows_with_calls(sample_rows)[0]
+    row = parse_row(raw)
+    called = next(t.calls[0].name for t in row.turns if t.role == "function_call")
+    description = next(f["description"] for f in row.functions if f["name"] == called)
+    noun_phrase = parse_row({**raw, "system": raw["system"].replace(description, "The area of a rectangle.")})
+    for seed in range(6):
+        reply = without_called_function(noun_phrase, random.Random(seed)).turns[-1].content
+        assert "tell you the area of a rectangle" in reply and "can't the" not in reply, reply
+
+
 def test_stand_ins_offer_another_rows_function_where_none_would_be_left(sample_rows):
     """With stand-ins, a declined row whose only function was the called one offers one function from
     another row (never the called one, nor a copy of it under another name); rows that keep a function

@@ -4,6 +4,7 @@ schemas, at least 200 functions of every JSON type, and held-out functions never
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -195,3 +196,15 @@ def test_follow_up_share_lets_refusals_go_on_with_a_request_an_offered_function_
                                                "assistant"]
         schemas = {f["name"]: f for f in row.functions}
         assert all(call_problem(c, schemas) is None for c in row.turns[3].calls), row.text
+
+
+def test_refusals_name_a_task_the_sentence_can_hold():
+    """A refusal of a function whose description names a result ("The area of a rectangle") says it can't
+    tell you that result: "I can't the area of a rectangle" is a sentence the trained model copied into
+    its replies. Every refusal's phrase names an action, here and in the irrelevance augmentation."""
+    train, _ = generate(1500, 50, general_share=0.3, composed_share=0.3)
+    tasks = [re.search(r"(?:can't|unable to|can|function to) (\S+)", row.turns[1].content).group(1)
+             for row in map(parse_row, train) if [t.role for t in row.turns][:2] == ["user", "assistant"]
+             and row.functions and len(row.turns) == 2]
+    assert len(tasks) > 60 and "tell" in tasks
+    assert not {t for t in tasks if t.lower() in {"the", "a", "an", "how", "recommended", "roasting"}}
