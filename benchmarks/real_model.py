@@ -5,6 +5,7 @@ row trained with the same steps and evaluated the same way.
     python benchmarks/real_model.py                     # every row, one after the other (hours on 2 cores)
     python benchmarks/real_model.py --only b            # one row; its results join OUTPUT_DIR/report.json
     python benchmarks/real_model.py --only b --evaluate_again   # its trained model evaluated again at this code
+    python benchmarks/real_model.py --only l --choose_bias  # and at the call bias its held-out data picks
     python benchmarks/real_model.py --only a --max_steps 2 --max_length 512 --eval_limit 3 --train_rows 40 --bfcl_limit 2   # smoke
 
 Rows: ``zero`` the model zero-shot; ``a`` QLoRA on the shipped sample data (10 functions); ``b`` on
@@ -21,7 +22,9 @@ a user would run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.ar
 and the wide data when missing; train with packing (train.py); merge (convert_weights.py); evaluate
 (evaluate.py) on the wide held-out rows, whose 40 functions no row trains on (call names, exact
 arguments), and on BFCL: the first ``--bfcl_limit`` questions of ``simple`` and ``irrelevance`` and
-half as many of ``multiple``, ``parallel`` and ``parallel_multiple``.
+half as many of ``multiple``, ``parallel`` and ``parallel_multiple``. With ``--choose_bias``, then
+the held-out rule of docs/training.md (constrained calls, the call bias of -3..0 that our held-out data
+picks) and BFCL at that bias: the setting the issue's targets are read at, chosen without BFCL.
 With ``--gguf_types``, the merged model is exported as GGUF and its held-out calls in llama.cpp are
 compared with transformers' (llama-cpp-python). Rows run one at a time (``--only``), so the table can
 be filled across sessions: each row's results are merged into ``OUTPUT_DIR/report.json`` and the
@@ -63,29 +66,80 @@ def run(*args: str, log: Path) -> tuple[float, float]:
 def evaluate(model: Path, out: Path, args: argparse.Namespace) -> dict:
     """Held-out rows, then BFCL (two runs: the first ``bfcl_limit`` of simple and irrelevance, half as
     many of the multiple and parallel categories): the figures of one table row, and the wall time."""
-    common = ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--compute_dtype", args.compute_dtype]
-    limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    common = _common(model, args)
     held_out = out / "held_out"
     wall, _ = run("evaluate.py", *common, "--max_new_tokens", str(args.max_new_tokens), "--dataset", str(args.eval_data),
-                  "--output_dir", str(held_out), *limit, log=out / "held_out.log")
+                  "--output_dir", str(held_out), *_limit(args.eval_limit), log=out / "held_out.log")
     summary = json.loads((held_out / "summary.json").read_text())
     row = {"held_out_items": summary["n"], "call_name_accuracy": round(summary["name_accuracy"], 3),
            "exact_argument_match": round(summary["exact_match"], 3), "parse_failures": summary["parse_failures"],
            "no_call": summary["no_call"], "held_out_declines": summary["declines"]}
     # The multiple/parallel run gets twice the tokens: two to four calls of 40-80 tokens each (row d's
     # first evaluation, at 160, cut 9 of 50 parallel replies into unreadable calls).
-    for name, categories, n, tokens in (("bfcl_a", BFCL_FULL, args.bfcl_limit, args.max_new_tokens),
-                                        ("bfcl_b", BFCL_HALF, (args.bfcl_limit + 1) // 2, 2 * args.max_new_tokens)):
-        bfcl_limit = ["--limit", str(n)] if args.bfcl_limit else []
-        bfcl_wall, _ = run("evaluate.py", *common, "--max_new_tokens", str(tokens), "--benchmark", "bfcl",
-                           "--categories", categories, "--output_dir", str(out / name), *bfcl_limit,
-                           log=out / f"{name}.log")
-        wall += bfcl_wall
-        for category, figures in json.loads((out / name / "summary.json").read_text())["per_category"].items():
-            row[f"bfcl_{category}"] = {"n": figures["n"], "accuracy": round(figures["accuracy"], 3),
-                                       "unreadable": figures["parse_failure"]}
-    row["eval_s"] = round(wall, 1)
+    bfcl_wall, figures = bfcl(common, out, [("bfcl_a", BFCL_FULL, args.bfcl_limit, args.max_new_tokens),
+                                            ("bfcl_b", BFCL_HALF, (args.bfcl_limit + 1) // 2, 2 * args.max_new_tokens)])
+    row.update(figures)
+    row["eval_s"] = round(wall + bfcl_wall, 1)
     return row
+
+
+def _common(model: Path, args: argparse.Namespace) -> list[str]:
+    return ["--model_path", str(model), "--overwrite_output_dir", "--batch_size", "8", "--compute_dtype", args.compute_dtype]
+
+
+def _limit(n: int) -> list[str]:
+    return ["--limit", str(n)] if n else []
+
+
+def bfcl(common: list[str], out: Path, runs: list[tuple[str, str, int, int]]) -> tuple[float, dict]:
+    """evaluate.py on BFCL, one run per (folder, categories, questions of each, new tokens): the wall
+    time, and each category's figures as ``bfcl_CATEGORY``."""
+    wall, figures = 0.0, {}
+    for name, categories, n, tokens in runs:
+        wall += run("evaluate.py", *common, "--max_new_tokens", str(tokens), "--benchmark", "bfcl", "--categories",
+                    categories, "--output_dir", str(out / name), *_limit(n), log=out / f"{name}.log")[0]
+        for category, summary in json.loads((out / name / "summary.json").read_text())["per_category"].items():
+            figures[f"bfcl_{category}"] = {"n": summary["n"], "accuracy": round(summary["accuracy"], 3),
+                                           "unreadable": summary["parse_failure"]}
+    return wall, figures
+
+
+# The held-out rule (docs/training.md), fixed before any run read BFCL at a bias: constrained calls with
+# the loop penalty, the call bias of this grid whose mean of held-out exact arguments (call items) and
+# declines (declining items) is best, as printed (one decimal), ties toward 0; then BFCL at that bias.
+BIAS_GRID = (-3.0, -2.0, -1.0, 0.0)
+RULE_OPTIONS = ["--constrained_calls", "--loop_penalty", "0.8"]
+
+
+def held_out_mean(summary: dict) -> float:
+    """The rule's score of one bias: the mean of held-out exact arguments and declines, in percent."""
+    return round(50 * (summary["exact_match"] + summary["declines"]["accuracy"]), 1)
+
+
+def choose_bias(summaries: dict[float, dict]) -> float:
+    """The bias the held-out rule picks from each bias's held-out summary."""
+    return max(summaries, key=lambda bias: (held_out_mean(summaries[bias]), -abs(bias)))
+
+
+def evaluate_at_chosen_bias(model: Path, out: Path, args: argparse.Namespace) -> dict:
+    """The held-out grid, the bias the rule picks, and BFCL at it: simple and irrelevance, multiple and
+    parallel, the first ``bfcl_limit`` of each (as every run of the targets table in docs/training.md)."""
+    common = [*_common(model, args), *RULE_OPTIONS]
+    grid = out / "held_out_bias"
+    wall, _ = run("evaluate.py", *common, "--max_new_tokens", str(args.max_new_tokens), "--dataset", str(args.eval_data),
+                  "--output_dir", str(grid), "--call_bias=" + ",".join(f"{b:g}" for b in BIAS_GRID),
+                  *_limit(args.eval_limit), log=out / "held_out_bias.log")
+    summaries = {b: json.loads((grid / f"call_bias_{b:+g}" / "summary.json").read_text()) for b in BIAS_GRID}
+    bias = choose_bias(summaries)
+    chosen = {"bias": bias, "held_out_means": {f"{b:+g}": held_out_mean(s) for b, s in summaries.items()},
+              "exact_argument_match": round(summaries[bias]["exact_match"], 3),
+              "held_out_declines": summaries[bias]["declines"]}
+    common.append(f"--call_bias={bias:g}")
+    bfcl_wall, figures = bfcl(common, out, [("bfcl_a_chosen", BFCL_FULL, args.bfcl_limit, args.max_new_tokens),
+                                            ("bfcl_b_chosen", "multiple,parallel", args.bfcl_limit, 2 * args.max_new_tokens)])
+    chosen.update(figures)
+    chosen["eval_s"] = round(wall + bfcl_wall, 1)
+    return chosen
 
 
 def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: Path, types: list[str],
@@ -246,19 +300,38 @@ def first_rows(path: Path, n: int, out: Path) -> Path:
     return out
 
 
+def _bfcl_cells(row: dict, categories: tuple[str, ...]) -> str:
+    return " | ".join(f"{row[f'bfcl_{c}']['accuracy']:.0%} of {row[f'bfcl_{c}']['n']}" if f"bfcl_{c}" in row else "-"
+                      for c in categories)
+
+
+# The issue's targets on BFCL, for the misses column: simple, irrelevance, parallel.
+TARGETS = {"simple": 0.60, "irrelevance": 0.80, "parallel": 0.30}
+
+
 def print_table(report: dict) -> None:
     print("| row | steps | held-out calls (unseen functions) | exact arguments | held-out declines | " +
           " | ".join(f"BFCL {c}" for c in COLUMNS) + " | train | evaluation |")
     print("|---" * (7 + len(COLUMNS)) + "|")
     for key, row in report["rows"].items():
-        bfcl = [f"{row[f'bfcl_{c}']['accuracy']:.0%} of {row[f'bfcl_{c}']['n']}" if f"bfcl_{c}" in row else "-"
-                for c in COLUMNS]
         train = f"{row['train_s'] / 60:.1f} min" if "train_s" in row else "-"
         declines = row.get("held_out_declines", {})  # rows evaluated before declining items were scored: -
         declined = f"{declines['accuracy']:.0%} of {declines['n']}" if declines.get("n") else "-"
         print(f"| {key}: {ROWS[key][0]} | {row.get('max_steps', 0)} | {row['call_name_accuracy']:.1%} of "
-              f"{row['held_out_items']} | {row['exact_argument_match']:.1%} | {declined} | {' | '.join(bfcl)} | {train} | "
-              f"{row['eval_s'] / 60:.1f} min |")
+              f"{row['held_out_items']} | {row['exact_argument_match']:.1%} | {declined} | {_bfcl_cells(row, COLUMNS)} | "
+              f"{train} | {row['eval_s'] / 60:.1f} min |")
+    chosen = {key: row["chosen"] for key, row in report["rows"].items() if "chosen" in row}
+    if chosen:
+        print("\nAt the call bias the held-out rule picks (--choose_bias; misses: points below simple 60%, "
+              "irrelevance 80%, parallel 30%):\n")
+        print("| row | bias | held-out exact | declines | BFCL simple | irrelevance | multiple | parallel | misses |")
+        print("|---" * 9 + "|")
+        for key, row in chosen.items():
+            misses = " + ".join(f"{max(0, round(100 * (target - row[f'bfcl_{c}']['accuracy']))):d}"
+                                for c, target in TARGETS.items())
+            print(f"| {key} | {row['bias']:g} | {row['exact_argument_match']:.1%} | "
+                  f"{row['held_out_declines']['accuracy']:.0%} of {row['held_out_declines']['n']} | "
+                  f"{_bfcl_cells(row, ('simple', 'irrelevance', 'multiple', 'parallel'))} | {misses} |")
 
 
 def main() -> None:
@@ -292,6 +365,10 @@ def main() -> None:
     parser.add_argument("--evaluate_again", action="store_true",
                         help="evaluate the rows' trained models again at the current code, keeping their training "
                              "and its figures (after a change of evaluation); their evaluation folders are replaced")
+    parser.add_argument("--choose_bias", action="store_true",
+                        help="also evaluate at the call bias our held-out data picks (the rule of docs/training.md: "
+                             "constrained calls, grid -3..0, best mean of held-out exact arguments and declines) on "
+                             "BFCL simple, irrelevance, multiple and parallel (--bfcl_limit each); ~20 min a row on 2 cores")
     parser.add_argument("--gguf_types", default="",
                         help="export each trained row's model as these GGUF types (e.g. f32,f16,q8_0) and compare its "
                              "held-out calls in llama.cpp with transformers' (needs llama-cpp-python; empty: skip)")
@@ -335,6 +412,8 @@ def main() -> None:
             model, row = train_and_merge(key, train_data, row_dir, args)
             row["max_steps"], row["seed"] = args.max_steps, args.seed
         row.update(evaluate(model, row_dir, args))
+        if args.choose_bias:
+            row["chosen"] = evaluate_at_chosen_bias(model, row_dir, args)
         types = [t for t in args.gguf_types.split(",") if t]
         if types and ROWS[key][1] is not None:
             row["llama_cpp_same_calls_as_transformers"] = llama_cpp_agreement(

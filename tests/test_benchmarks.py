@@ -168,11 +168,29 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
     trained = (out / "a" / "merged" / "model.safetensors").stat().st_mtime_ns
     again = run_script("benchmarks/real_model.py", "--model_path", str(smollm2_dir), "--wide_dir", str(tmp_path / "wide"),
                        "--eval_limit", "1", "--bfcl_limit", "1", "--max_new_tokens", "24", "--output_dir", str(out),
-                       "--only", "a", "--evaluate_again")  # a change of evaluation: the trained model, evaluated again
+                       "--only", "a", "--evaluate_again", "--choose_bias")  # the trained model, evaluated again
     assert again.returncode == 0, again.stderr[-3000:]
     evaluated = json.loads((out / "report.json").read_text())["rows"]["a"]
     assert held_out(evaluated) == 1 and evaluated["train_s"] == rows["a"]["train_s"]
+    chosen = evaluated["chosen"]  # the held-out grid, its rule's bias, and BFCL there
+    assert list(chosen["held_out_means"]) == ["-3", "-2", "-1", "+0"] and chosen["bias"] in (-3, -2, -1, 0)
+    assert all(chosen[f"bfcl_{c}"]["n"] == 1 for c in ("simple", "irrelevance", "multiple", "parallel"))
+    assert "At the call bias the held-out rule picks" in again.stdout and f"| a | {chosen['bias']:g} |" in again.stdout
     assert (out / "a" / "merged" / "model.safetensors").stat().st_mtime_ns == trained
+
+
+def test_the_held_out_rule_picks_the_best_mean_of_exact_arguments_and_declines_ties_toward_zero():
+    """The rule every run of docs/training.md's targets table was read at, now the benchmark's own."""
+    from benchmarks.real_model import choose_bias, held_out_mean
+
+    def summary(exact: float, declines: float) -> dict:
+        return {"exact_match": exact, "declines": {"n": 21, "accuracy": declines}}
+
+    row_e = {-3.0: summary(0.277, 1.0), -2.0: summary(0.626, 0.952), -1.0: summary(0.877, 0.714), 0.0: summary(0.897, 0.429)}
+    assert choose_bias(row_e) == -1.0 and held_out_mean(row_e[-2.0]) == 78.9  # docs/training.md, row e at 240 steps
+    tied = {-3.0: summary(0.2, 1.0), -2.0: summary(0.6, 0.6), -1.0: summary(0.7, 0.5), 0.0: summary(0.9, 0.0)}
+    assert choose_bias(tied) == -1.0  # -2 and -1 both 60.0: toward 0
+    assert choose_bias({b: summary(0.5, 0.5) for b in (-3.0, -2.0, -1.0, 0.0)}) == 0.0
 
 
 def test_real_model_refuses_wide_data_other_than_this_code_writes(tmp_path):
