@@ -189,7 +189,9 @@ Generate = Callable[[list[str], list["CallConstraint | None"], int | None], list
 limit (None: the generator's own)."""
 
 
-def _peek_constraint(constraint: "CallConstraint | None") -> "CallConstraint | None":
+def peek_constraint(constraint: "CallConstraint | None") -> "CallConstraint | None":
+    """The constraint of a peek after a text turn generated under ``constraint`` (its ``peek_of``), or
+    none; written here, not in fcmistral.constraint, as this module may not import torch."""
     return constraint.peek_of() if constraint is not None else None
 
 
@@ -209,7 +211,7 @@ def replies(generate: Generate, conversations: list[Conversation],
         for limit in dict.fromkeys(ask.max_new_tokens for _, ask in asks):  # the replies, the peeks
             group = [(i, ask) for i, ask in asks if ask.max_new_tokens == limit]
             outputs = generate([ask.prompt for _, ask in group],
-                               [_peek_constraint(constraints[i]) if ask.peek else constraints[i] for i, ask in group], limit)
+                               [peek_constraint(constraints[i]) if ask.peek else constraints[i] for i, ask in group], limit)
             texts.update((i, text) for (i, _), text in zip(group, outputs))
         return [(texts[i], "stop") for i, _ in asks]
 

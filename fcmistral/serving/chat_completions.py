@@ -59,7 +59,7 @@ from fcmistral.serving.protocol import (
     tool_call_dicts,
     usage,
 )
-from fcmistral.turns import SERVER_POLICY, Ask, Outcome, assistant_turns
+from fcmistral.turns import SERVER_POLICY, Ask, Outcome, assistant_turns, peek_constraint
 
 log = logging.getLogger(__name__)
 ARGUMENT_FRAGMENTS = 4  # chunks a streamed call's arguments are split into
@@ -145,7 +145,7 @@ class ChatCompletions:
         reply's ``peek_of``: majority decisions, or nothing)."""
         if ask.peek:
             return GenerationRequest(ask.prompt, ask.max_new_tokens,
-                                     constraint=self.constraint.peek_of() if self.constraint else None)
+                                     constraint=peek_constraint(self.constraint))
         prompt_ids = check_prompt(ask.prompt, self.engine, self.limits)
         generation = sampling(self.request, self.limits, ask.prompt, prompt_ids,
                               () if self.calls_allowed else (FUNCTION_CALL_MARKER,))

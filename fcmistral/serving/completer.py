@@ -6,6 +6,7 @@ from fcmistral.constraint import CallConstraint
 from fcmistral.format.streams import ReplyStream
 from fcmistral.generation import generate_batch
 from fcmistral.prompt import END_OF_TURN
+from fcmistral.turns import peek_constraint
 
 
 class EndMarkerStreamer:
@@ -39,7 +40,7 @@ class Completer:
                  temperature: float = 1.0, top_p: float = 1.0, stream_prefix: str = "",
                  constraint: CallConstraint | None = None) -> None:
         self.model, self.tokenizer, self.stream_prefix, self.constraint = model, tokenizer, stream_prefix, constraint
-        self.peek_constraint = constraint.peek_of() if constraint is not None else None
+        self.peek_constraint = peek_constraint(constraint)
         self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                         "top_p": top_p}
 
