@@ -148,10 +148,8 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
     held-out prompts in llama.cpp (greedy, as many tokens as evaluate.py, the prompt's tokens as
     training reads them): for each type, how many replies hold the same calls as transformers'
     replies in evaluate.py's ``predictions``."""
-    import llama_cpp
-
     from fcmistral.evaluation.items import eval_items
-    from fcmistral.export.gguf import export_gguf
+    from fcmistral.export.gguf import export_gguf, load_in_llama_cpp
     from fcmistral.format.calls import try_parse_calls
     from fcmistral.generation import cut_at_end_of_turn
     from fcmistral.modeling import load_tokenizer, text_encoder
@@ -166,7 +164,7 @@ def llama_cpp_agreement(merged: Path, predictions: Path, eval_data: Path, out: P
     agreement = {}
     for outtype in types:
         path = export_gguf(merged, out / f"model-{outtype}.gguf", outtype, overwrite=True)
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=2, verbose=False)
+        llm = load_in_llama_cpp(path, n_ctx=4096, n_threads=2, verbose=False)
 
         def reply(prompt: str, limit: int) -> str:
             got: list[int] = []

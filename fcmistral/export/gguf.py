@@ -185,6 +185,30 @@ def export_gguf(model_path: str | Path, output: str | Path, outtype: str = "f16"
     return output
 
 
+def load_in_llama_cpp(path: str | Path, **options):
+    """``path`` loaded in llama-cpp-python (``llama_cpp.Llama`` with ``options``) without llama.cpp's
+    weight repacking, as ``llama-cli --no-repack`` runs: on Sapphire Rapids CPUs a native build repacks
+    q8_0 weights for AMX, whose matrix product segfaults (ggml-org/llama.cpp#20824, seen here with
+    llama-cpp-python 0.3.36 on the first forward pass of a SmolLM2 q8_0 export). What is checked through
+    this (the export's numbers) does not depend on repacking. ``Llama`` has no parameter for it, so its
+    default model parameters are given ``use_extra_bufts`` off for this one load."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as native
+
+    defaults = native.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    native.llama_model_default_params = without_repacking
+    try:
+        return llama_cpp.Llama(model_path=str(path), **options)
+    finally:
+        native.llama_model_default_params = defaults
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_path", required=True, help="merged model folder (convert_weights.py)")

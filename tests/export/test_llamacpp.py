@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcmistral.export.gguf import export_gguf
+from fcmistral.export.gguf import export_gguf, load_in_llama_cpp
 from fcmistral.format.glaive import openai_messages, parse_row
 from fcmistral.prompt import render_chat
 from tests.conftest import REPO, read_jsonl
@@ -46,7 +46,7 @@ def differing_rows(llm, tokenizer) -> list[int]:
 
 
 def load(path, **options):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=1, n_batch=512, verbose=False, **options)
+    return load_in_llama_cpp(path, n_ctx=2048, n_threads=1, n_batch=512, verbose=False, **options)
 
 
 @pytest.fixture(scope="module")
