@@ -19,6 +19,7 @@ from fcmistral.format.grammar import call_grammar
 from fcmistral.modeling import load_tokenizer, text_encoder
 from fcmistral.prompt import (
     END_OF_TURN,
+    FUNCTION_CALL_MARKER,
     FunctionCall,
     format_call,
     format_calls,
@@ -250,3 +251,18 @@ def test_no_string_holds_the_end_marker(guides):
         for written in (tokens(value), tokens("Oslo", key=value)):  # in a value, in a key
             at = refused_at(guides, grammar, written)
             assert at is not None and at < len(written) - 4, value  # refused inside, not at the end
+
+
+@pytest.mark.parametrize("reply", [" <function call> {}", " <function get_weather: {}", " <b>Oslo</b> is sunny.",
+                                   "<b>Oslo</b> is sunny."])
+def test_a_turn_opening_with_the_markers_first_character_is_a_call(guides, reply):
+    """SmolLM2 under a negative call bias took the marker's first token, " <", then wrote "<function call>":
+    unreadable, counted as no call. In ``auto`` mode a turn that opens with "<" must go on as the marker;
+    text opening otherwise stays free, a marker after it included."""
+    tokens = turn_tokens(guides.tokenizer, "USER: hi\n\n\nASSISTANT:", reply + END_OF_TURN)
+    at = refused_at(guides, call_grammar([WEATHER], "auto"), tokens)
+    assert at is not None and guides.tokenizer.decode(tokens[:at]).strip() in FUNCTION_CALL_MARKER
+    call = format_call("get_weather", {"city": "Oslo", "days": 2})
+    for text in (" Sure. " + call, "\nSure.", " It's <sunny>.", "  <b>Oslo</b>"):
+        assert refused_at(guides, call_grammar([WEATHER], "auto"), turn_tokens(
+            guides.tokenizer, "USER: hi\n\n\nASSISTANT:", text + " " + END_OF_TURN)) is None, text
