@@ -136,7 +136,7 @@ def evaluate_at_chosen_bias(model: Path, out: Path, args: argparse.Namespace) ->
               "held_out_declines": summaries[bias]["declines"]}
     common.append(f"--call_bias={bias:g}")
     bfcl_wall, figures = bfcl(common, out, [("bfcl_a_chosen", BFCL_FULL, args.bfcl_limit, args.max_new_tokens),
-                                            ("bfcl_b_chosen", "multiple,parallel", args.bfcl_limit, 2 * args.max_new_tokens)])
+                                            ("bfcl_b_chosen", BFCL_TARGETS_B, args.bfcl_limit, 2 * args.max_new_tokens)])
     chosen.update(figures)
     chosen["eval_s"] = round(wall + bfcl_wall, 1)
     return chosen
@@ -233,6 +233,7 @@ DATA_OPTIONS["j"] = {**DATA_OPTIONS["i"], "several_values_share": 0.15}
 DATA_OPTIONS["k"] = {**DATA_OPTIONS["j"], "composed_share": 0.3}
 DATA_OPTIONS["l"] = {**DATA_OPTIONS["k"], "follow_up_share": 1.0}
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
+BFCL_TARGETS_B = "multiple,parallel"  # the second run at the chosen bias: parallel has a target, multiple beside it
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
 
 
