@@ -17,13 +17,6 @@ os.environ.setdefault("HF_HOME", _CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(_CACHE, "hypothesis"))  # not ./.hypothesis
-# Before torch starts its threads: the cores shared among pytest-xdist's workers, for each worker and every
-# script it runs. Why: the README's command runs two workers on two cores; with torch's default of a
-# thread per core that is four busy threads on two cores, and a thread sharing its core stalls the others
-# at every small op (fcmistral.hardware.idle_cores: 5-11x slower). In a CI run on this project's 2-core
-# Xeon the real-model smoke test's two training steps of SmolLM2 took 20 s each beside another test.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
