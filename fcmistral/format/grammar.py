@@ -1,9 +1,10 @@
 """The grammar of a function call, generated from prompt.py as the chat template is.
 
 An assistant turn under the constraint is free text until the call marker (a turn opening with the
-marker's "<" is a call: see ``call_grammar``); from ``<functioncall>`` on it is exactly what ``format_call`` writes: a name among the offered functions, then arguments
-that are JSON valid for *that* function's schema in ``json.dumps``'s spacing, then either the next
-call of the turn (``format_calls``' separator and marker) or the end marker. The schema's
+marker's "<" is a call: see ``call_grammar``); from ``<functioncall>`` on it is exactly what
+``format_call`` writes: a name among the offered functions, then arguments that are JSON valid for
+*that* function's schema in ``json.dumps``'s spacing, then either the next call of the turn
+(``format_calls``' separator and marker) or the end marker. The schema's
 properties come in the order it declares them (as glaive's calls write them; xgrammar's
 ``any_order`` would drop the check of required keys). See ``_arguments_grammar`` for spacing.
 
@@ -148,7 +149,8 @@ def call_grammar(functions: list[dict[str, Any]], mode: str = "auto", parallel: 
     """The structural tag (JSON text) for an assistant turn offered ``functions``.
 
     ``auto``: calls of ``functions``, or text that does not open with the marker's "<" and from a
-    call marker on, calls; ``required``: the turn starts with a call (``functions`` narrowed to one is a named ``tool_choice``).
+    call marker on, calls; ``required``: the turn starts with a call (``functions`` narrowed to one
+    is a named ``tool_choice``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
