@@ -4,7 +4,7 @@ Why: a decode step multiplies one row per sequence by every weight matrix, and P
 ``F.linear`` on a CPU reads a plain bf16 weight slowly there (SmolLM2's 576 -> 49,152 head at 8.7
 GB/s, its 576 -> 1,536 products at ~27 GB/s, on a 2-core AMD EPYC Zen 4 with AVX512-BF16). oneDNN
 reads the same weights reordered into its blocked layout 1.3-4x faster, with the same results to
-the bit (one product at a time, timed ad hoc on that machine, 2026-12-04; ``benchmarks/decode_step.py``
+the bit there (one product at a time, timed ad hoc on that machine, 2026-12-04; ``benchmarks/decode_step.py``
 compares whole steps: 0.70x the time with one row, 0.85x with 8). The reorder is what
 ``torch.compile`` does to frozen linear weights on a CPU (inductor's mkldnn fusion); it is done
 here directly, once at load, with the same operators, because a compiled decode step recompiles
@@ -18,7 +18,11 @@ Layers that read the same input (a decoder layer's query/key/value projections, 
 up projections) are stacked into one product (``SharedProduct``): with a few rows, three products of
 576 -> 576/192/192 cost far more than one of 576 -> 960 (SmolLM2-135M, 8 rows, the serving engine's
 decode step of fcmistral.decode_step: 17.6-17.8 ms with them stacked against 21.3-24.2 ms without, timed
-ad hoc on a 2-core AMD EPYC Zen 4, 2026-12-04; the same logits to the bit). Each layer is replaced by a ``ProductPart`` that reads its slice of the product, so the model's
+ad hoc on a 2-core AMD EPYC Zen 4, 2026-12-04; the same logits to the bit there). Not to the bit on every
+CPU: on a 2-core Intel Xeon with AMX a stacked product's slice can differ from the layer's own product
+in the last bit (each product alone is equal; the first difference in SmolLM2 is layer 1's key
+projection, 2.4e-7), which grows to logits up to 1.2 apart (of ~24) after 32 decode steps, with the
+same greedy tokens (docs/performance.md, 2026-12-05). Each layer is replaced by a ``ProductPart`` that reads its slice of the product, so the model's
 own forward (prefill, ``generate``) computes the product once per input, and no weight is held twice.
 """
 
