@@ -22,8 +22,9 @@ ad hoc on a 2-core AMD EPYC Zen 4, 2026-12-04; the same logits to the bit there)
 CPU: on a 2-core Intel Xeon with AMX a stacked product's slice can differ from the layer's own product
 in the last bit (each product alone is equal; the first difference in SmolLM2 is layer 1's key
 projection, 2.4e-7), which grows to logits up to 1.2 apart (of ~24) after 32 decode steps, with the
-same greedy tokens (docs/performance.md, 2026-12-05). Each layer is replaced by a ``ProductPart`` that reads its slice of the product, so the model's
-own forward (prefill, ``generate``) computes the product once per input, and no weight is held twice.
+same greedy tokens (docs/performance.md, 2026-12-05). Each layer is replaced by a ``ProductPart``
+that reads its slice of the product, so the model's own forward (prefill, ``generate``) computes the
+product once per input, and no weight is held twice.
 """
 
 from __future__ import annotations
