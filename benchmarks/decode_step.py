@@ -8,10 +8,10 @@ Two copies of the model in bf16 (the dtype prepacking applies to), measured in t
 ``--prompt_tokens`` for 1 and 8 rows, then ``--steps`` decode steps of those rows with their KV cache
 in the engine's slots and the engine's step mask. Prints the median of the rounds per case, the
 ratios to plain, and whether the logits agree to the bit (the prompt's: plain and prepacked; every
-step's: prepacked forward and direct step); then where a direct step's time goes, with 8 rows (the
-products, attention, the other operators, and the Python between them: torch.profiler's own time
-of each operator against the steps' wall time). Refuses to run where prepacking does not apply (no
-native bf16 on this CPU).
+step's: prepacked forward and direct step); then where a direct step's time goes, with 1 row (one
+client of the server) and with 8 (the products, attention, the other operators, and the Python
+between them: torch.profiler's own time of each operator against the steps' wall time). Refuses to
+run where prepacking does not apply (no native bf16 on this CPU).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
                     if name != "direct":  # its prompt is the prepacked model's forward
                         times.setdefault(f"prefill_{rows}_{name}", []).append(prefill)
                     times.setdefault(f"step_{rows}_{name}", []).append(step)
-        breakdown = step_breakdown(prepacked, direct, prompt.repeat(8, 1), args.steps)
+        breakdowns = {rows: step_breakdown(prepacked, direct, prompt.repeat(rows, 1), args.steps) for rows in (1, 8)}
     report = {"model": args.model_path or "tiny", "threads": torch.get_num_threads(), "rounds": args.rounds,
               "prompt_tokens": prompt.shape[1], "logits_identical": agree, "direct_step_logits_identical": direct_agrees}
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
@@ -123,7 +123,8 @@ def main() -> None:
         ms = {name: 1e3 * statistics.median(times[f"{case}_{name}"]) for name in names}
         report[case] = {f"{name}_ms": round(value, 2) for name, value in ms.items()}
         report[case] |= {f"{name}_ratio": round(ms[name] / ms["plain"], 2) for name in names[1:]}
-    report["step_8_direct_breakdown"] = breakdown
+    for rows, breakdown in breakdowns.items():
+        report[f"step_{rows}_direct_breakdown"] = breakdown
     print(json.dumps(report, indent=2))
 
 
