@@ -39,8 +39,8 @@ def serve():
     def start(reply=reply_after, limits: Limits | None = None, api_key: str | None = None, batch: int = 32,
               allowed_hosts: list[str] | None = None):
         model = ScriptedModel(reply)
-        app = create_app(BatchingEngine(model, CharTokenizer(), batch), "scripted", limits or Limits(), api_key,
-                         allowed_hosts)
+        model.engine = BatchingEngine(model, CharTokenizer(), batch)  # the engine serving it (held_together)
+        app = create_app(model.engine, "scripted", limits or Limits(), api_key, allowed_hosts)
         sock = bind_server("127.0.0.1", 0)
         server = uvicorn.Server(server_config(app, keep_alive_s=2, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -51,8 +51,11 @@ class ScriptedModel:
 
     def __init__(self, reply: Callable[[str], str]) -> None:
         self.reply, self.prompts, self.batches = reply, [], []
+        self.hold: Callable[[int], None] | None = None  # called first in each pass with its rows (a test's gate)
 
     def __call__(self, input_ids, past_key_values, attention_mask=None, **_):
+        if self.hold is not None:
+            self.hold(input_ids.shape[0])
         tokens = input_ids[:, None, :, None].double()
         keys, _ = past_key_values.update(tokens, tokens, 0)
         mask = attention_mask if attention_mask is not None else torch.ones(keys.shape[0], keys.shape[2])
