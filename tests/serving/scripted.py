@@ -3,6 +3,8 @@ character per token (tests/serving/conftest.py serves it)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 from typing import Callable
 
@@ -99,3 +101,20 @@ def reply_after(prompt: str) -> str:
     if last_user.startswith("call "):
         return " " + last_user.split("\n")[0][5:] + " " + END_OF_TURN
     return " It is 18 degrees in Paris. \n" + END_OF_TURN + "\n\n\nUSER: more"
+
+
+def held_together(model: ScriptedModel, requests: int) -> None:
+    """Hold the scripted model's next forward pass until ``requests`` requests are in its engine (in
+    that pass or waiting), so that clients started together are in the engine together however the
+    machine schedules their threads: on a busy machine one request once finished before the next
+    arrived, and a test of rows sharing passes failed with nothing wrong in the engine. Held at most
+    30 s, then the pass goes on (the test's assertion says what did not happen)."""
+    released = threading.Event()
+
+    def hold(rows: int) -> None:
+        deadline = time.monotonic() + 30
+        while not released.is_set() and rows + len(model.engine._waiting) < requests and time.monotonic() < deadline:
+            time.sleep(0.005)
+        released.set()
+
+    model.hold = hold

@@ -14,7 +14,7 @@ from fcmistral.format.calls import parse_call
 from fcmistral.format.checks import call_problem
 from fcmistral.prompt import FunctionCall, format_call
 from fcmistral.serving.limits import Limits
-from tests.serving.scripted import LOOP, TOOLS
+from tests.serving.scripted import LOOP, TOOLS, held_together
 from tests.serving.test_server import ask, plain, reassemble, same
 
 pytest.importorskip("xgrammar", reason="xgrammar is not installed")
@@ -74,6 +74,7 @@ def test_strict_tools_constrained_beside_plain_ones_in_one_batch(serve):
     """With --constrained_calls strict, a request whose tool is marked strict is constrained and one
     without is not, generated in the same batch."""
     client, model, _ = serve(limits=Limits(constrained_calls="strict"))
+    held_together(model, 2)
     wrong = WRONG_CALLS[2]
     strict_tools = [{**TOOLS[1], "function": {**TOOLS[1]["function"], "strict": True}}]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

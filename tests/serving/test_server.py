@@ -20,7 +20,7 @@ import torch
 
 from fcmistral.prompt import ASSISTANT_TAG, END_OF_TURN, format_call
 from fcmistral.serving.limits import Limits
-from tests.serving.scripted import TOOLS, weather
+from tests.serving.scripted import TOOLS, held_together, weather
 
 openai = pytest.importorskip("openai")
 
@@ -185,23 +185,6 @@ def test_completions_endpoint(serve):
                                          stream=True)
     pieces = [c.choices[0] for c in streamed]
     assert "".join(p.text for p in pieces) == " It is 1" and pieces[-1].finish_reason == "length"
-
-
-def held_together(model, requests: int) -> None:
-    """Hold the scripted model's next forward pass until ``requests`` requests are in its engine (in
-    that pass or waiting), so that clients started together are in the engine together however the
-    machine schedules their threads: on a busy machine one request once finished before the next
-    arrived, and a test of rows sharing passes failed with nothing wrong in the engine. Held at most
-    30 s, then the pass goes on (the test's assertion says what did not happen)."""
-    released = threading.Event()
-
-    def hold(rows: int) -> None:
-        deadline = time.monotonic() + 30
-        while not released.is_set() and rows + len(model.engine._waiting) < requests and time.monotonic() < deadline:
-            time.sleep(0.005)
-        released.set()
-
-    model.hold = hold
 
 
 def test_requests_that_arrive_together_are_generated_together(serve):
