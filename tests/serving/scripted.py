@@ -104,17 +104,23 @@ def reply_after(prompt: str) -> str:
 
 
 def held_together(model: ScriptedModel, requests: int) -> None:
-    """Hold the scripted model's next forward pass until ``requests`` requests are in its engine (in
-    that pass or waiting), so that clients started together are in the engine together however the
-    machine schedules their threads: on a busy machine one request once finished before the next
-    arrived, and a test of rows sharing passes failed with nothing wrong in the engine. Held at most
-    30 s, then the pass goes on (the test's assertion says what did not happen)."""
-    released = threading.Event()
+    """Hold the scripted model's next forward pass until ``requests`` requests have been submitted to
+    its engine, so that clients started together are in the engine together however the machine
+    schedules their threads: on a busy machine one request once finished before the next arrived,
+    and a test of rows sharing passes failed with nothing wrong in the engine. Counted at submission,
+    not from the pass's rows: rows that join together may first share a one-row prefix pass. Held at
+    most 30 s, then the pass goes on (the test's assertion says what did not happen)."""
+    released, engine = threading.Event(), model.engine
+    submitted, submit = [], engine.submit
+
+    def counted(*args, **kwargs):
+        submitted.append(None)
+        return submit(*args, **kwargs)
 
     def hold(rows: int) -> None:
         deadline = time.monotonic() + 30
-        while not released.is_set() and rows + len(model.engine._waiting) < requests and time.monotonic() < deadline:
+        while not released.is_set() and len(submitted) < requests and time.monotonic() < deadline:
             time.sleep(0.005)
         released.set()
 
-    model.hold = hold
+    engine.submit, model.hold = counted, hold
