@@ -39,7 +39,7 @@ def serve():
     def start(reply=reply_after, limits: Limits | None = None, api_key: str | None = None, batch: int = 32,
               allowed_hosts: list[str] | None = None):
         model = ScriptedModel(reply)
-        model.engine = BatchingEngine(model, CharTokenizer(), batch)  # the engine serving it (held_together)
+        model.engine = BatchingEngine(model, CharTokenizer(), batch)
         app = create_app(model.engine, "scripted", limits or Limits(), api_key, allowed_hosts)
         sock = bind_server("127.0.0.1", 0)
         server = uvicorn.Server(server_config(app, keep_alive_s=2, log_level="warning"))

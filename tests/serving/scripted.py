@@ -53,11 +53,12 @@ class ScriptedModel:
 
     def __init__(self, reply: Callable[[str], str]) -> None:
         self.reply, self.prompts, self.batches = reply, [], []
-        self.hold: Callable[[int], None] | None = None  # called first in each pass with its rows (a test's gate)
+        self.engine = None  # the engine serving it (set by the serve fixture; held_together wraps its submit)
+        self.hold: Callable[[], None] | None = None  # called first in each pass (a test's gate: held_together)
 
     def __call__(self, input_ids, past_key_values, attention_mask=None, **_):
         if self.hold is not None:
-            self.hold(input_ids.shape[0])
+            self.hold()
         tokens = input_ids[:, None, :, None].double()
         keys, _ = past_key_values.update(tokens, tokens, 0)
         mask = attention_mask if attention_mask is not None else torch.ones(keys.shape[0], keys.shape[2])
@@ -117,7 +118,7 @@ def held_together(model: ScriptedModel, requests: int) -> None:
         submitted.append(None)
         return submit(*args, **kwargs)
 
-    def hold(rows: int) -> None:
+    def hold() -> None:
         deadline = time.monotonic() + 30
         while not released.is_set() and len(submitted) < requests and time.monotonic() < deadline:
             time.sleep(0.005)
