@@ -10,8 +10,12 @@ in the engine's slots and the engine's step mask. Prints the median of the round
 ratios to plain, and whether the logits agree to the bit (the prompt's: plain and prepacked; every
 step's: prepacked forward and direct step); then where a direct step's time goes, with 1 row (one
 client of the server) and with 8 (the products, attention, the other operators, and the Python
-between them: torch.profiler's own time of each operator against the steps' wall time). Refuses to
-run where prepacking does not apply (no native bf16 on this CPU).
+between them: torch.profiler's own time of each operator against the steps' wall time). And how
+near the products are to the machine's limit: a decode step reads every weight once (270 MB for
+SmolLM2 in bf16), so the floor of a step is the weights' bytes at the rate this machine reads memory
+(torch summing a float32 buffer of that size, measured in the same run); the report gives that floor
+and the rate the products reach. Refuses to run where prepacking does not apply (no native bf16 on
+this CPU).
 """
 
 from __future__ import annotations
@@ -69,9 +73,27 @@ STEP_PARTS = {"products": ("mkldnn::_linear_pointwise",),
               "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",)}
 
 
-def step_breakdown(model, direct: DecodeStep, ids: torch.Tensor, steps: int) -> dict:
+def weight_bytes(model) -> int:
+    """The bytes a decode step reads from the weights: every parameter once (a tied output layer
+    and embedding are one parameter, and the embedding is read a row per token)."""
+    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+
+
+def read_rate(nbytes: int, rounds: int = 5) -> float:
+    """Bytes per second this machine reads ``nbytes`` of memory at, with torch's own kernels (a sum
+    of a float32 buffer that size; the median of ``rounds``): the rate no step can beat."""
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32)
+    seconds = []
+    for _ in range(rounds + 1):  # the first touches the pages
+        start = time.perf_counter()
+        buffer.sum()
+        seconds.append(time.perf_counter() - start)
+    return nbytes / statistics.median(seconds[1:])
+
+
+def step_breakdown(model, direct: DecodeStep, ids: torch.Tensor, steps: int, nbytes: int) -> dict:
     """The share of each part of ``steps`` direct decode steps of ``ids``' rows (see STEP_PARTS),
-    the steps as ``timed`` runs them."""
+    the steps as ``timed`` runs them, and the rate the products read the weights' ``nbytes`` at."""
     profiler = profile(activities=[ProfilerActivity.CPU])  # around the steps only, not the prefill
     _, step, _, _ = timed(model, ids, steps, direct, steps_within=profiler)
     wall = step * steps
@@ -79,7 +101,9 @@ def step_breakdown(model, direct: DecodeStep, ids: torch.Tensor, steps: int) -> 
     parts = {name: sum(own.get(op, 0.0) for op in ops) for name, ops in STEP_PARTS.items()}
     parts["other_operators"] = sum(own.values()) - sum(parts.values())
     parts["python_between"] = max(wall - sum(own.values()), 0.0)
-    return {"step_ms_profiled": round(1e3 * step, 2)} | {
+    products = parts["products"] / steps
+    return {"step_ms_profiled": round(1e3 * step, 2), "products_ms": round(1e3 * products, 3),
+            "products_read_gb_s": round(nbytes / products / 1e9, 1)} | {
         f"{name}_share": round(seconds / wall, 3) for name, seconds in parts.items()}
 
 
@@ -115,9 +139,14 @@ def main() -> None:
                     if name != "direct":  # its prompt is the prepacked model's forward
                         times.setdefault(f"prefill_{rows}_{name}", []).append(prefill)
                     times.setdefault(f"step_{rows}_{name}", []).append(step)
-        breakdowns = {rows: step_breakdown(prepacked, direct, prompt.repeat(rows, 1), args.steps) for rows in (1, 8)}
+        nbytes = weight_bytes(plain)
+        breakdowns = {rows: step_breakdown(prepacked, direct, prompt.repeat(rows, 1), args.steps, nbytes)
+                      for rows in (1, 8)}
+        rate = read_rate(nbytes)
     report = {"model": args.model_path or "tiny", "threads": torch.get_num_threads(), "rounds": args.rounds,
-              "prompt_tokens": prompt.shape[1], "logits_identical": agree, "direct_step_logits_identical": direct_agrees}
+              "prompt_tokens": prompt.shape[1], "logits_identical": agree, "direct_step_logits_identical": direct_agrees,
+              "weights_mb": round(nbytes / 1e6, 3), "memory_read_gb_s": round(rate / 1e9, 1),
+              "step_floor_ms": round(1e3 * nbytes / rate, 3)}
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
         names = ("plain", "prepacked", "direct") if case.startswith("step") else ("plain", "prepacked")
         ms = {name: 1e3 * statistics.median(times[f"{case}_{name}"]) for name in names}
