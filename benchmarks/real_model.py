@@ -17,7 +17,8 @@ data with 30% of its train rows calling functions of other fields (``--general_s
 15% of its rows requests naming several values of one argument, one call each (``--several_values_share
 0.15``); ``k`` as j, with 30% of its rows calling functions composed from a library of optional
 parameters (``--composed_share 0.3``, fcmistral.demo.composed_functions); ``l`` as k, every generated
-refusal followed by the user's next request and its call (``--follow_up_share 1``). Steps, each a subprocess as
+refusal followed by the user's next request and its call (``--follow_up_share 1``); ``m`` as l, with
+an adapter of rank 64 instead of 16. Steps, each a subprocess as
 a user would run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2)
 and the wide data when missing; train with packing (train.py); merge (convert_weights.py); evaluate
 (evaluate.py) on the wide held-out rows, whose 40 functions no row trains on (call names, exact
@@ -224,6 +225,10 @@ ROWS = {
     # second turn. A row's refusal always ended it, so the USER tag never followed one in training;
     # row k with every generated refusal followed by the user's next request and its call.
     "l": ("row k + refusals followed up", ["--irrelevance_rate", "0.3"]),
+    # Added after five runs of row l: BFCL simple stayed at 40-57% across the data rows e-l, whichever
+    # data was added; row l with an adapter of four times the rank (the same alpha/r scale), whether
+    # the adapter's capacity caps argument accuracy.
+    "m": ("row l, LoRA rank 64", ["--irrelevance_rate", "0.3", "--lora_r", "64", "--lora_alpha", "256"]),
 }
 # Rows trained on wide data generated with other options (fcmistral.demo.wide_data's), each set of
 # options in a folder of its own beside --wide_dir (WIDE-general-0.3, ...); each later row adds one option
@@ -232,6 +237,7 @@ DATA_OPTIONS = {"i": {"general_share": 0.3}}
 DATA_OPTIONS["j"] = {**DATA_OPTIONS["i"], "several_values_share": 0.15}
 DATA_OPTIONS["k"] = {**DATA_OPTIONS["j"], "composed_share": 0.3}
 DATA_OPTIONS["l"] = {**DATA_OPTIONS["k"], "follow_up_share": 1.0}
+DATA_OPTIONS["m"] = DATA_OPTIONS["l"]
 BFCL_FULL, BFCL_HALF = "simple,irrelevance", "multiple,parallel,parallel_multiple"
 BFCL_TARGETS_B = "multiple,parallel"  # the second run at the chosen bias: parallel has a target, multiple beside it
 COLUMNS = ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple")
