@@ -104,6 +104,29 @@ def reply_after(prompt: str) -> str:
     return " It is 18 degrees in Paris. \n" + END_OF_TURN + "\n\n\nUSER: more"
 
 
+def rows_submitted(model: ScriptedModel) -> list:
+    """The engine's rows (fcmistral.serving.engine.rows.Row) for the requests submitted from now on,
+    in order: the engine serving the scripted model records each as it is submitted."""
+    rows, submit = [], model.engine.submit
+
+    def recorded(*args, **kwargs):
+        row = submit(*args, **kwargs)
+        rows.append(row)
+        return row
+
+    model.engine.submit = recorded
+    return rows
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` did not happen after ``timeout_s`` (a
+    bound for a machine however busy, not a timing the test measures)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout_s} s"
+        time.sleep(0.005)
+
+
 def held_together(model: ScriptedModel, requests: int) -> None:
     """Hold the scripted model's next forward pass until ``requests`` requests have been submitted to
     its engine, so that clients started together are in the engine together however the machine
@@ -111,12 +134,7 @@ def held_together(model: ScriptedModel, requests: int) -> None:
     and a test of rows sharing passes failed with nothing wrong in the engine. Counted at submission,
     not from the pass's rows: rows that join together may first share a one-row prefix pass. Held at
     most 30 s, then the pass goes on (the test's assertion says what did not happen)."""
-    released, engine = threading.Event(), model.engine
-    submitted, submit = [], engine.submit
-
-    def counted(*args, **kwargs):
-        submitted.append(None)
-        return submit(*args, **kwargs)
+    released, submitted = threading.Event(), rows_submitted(model)
 
     def hold() -> None:
         deadline = time.monotonic() + 30
@@ -124,4 +142,4 @@ def held_together(model: ScriptedModel, requests: int) -> None:
             time.sleep(0.005)
         released.set()
 
-    engine.submit, model.hold = counted, hold
+    model.hold = hold
