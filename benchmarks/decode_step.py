@@ -84,7 +84,7 @@ def read_rate(nbytes: int, rounds: int = 5) -> float:
     of a float32 buffer that size; the median of ``rounds``): the rate no step can beat."""
     buffer = torch.ones(nbytes // 4, dtype=torch.float32)
     seconds = []
-    for _ in range(rounds + 1):  # the first touches the pages
+    for _ in range(rounds + 1):  # the first one warms up (not counted)
         start = time.perf_counter()
         buffer.sum()
         seconds.append(time.perf_counter() - start)
