@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +15,7 @@ import pytest
 
 # Before any Hugging Face import: keep caches out of ~/.cache and never try the network.
 _CACHE = tempfile.mkdtemp(prefix="fcmistral-hf-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)  # each run's own: it was left behind (151 in /tmp)
 os.environ.setdefault("HF_HOME", _CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
