@@ -73,6 +73,12 @@ STEP_PARTS = {"products": ("mkldnn::_linear_pointwise",),
               "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",)}
 
 
+def figure(value: float) -> float:
+    """``value`` to 4 significant digits: a rate or time of the tiny model is far below one of SmolLM2,
+    and a fixed number of decimals printed one as 0.0 (a slow first step under a busy machine)."""
+    return float(f"{value:.4g}")
+
+
 def weight_bytes(model) -> int:
     """The bytes a decode step reads from the weights: every parameter once (a tied output layer
     and embedding are one parameter, and the embedding is read a row per token)."""
@@ -102,8 +108,8 @@ def step_breakdown(model, direct: DecodeStep, ids: torch.Tensor, steps: int, nby
     parts["other_operators"] = sum(own.values()) - sum(parts.values())
     parts["python_between"] = max(wall - sum(own.values()), 0.0)
     products = parts["products"] / steps
-    return {"step_ms_profiled": round(1e3 * step, 2), "products_ms": round(1e3 * products, 3),
-            "products_read_gb_s": round(nbytes / products / 1e9, 1)} | {
+    return {"step_ms_profiled": round(1e3 * step, 2), "products_ms": figure(1e3 * products),
+            "products_read_gb_s": figure(nbytes / products / 1e9)} | {
         f"{name}_share": round(seconds / wall, 3) for name, seconds in parts.items()}
 
 
@@ -145,8 +151,8 @@ def main() -> None:
         rate = read_rate(nbytes)
     report = {"model": args.model_path or "tiny", "threads": torch.get_num_threads(), "rounds": args.rounds,
               "prompt_tokens": prompt.shape[1], "logits_identical": agree, "direct_step_logits_identical": direct_agrees,
-              "weights_mb": round(nbytes / 1e6, 3), "memory_read_gb_s": round(rate / 1e9, 1),
-              "step_floor_ms": round(1e3 * nbytes / rate, 3)}
+              "weights_mb": figure(nbytes / 1e6), "memory_read_gb_s": figure(rate / 1e9),
+              "step_floor_ms": figure(1e3 * nbytes / rate)}
     for case in ("prefill_1", "prefill_8", "step_1", "step_8"):
         names = ("plain", "prepacked", "direct") if case.startswith("step") else ("plain", "prepacked")
         ms = {name: 1e3 * statistics.median(times[f"{case}_{name}"]) for name in names}

@@ -112,10 +112,10 @@ def test_decode_step_benchmark_compares_plain_and_prepacked_layers_and_the_direc
         assert shares["products_share"] > 0 and shares["attention_share"] > 0 and shares["other_operators_share"] > 0
         assert 0.5 < sum(v for k, v in shares.items() if k.endswith("_share")) <= 1.01
         # The rate the products read the weights at: the weights' bytes over the products' time a step
-        # (as printed, rounded: the tiny model's times are hundredths of a millisecond).
-        assert shares["products_read_gb_s"] == pytest.approx(report["weights_mb"] / shares["products_ms"], rel=0.1)
+        # (as printed, to 4 significant digits: one printed to a decimal read 0.0 after a slow first step).
+        assert shares["products_read_gb_s"] == pytest.approx(report["weights_mb"] / shares["products_ms"], rel=0.01)
     # The step's floor: the weights' bytes at the rate this machine reads memory.
-    assert report["step_floor_ms"] == pytest.approx(report["weights_mb"] / report["memory_read_gb_s"], rel=0.1)
+    assert report["step_floor_ms"] == pytest.approx(report["weights_mb"] / report["memory_read_gb_s"], rel=0.01)
 
 
 def test_fsdp_load_memory_benchmark_reports_every_rank():
