@@ -53,7 +53,7 @@ class ScriptedModel:
 
     def __init__(self, reply: Callable[[str], str]) -> None:
         self.reply, self.prompts, self.batches = reply, [], []
-        self.engine = None  # the engine serving it (set by the serve fixture; held_together wraps its submit)
+        self.engine = None  # the engine serving it (set by the serve fixture; rows_submitted wraps its submit)
         self.hold: Callable[[], None] | None = None  # called first in each pass (a test's gate: held_together)
 
     def __call__(self, input_ids, past_key_values, attention_mask=None, **_):
