@@ -21,10 +21,14 @@ calling 31 functions of other fields (fcmistral.demo.general_functions: finance,
 statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged;
 ``--several_values_share`` likewise with requests naming several values of one argument, one call each;
 ``--composed_share`` with rows calling functions composed from a library of optional parameters
-(fcmistral.demo.composed_functions); ``--follow_up_share`` lets that share of the train rows' refusals go
-on with a request an offered function serves.
+(fcmistral.demo.composed_functions); ``--formula_share`` with rows calling formulas of eleven fields
+(fcmistral.demo.formula_functions); ``--follow_up_share`` lets that share of the train rows' refusals go
+on with a request an offered function serves. A third file, whatever the options, holds rows over the
+formulas of four other fields (astronomy, probability, sports, ecology) that no training row calls:
+transfer to new fields, measured on our own data.
 
-    python -m fcmistral.demo.wide_data --out_dir outputs/wide    # wide_train.jsonl, wide_heldout.jsonl
+    python -m fcmistral.demo.wide_data --out_dir outputs/wide
+    # wide_train.jsonl, wide_heldout.jsonl, wide_heldout_fields.jsonl
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any, Callable
 
 from fcmistral.data.augment import join_requests, refusal
 from fcmistral.demo.composed_functions import composed_groups
+from fcmistral.demo.formula_functions import formula_groups
 from fcmistral.demo.general_functions import general_groups
 from fcmistral.demo.operations import Argument, Operation
 from fcmistral.demo.sample_data import _chitchat_row, _function_row, _prop, write_jsonl
@@ -325,7 +330,7 @@ def _sentence(phrase: str) -> str:
 
 def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KINDS, seed: int = 2024,
              general_share: float = 0.0, several_values_share: float = 0.0, composed_share: float = 0.0,
-             follow_up_share: float = 0.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+             follow_up_share: float = 0.0, formula_share: float = 0.0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Train rows over the first kinds (plus 10% chit-chat and 10% of the sample data's everyday
     functions), held-out rows over the last ``heldout_kinds`` kinds only.
 
@@ -334,6 +339,8 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     rows, stay as they are without it (so a run with them is compared on the same held-out file).
     ``composed_share``: likewise (a stream of its own), by rows calling functions composed from a
     library of optional parameters (fcmistral.demo.composed_functions).
+    ``formula_share``: likewise (a stream of its own), by rows calling the training fields' formulas
+    (fcmistral.demo.formula_functions).
     ``several_values_share``: likewise (a stream of its own, drawn last), by requests naming several values
     of one argument (``_several_values_row``), over the booking kinds' and the other fields' functions.
     ``follow_up_share``: that share of the train rows' refusals (a stream of its own) go on with the
@@ -360,6 +367,9 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     if composed_share:
         composing, composed = random.Random(seed + 3), composed_groups()
         train = [_row(composed, composing, follow_up) if composing.random() < composed_share else row for row in train]
+    if formula_share:
+        computing, formulas = random.Random(seed + 5), formula_groups()
+        train = [_row(formulas, computing, follow_up) if computing.random() < formula_share else row for row in train]
     if several_values_share:
         several, functions = random.Random(seed + 2), seen + fields
         train = [(several.random() < several_values_share and _several_values_row(functions, several)) or row
@@ -367,9 +377,19 @@ def generate(train_rows: int, heldout_rows: int, heldout_kinds: int = HELDOUT_KI
     return train, heldout
 
 
+def heldout_fields(rows: int, seed: int = 2024) -> list[dict[str, str]]:
+    """Rows over the formulas of fcmistral.demo.formula_functions' held-out fields, which no training
+    row calls whatever ``generate``'s options (a stream of their own: the other files are the same
+    with or without them)."""
+    r, pool = random.Random(seed + 6), formula_groups(held_out=True)
+    return [_row(pool, r) for _ in range(rows)]
+
+
 def function_names(rows: list[dict[str, str]]) -> set[str]:
     return {f["name"] for row in rows for f in parse_functions(row["system"])}
 
+
+FIELDS_FILE = "wide_heldout_fields.jsonl"
 
 # generate()'s options, each a share in [0, 1] (0: off), and what the command's help says of them.
 SHARES = {
@@ -379,38 +399,47 @@ SHARES = {
                             "('in Paris and in Tokyo'), answered by one call per value in one turn; 0: none",
     "composed_share": "share of the train rows replaced by rows calling functions composed from a library of optional "
                       "parameters (fcmistral.demo.composed_functions); 0: none",
+    "formula_share": "share of the train rows replaced by rows calling formulas of eleven fields (mechanics, algebra, "
+                     "economics...: fcmistral.demo.formula_functions); 0: none",
     "follow_up_share": "share of the train rows' refusals after which the user asks for something an offered function "
                        "does, and the assistant calls it; 0: a refusal ends its row",
 }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write wide_train.jsonl and wide_heldout.jsonl (glaive format, "
-                                                 "240 functions; the held-out kinds never occur in training).")
+    parser = argparse.ArgumentParser(description="Write wide_train.jsonl, wide_heldout.jsonl and "
+                                                 "wide_heldout_fields.jsonl (glaive format; the held-out kinds and "
+                                                 "fields never occur in training).")
     parser.add_argument("--out_dir", type=Path, default=Path("outputs/wide"))
     parser.add_argument("--train_rows", type=int, default=3000)
     parser.add_argument("--heldout_rows", type=int, default=200)
     parser.add_argument("--heldout_kinds", type=int, default=HELDOUT_KINDS)
+    parser.add_argument("--heldout_field_rows", type=int, default=100,
+                        help="rows of wide_heldout_fields.jsonl (formulas of fields no training row calls)")
     for share, help_text in SHARES.items():
         parser.add_argument(f"--{share}", type=float, default=0.0, help=help_text)
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
     args = parser.parse_args()
-    paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl"]
+    paths = [args.out_dir / "wide_train.jsonl", args.out_dir / "wide_heldout.jsonl", args.out_dir / FIELDS_FILE]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not args.overwrite:
         raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it")
     if not 0 < args.heldout_kinds < len(KINDS):
         raise SystemExit(f"error: --heldout_kinds must be between 1 and {len(KINDS) - 1}")
+    if args.heldout_field_rows < 0:
+        raise SystemExit("error: --heldout_field_rows must be 0 or more")
     for option in SHARES:
         if not 0 <= getattr(args, option) <= 1:
             raise SystemExit(f"error: --{option} must be between 0 and 1, got {getattr(args, option)}")
     train, heldout = generate(args.train_rows, args.heldout_rows, args.heldout_kinds,
                               **{share: getattr(args, share) for share in SHARES})
+    fields = heldout_fields(args.heldout_field_rows)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for rows, path in zip((train, heldout), paths):
+    for rows, path in zip((train, heldout, fields), paths):
         write_jsonl(rows, path)
-    print(f"wrote {len(train)} rows ({len(function_names(train))} functions) and {len(heldout)} held-out rows "
-          f"({len(function_names(heldout))} functions, none in training) to {args.out_dir}")
+    print(f"wrote {len(train)} rows ({len(function_names(train))} functions), {len(heldout)} held-out rows "
+          f"({len(function_names(heldout))} functions, none in training) and {len(fields)} rows of held-out fields "
+          f"({len(function_names(fields))} functions) to {args.out_dir}")
 
 
 if __name__ == "__main__":

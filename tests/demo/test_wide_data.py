@@ -62,6 +62,7 @@ def test_the_command_writes_both_files_and_never_overwrites(tmp_path):
     assert first.returncode == 0, first.stderr
     rows = [json.loads(line) for line in (tmp_path / "wide_train.jsonl").read_text().splitlines()]
     assert len(rows) == 50 and len((tmp_path / "wide_heldout.jsonl").read_text().splitlines()) == 5
+    assert len((tmp_path / "wide_heldout_fields.jsonl").read_text().splitlines()) == 100
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 1 and again.stderr.startswith("error: ") and "--overwrite" in again.stderr
 
