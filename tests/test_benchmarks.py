@@ -166,8 +166,11 @@ def test_real_model_experiment_smoke_run(smollm2_dir, tmp_path):
         return row["held_out_items"] + row["held_out_declines"]["n"]
 
     assert held_out(rows["a"]) == 2 and rows["a"]["train_s"] > 0 and rows["a"]["max_steps"] == 2
+    fields = rows["a"]["held_out_fields"]  # the formulas of fields no row trains on
+    assert fields["n"] + fields["declines"]["n"] == 2 and "| held-out fields exact |" in result.stdout
     assert all(rows["a"][f"bfcl_{c}"]["n"] == 1 for c in ("simple", "irrelevance", "multiple", "parallel", "parallel_multiple"))
     assert (out / "a" / "merged" / "model.safetensors").is_file() and (tmp_path / "wide" / "wide_heldout.jsonl").is_file()
+    assert (tmp_path / "wide" / "wide_heldout_fields.jsonl").is_file()
     assert "| zero: zero-shot |" in result.stdout and "| a: sample data (10 functions) | 2 |" in result.stdout
     again = run_script("benchmarks/real_model.py", "--model_path", str(smollm2_dir), "--output_dir", str(out), "--only", "a")
     assert again.returncode == 1 and again.stderr.startswith("error: row a already has results")  # never replaced unasked
@@ -215,3 +218,10 @@ def test_real_model_refuses_wide_data_other_than_this_code_writes(tmp_path):
                         str(tmp_path / "real"), "--only", "zero")
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "wide_train.jsonl" in result.stderr
     assert (wide / "wide_train.jsonl").read_text() == edited
+    # A folder this code wrote before the held-out fields existed is used, and the fields file added to it.
+    (wide / "wide_train.jsonl").write_text("".join(rows))
+    fields = (wide / "wide_heldout_fields.jsonl").read_text()
+    (wide / "wide_heldout_fields.jsonl").unlink()
+    run_script("benchmarks/real_model.py", "--model_path", str(model), "--wide_dir", str(wide), "--output_dir",
+               str(tmp_path / "real"), "--only", "zero")  # fails later: the model has no weights
+    assert (wide / "wide_heldout_fields.jsonl").read_text() == fields
