@@ -18,7 +18,7 @@ import random
 from datetime import date, timedelta
 from typing import Any
 
-from fcmistral.demo.operations import Argument, Operation
+from fcmistral.demo.operations import Argument, Operation, as_written, number, numbers, written
 from fcmistral.demo.sample_data import _prop
 
 UNITS_LENGTH = {"m": 1.0, "km": 1000.0, "cm": 0.01, "mi": 1609.344, "ft": 0.3048, "in": 0.0254}
@@ -29,25 +29,6 @@ TEXTS = ["The quick brown fox jumps over the lazy dog", "To be or not to be, tha
          "One fish, two fish, red fish, blue fish"]
 INGREDIENTS = ["flour", "sugar", "butter", "salt", "milk", "rice", "cocoa", "oats"]
 ZONES = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "Africa/Lagos", "Australia/Sydney", "America/Sao_Paulo"]
-
-
-def _as_written(value: float) -> float | int:
-    """A ``number`` argument as the request writes it: 5, not 5.0 (a first run of row i, whose whole
-    amounts were written 5.0, wrote 20.0 for integer parameters too)."""
-    return int(value) if value == int(value) else value
-
-
-def _num(low: float, high: float, places: int = 1):
-    return lambda r: _as_written(round(r.uniform(low, high), places))
-
-
-def _numbers(n: tuple[int, int], low: float, high: float, places: int = 1):
-    return lambda r: [_as_written(round(r.uniform(low, high), places)) for _ in range(r.randint(*n))]
-
-
-def _list(values: list) -> str:
-    words = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _date(r: random.Random) -> str:
@@ -75,7 +56,7 @@ def _finance() -> list[Operation]:
         Operation("calculate_loan_payment", "Calculate the payment per period of a fixed-rate loan", [
             ("principal", _prop("number", "The amount borrowed"), True, lambda r: r.randint(5, 400) * 1000,
              lambda v: f"of {v:,.0f} dollars"),
-            ("annual_rate", _prop("number", "The yearly interest rate in percent"), True, _num(1, 9, 2),
+            ("annual_rate", _prop("number", "The yearly interest rate in percent"), True, number(1, 9, 2),
              lambda v: f"at {v:g}% a year"),
             ("years", _prop("integer", "The loan's length in years", minimum=1, maximum=40), True,
              lambda r: r.choice([5, 10, 15, 20, 25, 30]), lambda v: f"over {v} years"),
@@ -88,7 +69,7 @@ def _finance() -> list[Operation]:
         Operation("project_savings", "Project the balance of savings with compound interest", [
             ("deposit", _prop("number", "The starting deposit"), True, lambda r: r.randint(1, 90) * 100,
              lambda v: f"of {v:,.0f} euros"),
-            ("annual_rate", _prop("number", "The yearly interest rate in percent"), True, _num(0.5, 6, 2),
+            ("annual_rate", _prop("number", "The yearly interest rate in percent"), True, number(0.5, 6, 2),
              lambda v: f"growing at {v:g}% a year"),
             ("years", _prop("integer", "How many years", minimum=1, maximum=50), True, lambda r: r.randint(2, 30),
              lambda v: f"for {v} years"),
@@ -99,7 +80,7 @@ def _finance() -> list[Operation]:
                 _per_year(a) * a["years"]), 2)},
             lambda a, res: f"After {a['years']} years the balance would be about €{res['balance']:,}."),
         Operation("split_bill", "Split a bill between people, with an optional tip", [
-            ("total", _prop("number", "The bill's total"), True, _num(20, 600, 2), lambda v: f"of ${v:g}"),
+            ("total", _prop("number", "The bill's total"), True, number(20, 600, 2), lambda v: f"of ${v:g}"),
             ("people", _prop("integer", "How many people share it", minimum=1, maximum=30), True, lambda r: r.randint(2, 9),
              lambda v: f"between {v} people"),
             ("tip_percent", _prop("number", "The tip in percent"), False, lambda r: r.choice([10, 12.5, 15, 18, 20]),
@@ -108,7 +89,7 @@ def _finance() -> list[Operation]:
             lambda a, r: {"each": round(a["total"] * (1 + a.get("tip_percent", 0) / 100) / a["people"], 2)},
             lambda a, res: f"Each person pays ${res['each']}."),
         Operation("apply_discount", "The price after a percentage discount", [
-            ("price", _prop("number", "The original price"), True, _num(5, 900, 2), lambda v: f"on an item costing {v:g}"),
+            ("price", _prop("number", "The original price"), True, number(5, 900, 2), lambda v: f"on an item costing {v:g}"),
             ("discount_percent", _prop("number", "The discount in percent"), True, lambda r: r.choice([5, 10, 15, 25, 30, 40]),
              lambda v: f"with {v:g}% off"),
             ("coupon_code", _prop("string", "A coupon code to add"), False, lambda r: r.choice(["SPRING5", "WELCOME", "VIP-2026"]),
@@ -132,15 +113,15 @@ def _geometry() -> list[Operation]:
     in_unit = lambda v: f"in {v}"  # noqa: E731
     return [
         Operation("rectangle_area", "The area of a rectangle", [
-            ("length", _prop("number", "The length"), True, _num(1, 80), lambda v: f"{v:g} long"),
-            ("width", _prop("number", "The width"), True, _num(1, 50), lambda v: f"and {v:g} wide"),
+            ("length", _prop("number", "The length"), True, number(1, 80), lambda v: f"{v:g} long"),
+            ("width", _prop("number", "The width"), True, number(1, 50), lambda v: f"and {v:g} wide"),
             _unit("The unit of both sides", ["m", "cm", "ft", "in"], False, in_unit)],
             ("What is the area of a rectangle", "Find the area of a rectangle", "Compute the area of a rectangle"),
             lambda a, r: {"area": round(a["length"] * a["width"], 3), "unit": a.get("unit", "m") + "^2"},
             lambda a, res: f"The area is {res['area']} {res['unit']}."),
         Operation("cylinder_volume", "The volume of a cylinder", [
-            ("radius", _prop("number", "The radius of the base"), True, _num(0.5, 20), lambda v: f"with a radius of {v:g}"),
-            ("height", _prop("number", "The height"), True, _num(1, 40), lambda v: f"and a height of {v:g}"),
+            ("radius", _prop("number", "The radius of the base"), True, number(0.5, 20), lambda v: f"with a radius of {v:g}"),
+            ("height", _prop("number", "The height"), True, number(1, 40), lambda v: f"and a height of {v:g}"),
             _unit("The unit of the lengths", ["m", "cm", "ft"], False, in_unit)],
             ("What is the volume of a cylinder", "Calculate the volume of a cylinder", "How much does a cylinder hold"),
             lambda a, r: {"volume": round(math.pi * a["radius"] ** 2 * a["height"], 3)},
@@ -153,7 +134,7 @@ def _geometry() -> list[Operation]:
             lambda a, res: f"The hypotenuse is {res['hypotenuse']}."),
         Operation("polygon_perimeter", "The perimeter of a polygon from its side lengths", [
             ("sides", {"type": "array", "description": "The length of each side", "items": {"type": "number"}}, True,
-             _numbers((3, 6), 1, 20), lambda v: f"with sides {_list(v)}")],
+             numbers((3, 6), 1, 20), lambda v: f"with sides {written(v)}")],
             ("What is the perimeter of a polygon", "Add up the perimeter of a shape", "Find the perimeter of a polygon"),
             lambda a, r: {"perimeter": round(sum(a["sides"]), 3)},
             lambda a, res: f"The perimeter is {res['perimeter']}."),
@@ -163,14 +144,14 @@ def _geometry() -> list[Operation]:
 def _physics() -> list[Operation]:
     return [
         Operation("average_speed", "The average speed of a trip", [
-            ("distance_km", _prop("number", "The distance in kilometres"), True, _num(1, 900), lambda v: f"covering {v:g} km"),
-            ("hours", _prop("number", "The time taken in hours"), True, _num(0.2, 12, 2), lambda v: f"in {v:g} hours")],
+            ("distance_km", _prop("number", "The distance in kilometres"), True, number(1, 900), lambda v: f"covering {v:g} km"),
+            ("hours", _prop("number", "The time taken in hours"), True, number(0.2, 12, 2), lambda v: f"in {v:g} hours")],
             ("What was my average speed on a trip", "Compute the average speed of a journey"),
             lambda a, r: {"km_per_hour": round(a["distance_km"] / a["hours"], 2)},
             lambda a, res: f"The average speed was {res['km_per_hour']} km/h."),
         Operation("kinetic_energy", "The kinetic energy of a moving mass", [
-            ("mass_kg", _prop("number", "The mass in kilograms"), True, _num(0.1, 2000, 1), lambda v: f"of a {v:g} kg object"),
-            ("velocity", _prop("number", "The speed in metres per second"), True, _num(0.5, 90, 1), lambda v: f"moving at {v:g} m/s")],
+            ("mass_kg", _prop("number", "The mass in kilograms"), True, number(0.1, 2000, 1), lambda v: f"of a {v:g} kg object"),
+            ("velocity", _prop("number", "The speed in metres per second"), True, number(0.5, 90, 1), lambda v: f"moving at {v:g} m/s")],
             ("What is the kinetic energy", "Calculate the kinetic energy", "How much kinetic energy is there"),
             lambda a, r: {"joules": round(0.5 * a["mass_kg"] * a["velocity"] ** 2, 2)},
             lambda a, res: f"The kinetic energy is {res['joules']} J."),
@@ -182,7 +163,7 @@ def _physics() -> list[Operation]:
             lambda a, r: {"amperes": round(a["voltage"] / a["resistance"], 5)},
             lambda a, res: f"The current is {res['amperes']} A."),
         Operation("free_fall_time", "How long an object takes to fall from a height, without air resistance", [
-            ("height_m", _prop("number", "The height in metres"), True, _num(1, 300), lambda v: f"from {v:g} m"),
+            ("height_m", _prop("number", "The height in metres"), True, number(1, 300), lambda v: f"from {v:g} m"),
             ("gravity", _prop("number", "The gravitational acceleration in m/s^2 (Earth: 9.81)"), False,
              lambda r: r.choice([1.62, 3.71, 24.79]), lambda v: {1.62: "on the Moon (1.62 m/s^2)", 3.71: "on Mars (3.71 m/s^2)",
                                                                    24.79: "on Jupiter (24.79 m/s^2)"}[v])],
@@ -194,7 +175,7 @@ def _physics() -> list[Operation]:
 
 def _statistics() -> list[Operation]:
     values = ("values", {"type": "array", "description": "The numbers", "items": {"type": "number"}}, True,
-              _numbers((4, 8), 1, 100), lambda v: f"of {_list(v)}")
+              numbers((4, 8), 1, 100), lambda v: f"of {written(v)}")
     return [
         Operation("median_of", "The median of a list of numbers", [values],
                   ("What is the median", "Find the median", "Give me the middle value"),
@@ -207,7 +188,7 @@ def _statistics() -> list[Operation]:
             lambda a, res: f"The standard deviation is {res['std']}."),
         Operation("percentile_of", "A percentile of a list of whole numbers", [
             ("scores", {"type": "array", "description": "The numbers", "items": {"type": "integer"}}, True,
-             lambda r: [r.randint(0, 100) for _ in range(r.randint(5, 9))], lambda v: f"of the scores {_list(v)}"),
+             lambda r: [r.randint(0, 100) for _ in range(r.randint(5, 9))], lambda v: f"of the scores {written(v)}"),
             ("percentile", _prop("integer", "Which percentile, 0-100", minimum=0, maximum=100), True,
              lambda r: r.choice([10, 25, 75, 90, 95]), lambda v: f"at the {v}th percentile")],
             ("What is the value", "Find the percentile", "Which score sits"),
@@ -215,9 +196,9 @@ def _statistics() -> list[Operation]:
             lambda a, res: f"The {a['percentile']}th percentile is {res['value']}."),
         Operation("weighted_average", "The weighted average of numbers", [
             ("values", {"type": "array", "description": "The numbers", "items": {"type": "number"}}, True,
-             lambda r: [r.randint(50, 100) for _ in range(3)], lambda v: f"of the grades {_list(v)}"),
+             lambda r: [r.randint(50, 100) for _ in range(3)], lambda v: f"of the grades {written(v)}"),
             ("weights", {"type": "array", "description": "The weight of each number", "items": {"type": "number"}}, True,
-             lambda r: r.choice([[0.2, 0.3, 0.5], [0.5, 0.25, 0.25], [1, 2, 3]]), lambda v: f"weighted {_list(v)}")],
+             lambda r: r.choice([[0.2, 0.3, 0.5], [0.5, 0.25, 0.25], [1, 2, 3]]), lambda v: f"weighted {written(v)}")],
             ("What is the weighted average", "Compute my weighted grade", "Work out the weighted mean"),
             lambda a, r: {"average": round(sum(v * w for v, w in zip(a["values"], a["weights"])) / sum(a["weights"]), 3)},
             lambda a, res: f"The weighted average is {res['average']}."),
@@ -239,7 +220,7 @@ def _units() -> list[Operation]:
     lengths = list(UNITS_LENGTH)
     return [
         Operation("convert_temperature", "Convert a temperature between scales", [
-            ("value", _prop("number", "The temperature"), True, _num(-40, 120), lambda v: f"{v:g} degrees"),
+            ("value", _prop("number", "The temperature"), True, number(-40, 120), lambda v: f"{v:g} degrees"),
             ("from_scale", _prop("string", "The scale of the value", enum=scales), True, lambda r: r.choice(scales),
              lambda v: f"{v.capitalize()}"),
             ("to_scale", _prop("string", "The scale to convert to", enum=scales), True, lambda r: r.choice(scales),
@@ -248,7 +229,7 @@ def _units() -> list[Operation]:
             lambda a, r: {"value": round(_from_kelvin(_to_kelvin(a["value"], a["from_scale"]), a["to_scale"]), 2)},
             lambda a, res: f"That is {res['value']} degrees {a['to_scale']}."),
         Operation("convert_length", "Convert a length between units", [
-            ("value", _prop("number", "The length"), True, _num(0.1, 5000, 2), lambda v: f"{v:g}"),
+            ("value", _prop("number", "The length"), True, number(0.1, 5000, 2), lambda v: f"{v:g}"),
             ("from_unit", _prop("string", "The unit of the value", enum=lengths), True, lambda r: r.choice(lengths),
              lambda v: v),
             ("to_unit", _prop("string", "The unit to convert to", enum=lengths), True, lambda r: r.choice(lengths),
@@ -270,13 +251,13 @@ def _from_kelvin(value: float, scale: str) -> float:
 def _health() -> list[Operation]:
     return [
         Operation("body_mass_index", "The body mass index from weight and height", [
-            ("weight_kg", _prop("number", "The weight in kilograms"), True, _num(40, 130), lambda v: f"for {v:g} kg"),
-            ("height_m", _prop("number", "The height in metres"), True, _num(1.45, 2.05, 2), lambda v: f"at {v:g} m tall")],
+            ("weight_kg", _prop("number", "The weight in kilograms"), True, number(40, 130), lambda v: f"for {v:g} kg"),
+            ("height_m", _prop("number", "The height in metres"), True, number(1.45, 2.05, 2), lambda v: f"at {v:g} m tall")],
             ("What is my BMI", "Calculate the body mass index", "Compute a BMI"),
             lambda a, r: {"bmi": round(a["weight_kg"] / a["height_m"] ** 2, 1)},
             lambda a, res: f"The BMI is {res['bmi']}."),
         Operation("daily_water_intake", "The recommended daily water intake", [
-            ("weight_kg", _prop("number", "The body weight in kilograms"), True, _num(40, 130), lambda v: f"for someone of {v:g} kg"),
+            ("weight_kg", _prop("number", "The body weight in kilograms"), True, number(40, 130), lambda v: f"for someone of {v:g} kg"),
             ("activity_minutes", _prop("integer", "Minutes of exercise a day", minimum=0, maximum=600), False,
              lambda r: r.choice([20, 30, 45, 60, 90]), lambda v: f"who exercises {v} minutes a day"),
             ("climate", _prop("string", "The climate", enum=["temperate", "hot", "cold"]), False,
@@ -305,9 +286,9 @@ def _chemistry() -> list[Operation]:
             lambda a, r: {"grams_per_mole": _molar_mass(a["formula"])},
             lambda a, res: f"The molar mass of {a['formula']} is {res['grams_per_mole']} g/mol."),
         Operation("dilution_volume", "The volume of stock solution needed for a dilution (C1V1 = C2V2)", [
-            ("stock_molarity", _prop("number", "The stock concentration in mol/L"), True, _num(0.5, 12, 2),
+            ("stock_molarity", _prop("number", "The stock concentration in mol/L"), True, number(0.5, 12, 2),
              lambda v: f"from a {v:g} M stock"),
-            ("target_molarity", _prop("number", "The wanted concentration in mol/L"), True, _num(0.01, 0.4, 3),
+            ("target_molarity", _prop("number", "The wanted concentration in mol/L"), True, number(0.01, 0.4, 3),
              lambda v: f"to get {v:g} M"),
             ("target_volume_ml", _prop("number", "The wanted volume in millilitres"), True, lambda r: r.randint(50, 2000),
              lambda v: f"in {v:g} mL")],
@@ -315,9 +296,9 @@ def _chemistry() -> list[Operation]:
             lambda a, r: {"stock_ml": round(a["target_molarity"] * a["target_volume_ml"] / a["stock_molarity"], 3)},
             lambda a, res: f"Use {res['stock_ml']} mL of stock and fill up to {a['target_volume_ml']:g} mL."),
         Operation("ideal_gas_pressure", "The pressure of an ideal gas (PV = nRT)", [
-            ("moles", _prop("number", "Amount of gas in moles"), True, _num(0.1, 10, 2), lambda v: f"for {v:g} mol of gas"),
-            ("temperature_k", _prop("number", "Temperature in kelvin"), True, _num(200, 600, 1), lambda v: f"at {v:g} K"),
-            ("volume_l", _prop("number", "Volume in litres"), True, _num(0.5, 100, 1), lambda v: f"in {v:g} L")],
+            ("moles", _prop("number", "Amount of gas in moles"), True, number(0.1, 10, 2), lambda v: f"for {v:g} mol of gas"),
+            ("temperature_k", _prop("number", "Temperature in kelvin"), True, number(200, 600, 1), lambda v: f"at {v:g} K"),
+            ("volume_l", _prop("number", "Volume in litres"), True, number(0.5, 100, 1), lambda v: f"in {v:g} L")],
             ("What is the pressure", "Compute the gas pressure", "Find the pressure"),
             lambda a, r: {"kilopascals": round(a["moles"] * 8.314 * a["temperature_k"] / a["volume_l"], 2)},
             lambda a, res: f"The pressure is {res['kilopascals']} kPa."),
@@ -363,14 +344,14 @@ def _cooking_and_energy() -> list[Operation]:
                 "required": ["name", "grams"]}}, True,
              lambda r: [{"name": name, "grams": r.choice([5, 50, 100, 125, 200, 250, 500])}
                         for name in r.sample(INGREDIENTS, r.randint(2, 4))],
-             lambda v: "with " + _list([f"{i['grams']:g} g of {i['name']}" for i in v])),
+             lambda v: "with " + written([f"{i['grams']:g} g of {i['name']}" for i in v])),
             ("factor", _prop("number", "The multiplier (2: double)"), True, lambda r: r.choice([0.5, 1.5, 2, 3]),
              lambda v: f"scaled by {v:g}")],
             ("Scale my recipe", "Adjust a recipe", "Resize a recipe"),
-            lambda a, r: {"ingredients": [{"name": i["name"], "grams": _as_written(i["grams"] * a["factor"])} for i in a["ingredients"]]},
-            lambda a, res: "You need " + _list([f"{i['grams']:g} g of {i['name']}" for i in res["ingredients"]]) + "."),
+            lambda a, r: {"ingredients": [{"name": i["name"], "grams": as_written(i["grams"] * a["factor"])} for i in a["ingredients"]]},
+            lambda a, res: "You need " + written([f"{i['grams']:g} g of {i['name']}" for i in res["ingredients"]]) + "."),
         Operation("roasting_time", "The roasting time for a piece of meat", [
-            ("weight_kg", _prop("number", "The weight in kilograms"), True, _num(0.5, 6, 1), lambda v: f"of {v:g} kg"),
+            ("weight_kg", _prop("number", "The weight in kilograms"), True, number(0.5, 6, 1), lambda v: f"of {v:g} kg"),
             ("meat", _prop("string", "The meat", enum=["beef", "pork", "lamb", "chicken"]), True,
              lambda r: r.choice(["beef", "pork", "lamb", "chicken"]), lambda v: f"for a {v} roast"),
             ("doneness", _prop("string", "How well done", enum=["rare", "medium", "well_done"]), False,
@@ -380,8 +361,8 @@ def _cooking_and_energy() -> list[Operation]:
                                            * {"rare": 0.8, "medium": 1.0, "well_done": 1.2}[a.get("doneness", "medium")])},
             lambda a, res: f"Roast it for about {res['minutes']} minutes."),
         Operation("electricity_cost", "The cost of electricity used", [
-            ("kwh", _prop("number", "Energy used in kilowatt-hours"), True, _num(0.5, 900, 1), lambda v: f"for {v:g} kWh"),
-            ("price_per_kwh", _prop("number", "The price of one kWh"), True, _num(0.08, 0.45, 3), lambda v: f"at {v:g} per kWh"),
+            ("kwh", _prop("number", "Energy used in kilowatt-hours"), True, number(0.5, 900, 1), lambda v: f"for {v:g} kWh"),
+            ("price_per_kwh", _prop("number", "The price of one kWh"), True, number(0.08, 0.45, 3), lambda v: f"at {v:g} per kWh"),
             ("days", _prop("integer", "Repeat for this many days", minimum=1, maximum=366), False, lambda r: r.choice([7, 30, 365]),
              lambda v: f"every day for {v} days")],
             ("What does the electricity cost", "Work out my power bill", "How much do I pay"),
