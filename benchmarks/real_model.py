@@ -18,7 +18,7 @@ data with 30% of its train rows calling functions of other fields (``--general_s
 0.15``); ``k`` as j, with 30% of its rows calling functions composed from a library of optional
 parameters (``--composed_share 0.3``, fcmistral.demo.composed_functions); ``l`` as k, every generated
 refusal followed by the user's next request and its call (``--follow_up_share 1``); ``m`` as l, with
-an adapter of rank 64 instead of 16; ``n`` as l, with 30% of its rows calling formulas of eleven fields
+an adapter of rank 64 instead of 16; ``n`` as l, with 30% of its rows calling formulas of ten fields
 (``--formula_share 0.3``, fcmistral.demo.formula_functions). Steps, each a subprocess as a user would
 run it: build ``artifacts/smollm2-135m`` when missing (fcmistral.artifacts.smollm2) and the wide data
 when missing; train with packing (train.py); merge (convert_weights.py); evaluate (evaluate.py) on
@@ -241,7 +241,7 @@ ROWS = {
     "m": ("row l, LoRA rank 64", ["--irrelevance_rate", "0.3", "--lora_r", "64", "--lora_alpha", "256"]),
     # Added after row m: held-out booking functions rose to 80% exact arguments, BFCL simple stayed in l's
     # spread; the data's fields, not the adapter, seemed the limit. Row l with 30% of its rows calling
-    # formulas of eleven fields, and every row measured on four fields none trains on.
+    # formulas of ten fields, and every row measured on four fields none trains on.
     "n": ("row l + formulas 0.3", ["--irrelevance_rate", "0.3"]),
 }
 # Rows trained on wide data generated with other options (fcmistral.demo.wide_data's), each set of

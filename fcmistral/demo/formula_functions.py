@@ -1,4 +1,4 @@
-"""Functions that compute a quantity from others, over fifteen fields of a school curriculum
+"""Functions that compute a quantity from others, over fourteen fields of a school curriculum
 (mechanics, algebra, astronomy...), composed from a library of quantities, for the wide data's
 ``--formula_share`` and its held-out fields file.
 

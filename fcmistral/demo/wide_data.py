@@ -21,7 +21,7 @@ calling 31 functions of other fields (fcmistral.demo.general_functions: finance,
 statistics, units, health, chemistry, dates, text, cooking, energy), the held-out rows unchanged;
 ``--several_values_share`` likewise with requests naming several values of one argument, one call each;
 ``--composed_share`` with rows calling functions composed from a library of optional parameters
-(fcmistral.demo.composed_functions); ``--formula_share`` with rows calling formulas of eleven fields
+(fcmistral.demo.composed_functions); ``--formula_share`` with rows calling formulas of ten fields
 (fcmistral.demo.formula_functions); ``--follow_up_share`` lets that share of the train rows' refusals go
 on with a request an offered function serves. A third file, whatever the options, holds rows over the
 formulas of four other fields (astronomy, probability, sports, ecology) that no training row calls:
@@ -399,7 +399,7 @@ SHARES = {
                             "('in Paris and in Tokyo'), answered by one call per value in one turn; 0: none",
     "composed_share": "share of the train rows replaced by rows calling functions composed from a library of optional "
                       "parameters (fcmistral.demo.composed_functions); 0: none",
-    "formula_share": "share of the train rows replaced by rows calling formulas of eleven fields (mechanics, algebra, "
+    "formula_share": "share of the train rows replaced by rows calling formulas of ten fields (mechanics, algebra, "
                      "economics...: fcmistral.demo.formula_functions); 0: none",
     "follow_up_share": "share of the train rows' refusals after which the user asks for something an offered function "
                        "does, and the assistant calls it; 0: a refusal ends its row",
