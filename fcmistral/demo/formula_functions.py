@@ -12,7 +12,7 @@ values are numbers of every size, whole counts, lists of numbers, points and nam
 some inputs are optional (a default the request may override). Four fields (``HELD_OUT_FIELDS``) never
 occur in training whatever the options: their rows measure transfer to new fields on our own data,
 as the booking kinds' held-out file measures new schemas. The formulas and fields are textbook ones,
-chosen for breadth; none is taken from a benchmark, and no benchmark was read to choose them.
+chosen for breadth; none is taken from a benchmark's questions or functions.
 """
 
 from __future__ import annotations
